@@ -1,0 +1,49 @@
+//! The serial-console contract between Bulwark and whoever reads the console (people, `xtask`).
+//!
+//! * Bulwark's own log lines:  `bulwark: <LEVEL> <message>`
+//! * Violation lines (spec §5): `bulwark: violation kind=... access=... gpa=0x... gva=0x... ip=0x... vcpu=N action=...`
+//! * Guest console output, one whole line at a time: `guest| <text>`
+//! * The last line of every run: `bulwark: result status=<u32> reason=<word>`
+//!   status 0 = success; the run's exit code is `status` (xtask maps it to its own exit code).
+
+/// Prefix of every Bulwark line.
+pub const BULWARK_PREFIX: &str = "bulwark: ";
+/// Prefix of guest console lines as Bulwark relays them.
+pub const GUEST_PREFIX: &str = "guest| ";
+/// Prefix of the final verdict line: `bulwark: result status=N reason=WORD`.
+pub const RESULT_PREFIX: &str = "bulwark: result status=";
+/// Prefix of a violation line.
+pub const VIOLATION_PREFIX: &str = "bulwark: violation ";
+
+/// Parse a result line: returns `(status, reason)`.
+pub fn parse_result_line(line: &str) -> Option<(u32, &str)> {
+    let rest = line.trim_end().strip_prefix(RESULT_PREFIX)?;
+    let (status, rest) = match rest.split_once(' ') {
+        Some((s, r)) => (s, r),
+        None => (rest, ""),
+    };
+    let status = status.parse().ok()?;
+    let reason = rest.strip_prefix("reason=").unwrap_or("");
+    Some((status, reason))
+}
+
+/// Well-known `reason=` words.
+pub mod reason {
+    /// The guest reported its status itself.
+    pub const GUEST_EXIT: &str = "guest-exit";
+    /// No guest was given: Bulwark booted, printed its banner and stopped.
+    pub const NO_GUEST: &str = "no-guest";
+    /// Bulwark panicked.
+    pub const PANIC: &str = "panic";
+    /// Bulwark refused to start (bad command line, missing hardware feature, bad image).
+    pub const REFUSED: &str = "refused";
+    /// The guest triple-faulted / hit an unrecoverable exception loop.
+    pub const GUEST_CRASH: &str = "guest-crash";
+    /// An exit Bulwark does not handle.
+    pub const UNHANDLED_EXIT: &str = "unhandled-exit";
+    /// A protection violation under the `halt` policy.
+    pub const VIOLATION_HALT: &str = "violation-halt";
+}
+
+/// Status Bulwark reports when it, rather than the guest, ends the run with a failure.
+pub const STATUS_BULWARK_FAILURE: u32 = 0xB0;

@@ -1,0 +1,9 @@
+//! Bulwark's arch-independent core. `no_std` + `alloc`; builds and is tested on the host.
+#![cfg_attr(not(test), no_std)]
+#![deny(clippy::unwrap_used, clippy::indexing_slicing, clippy::panic)]
+
+extern crate alloc;
+
+pub mod addr;
+pub mod console;
+pub mod exit;
