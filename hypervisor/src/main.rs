@@ -1,8 +1,39 @@
 //! The Bulwark binary: glue between boot, the arch back end and the core.
+//!
+//! Each arch module (`x86_64/`, `aarch64/`) provides:
+//! * its entry (assembly, reaching a Rust `fn` that calls [`logger::init`] once the console is up),
+//! * `console_write(&[u8])`: raw bytes to the serial console, usable from any context,
+//! * `stop_machine(status: u32) -> !`: ends the run (emulator exit where possible, else parks the CPU).
 #![no_std]
 #![no_main]
 
+#[cfg(target_arch = "aarch64")]
+mod aarch64;
+#[cfg(target_arch = "aarch64")]
+use aarch64 as arch;
+#[cfg(target_arch = "x86_64")]
+mod x86_64;
+#[cfg(target_arch = "x86_64")]
+use x86_64 as arch;
+
+mod logger;
+
+use bulwark_abi::console::{reason, STATUS_BULWARK_FAILURE};
+
+/// Print the final verdict line and end the run. Every path that ends a run goes through here.
+pub fn finish(status: u32, why: &str) -> ! {
+    logger::write_fmt(format_args!(
+        "{}{} reason={}\n",
+        bulwark_abi::console::RESULT_PREFIX,
+        status,
+        why
+    ));
+    arch::stop_machine(status)
+}
+
 #[panic_handler]
-fn panic(_info: &core::panic::PanicInfo) -> ! {
-    loop {}
+fn panic(info: &core::panic::PanicInfo) -> ! {
+    // Never re-enter the logger's lock here: a panic may happen while it is held.
+    logger::write_fmt_unlocked(format_args!("bulwark: ERROR panic: {}\n", info));
+    finish(STATUS_BULWARK_FAILURE, reason::PANIC)
 }
