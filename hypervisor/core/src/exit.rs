@@ -59,7 +59,10 @@ pub enum Exit {
     /// The guest asked to end the run with this status (x86: port 0xf4; arm64: documented call).
     GuestStatus(u32),
     /// The guest ended itself through an arch mechanism that has no status (triple fault, etc.).
-    Fatal { reason: &'static str, code: u64 },
+    Fatal {
+        reason: &'static str,
+        code: u64,
+    },
 }
 
 /// What the back end does next.
