@@ -1,1 +1,102 @@
-fn main() {}
+//! `cargo xtask`: the one driver for Bulwark — build, images, emulators, tests, benchmarks.
+//!
+//! Commands (see `cargo xtask help`):
+//!   build --arch A [--release]
+//!   iso [--guest FILE] [--guest-cmdline S] [--cmdline S] [--release]
+//!   run --arch A [--emulator bochs|qemu] [--cpu MODEL] [--timeout S] [--cmdline S]
+//!       [--guest FILE] [--guest-cmdline S] [--release]
+//!   qemu [--arch A] [same options as run]
+//!   test [FILTER...] [--list] [--no-host]
+//!   bench [--arch A]
+
+mod aarch64;
+mod test;
+mod util;
+mod x86_64;
+
+use std::process::ExitCode;
+use util::{Arch, RunOpts};
+
+const USAGE: &str = "\
+usage: cargo xtask <command> [options]
+
+commands:
+  build --arch {x86_64,aarch64} [--release]
+        build Bulwark (and the test guests) for one architecture
+  iso   [--cmdline S] [--guest FILE] [--guest-cmdline S] [--release]
+        build a GRUB rescue ISO for x86_64 (grub.cfg inside is a template for real hardware)
+  run   --arch A [--emulator bochs|qemu] [--cpu MODEL] [--timeout S] [--cmdline S]
+        [--guest FILE] [--guest-cmdline S] [--release]
+        boot Bulwark in an emulator, stream the serial console, exit with the run's status
+        (defaults: x86_64 -> Bochs tigerlake, aarch64 -> QEMU)
+  qemu  [--arch A] [run options]
+        x86_64: QEMU/KVM with nested VMX (only where /dev/kvm offers it); aarch64: run --emulator qemu
+  test  [FILTER...] [--list] [--no-host]
+        host tests, lint, then every emulator scenario; prints a result table
+  bench [--arch A]
+        deterministic path-length and footprint benchmarks
+
+exit status: the guest's (or Bulwark's) status from the final console line; 124 on timeout;
+2 on usage or build errors.";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match real_main(&args) {
+        Ok(code) => ExitCode::from(code),
+        Err(msg) => {
+            eprintln!("xtask: error: {msg}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn real_main(args: &[String]) -> Result<u8, String> {
+    let Some((cmd, rest)) = args.split_first() else {
+        println!("{USAGE}");
+        return Ok(2);
+    };
+    match cmd.as_str() {
+        "help" | "-h" | "--help" => {
+            println!("{USAGE}");
+            Ok(0)
+        }
+        "build" => {
+            let o = RunOpts::parse(rest, None)?;
+            let arch = o.arch.ok_or("build needs --arch x86_64|aarch64")?;
+            let path = match arch {
+                Arch::X86_64 => x86_64::build(o.release)?,
+                Arch::Aarch64 => aarch64::build(o.release)?,
+            };
+            println!("xtask: built {}", path.display());
+            Ok(0)
+        }
+        "iso" => {
+            let o = RunOpts::parse(rest, Some(Arch::X86_64))?;
+            let iso = x86_64::iso(&o)?;
+            println!("xtask: wrote {}", iso.display());
+            Ok(0)
+        }
+        "run" => {
+            let o = RunOpts::parse(rest, None)?;
+            let arch = o.arch.ok_or("run needs --arch x86_64|aarch64")?;
+            let out = match arch {
+                Arch::X86_64 => x86_64::run(&o)?,
+                Arch::Aarch64 => aarch64::run(&o)?,
+            };
+            Ok(out.report())
+        }
+        "qemu" => {
+            let mut o = RunOpts::parse(rest, Some(Arch::X86_64))?;
+            let out = match o.arch.unwrap_or(Arch::X86_64) {
+                Arch::X86_64 => x86_64::qemu(&o)?,
+                Arch::Aarch64 => {
+                    o.emulator = Some("qemu".into());
+                    aarch64::run(&o)?
+                }
+            };
+            Ok(out.report())
+        }
+        "test" => test::main(rest),
+        other => Err(format!("unknown command '{other}'\n{USAGE}")),
+    }
+}
