@@ -50,3 +50,63 @@ addr_type!(
 );
 
 pub const PAGE_SIZE: u64 = 4096;
+
+/// A half-open guest-physical range `[start, end)`, never empty, never wrapping.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct GpaRange {
+    start: GuestPhysAddr,
+    end: GuestPhysAddr,
+}
+
+impl GpaRange {
+    /// `[start, start + len)`; `None` when `len` is 0 or the end wraps.
+    pub fn new(start: GuestPhysAddr, len: u64) -> Option<Self> {
+        if len == 0 {
+            return None;
+        }
+        let end = start.checked_add(len)?;
+        Some(Self { start, end })
+    }
+    /// `[start, end)`; `None` when empty or reversed.
+    pub fn from_bounds(start: GuestPhysAddr, end: GuestPhysAddr) -> Option<Self> {
+        (start < end).then_some(Self { start, end })
+    }
+    pub const fn start(self) -> GuestPhysAddr {
+        self.start
+    }
+    /// Exclusive end.
+    pub const fn end(self) -> GuestPhysAddr {
+        self.end
+    }
+    pub const fn len(self) -> u64 {
+        self.end.0 - self.start.0
+    }
+    /// Never true (ranges are never empty); present for API completeness.
+    pub const fn is_empty(self) -> bool {
+        false
+    }
+    pub const fn contains(self, a: GuestPhysAddr) -> bool {
+        self.start.0 <= a.0 && a.0 < self.end.0
+    }
+    /// Smallest range covering both.
+    pub fn union(self, other: Self) -> Self {
+        Self {
+            start: if self.start < other.start {
+                self.start
+            } else {
+                other.start
+            },
+            end: if self.end > other.end {
+                self.end
+            } else {
+                other.end
+            },
+        }
+    }
+    /// Both ends rounded outwards to 4 KiB pages (`None` if the end would wrap).
+    pub fn page_aligned_outer(self) -> Option<Self> {
+        let start = self.start.page_base();
+        let end = self.end.0.checked_add(PAGE_SIZE - 1)? & !(PAGE_SIZE - 1);
+        Self::from_bounds(start, GuestPhysAddr(end))
+    }
+}

@@ -1,0 +1,530 @@
+//! Unit tests of the page-table engine over fake memory. The checks read raw descriptor bits
+//! with their own decoding, not with the formats' `decode`.
+
+use super::ept::Ept;
+use super::sppt::{SppVector, Sppt};
+use super::stage2::{Stage2, Stage2Config};
+use super::*;
+use crate::physmem::FakePhysMem;
+
+const GIB: u64 = 1 << 30;
+const MIB2: u64 = 2 << 20;
+
+fn gpa(a: u64) -> GuestPhysAddr {
+    GuestPhysAddr::new(a)
+}
+fn hpa(a: u64) -> HostPhysAddr {
+    HostPhysAddr::new(a)
+}
+
+/// Raw EPT walk: (leaf raw, level) for `a`.
+fn ept_raw(mem: &FakePhysMem, root: u64, a: u64) -> Option<(u64, u8)> {
+    let mut t = root;
+    for level in (0..=3u8).rev() {
+        let e = mem.read_u64(hpa(t + ((a >> (12 + 9 * level as u32)) & 511) * 8));
+        if e & 7 == 0 {
+            return None;
+        }
+        if level == 0 || e & (1 << 7) != 0 {
+            return Some((e, level));
+        }
+        t = e & 0x000f_ffff_ffff_f000;
+    }
+    None
+}
+
+fn snapshot(mem: &FakePhysMem, root: u64) -> Vec<(u64, u64)> {
+    // Every non-zero word of every frame reachable from the root (EPT layout).
+    let mut out = Vec::new();
+    fn rec(mem: &FakePhysMem, t: u64, level: u8, out: &mut Vec<(u64, u64)>) {
+        for i in 0..512 {
+            let e = mem.read_u64(hpa(t + i * 8));
+            if e != 0 {
+                out.push((t + i * 8, e));
+                if level > 0 && e & 7 != 0 && e & (1 << 7) == 0 {
+                    rec(mem, e & 0x000f_ffff_ffff_f000, level - 1, out);
+                }
+            }
+        }
+    }
+    rec(mem, root, 3, &mut out);
+    out
+}
+
+#[test]
+fn ept_uses_largest_leaves() {
+    let mut mem = FakePhysMem::new();
+    let mut tlb = RecordingFlush::default();
+    let mut ept = Ept::<false>::new_ept(&mut mem, true).unwrap();
+    let inv = ept
+        .map(
+            &mut mem,
+            gpa(0),
+            2 * GIB,
+            hpa(0),
+            LeafAttrs::ram(Perms::RWX),
+            &mut tlb,
+        )
+        .unwrap();
+    assert!(!inv.is_needed(), "filling empty entries needs no flush");
+    assert!(tlb.calls.is_empty());
+    assert_eq!(ept.stats().table_pages, 2); // PML4 + PDPT
+    let (raw, level) = ept_raw(&mem, ept.root().as_u64(), 0x1234_5000).unwrap();
+    assert_eq!(level, 2);
+    assert_eq!(raw & 7, 7);
+    assert_eq!((raw >> 3) & 7, 6, "WB");
+    assert_eq!(ept.eptp() & 0xfff, 0x1e);
+    assert_eq!(ept.eptp() & !0xfff, ept.root().as_u64());
+
+    // Without 1 GiB pages: 2 MiB leaves.
+    let mut ept2 = Ept::<false>::new_ept(&mut mem, false).unwrap();
+    ept2.map(
+        &mut mem,
+        gpa(0),
+        2 * GIB,
+        hpa(0),
+        LeafAttrs::ram(Perms::RWX),
+        &mut tlb,
+    )
+    .unwrap();
+    assert_eq!(ept2.stats().table_pages, 4);
+    assert_eq!(ept_raw(&mem, ept2.root().as_u64(), GIB + 5).unwrap().1, 1);
+
+    // gpa and hpa not congruent modulo 2 MiB: 4 KiB leaves only.
+    let mut ept3 = Ept::<false>::new_ept(&mut mem, true).unwrap();
+    ept3.map(
+        &mut mem,
+        gpa(MIB2),
+        MIB2,
+        hpa(0x5000),
+        LeafAttrs::mmio(Perms::RW),
+        &mut tlb,
+    )
+    .unwrap();
+    let (raw, level) = ept_raw(&mem, ept3.root().as_u64(), MIB2 + 0x3000).unwrap();
+    assert_eq!(level, 0);
+    assert_eq!(raw & 0x000f_ffff_ffff_f000, 0x8000);
+    assert_eq!((raw >> 3) & 7, 0, "UC");
+    assert_eq!(raw & 7, 3);
+    assert_eq!(ept3.stats().table_pages, 4);
+}
+
+#[test]
+fn ept_splits_only_where_needed_and_merges_back() {
+    let mut mem = FakePhysMem::new();
+    let mut tlb = RecordingFlush::default();
+    let mut ept = Ept::<false>::new_ept(&mut mem, true).unwrap();
+    ept.map(
+        &mut mem,
+        gpa(0),
+        GIB,
+        hpa(0),
+        LeafAttrs::ram(Perms::RWX),
+        &mut tlb,
+    )
+    .unwrap();
+    assert_eq!(ept.stats().table_pages, 2);
+    // Read-only page in the middle: 1G -> 2M table -> 4K table.
+    let inv = ept
+        .map(
+            &mut mem,
+            gpa(0x40_3000),
+            0x1000,
+            hpa(0x40_3000),
+            LeafAttrs::ram(Perms::RX),
+            &mut tlb,
+        )
+        .unwrap();
+    assert!(inv.is_needed());
+    assert!(inv.range.unwrap().contains(gpa(0x40_3000)));
+    assert_eq!(tlb.calls.len(), 1);
+    assert_eq!(ept.stats().table_pages, 4);
+    assert_eq!(
+        ept_raw(&mem, ept.root().as_u64(), 0x40_3000).unwrap().0 & 7,
+        5
+    );
+    assert_eq!(
+        ept_raw(&mem, ept.root().as_u64(), 0x40_4000).unwrap().0 & 7,
+        7
+    );
+    assert_eq!(ept_raw(&mem, ept.root().as_u64(), 0x40_4000).unwrap().1, 0);
+    // Other 2 MiB regions stay large.
+    assert_eq!(ept_raw(&mem, ept.root().as_u64(), 0x80_0000).unwrap().1, 1);
+    // Same permission again: no-op, no flush.
+    let inv = ept
+        .map(
+            &mut mem,
+            gpa(0x40_3000),
+            0x1000,
+            hpa(0x40_3000),
+            LeafAttrs::ram(Perms::RX),
+            &mut tlb,
+        )
+        .unwrap();
+    assert!(!inv.is_needed());
+    assert_eq!(tlb.calls.len(), 1);
+    // Restore: merges back into one 1 GiB leaf and frees both tables after the flush.
+    ept.map(
+        &mut mem,
+        gpa(0),
+        GIB,
+        hpa(0),
+        LeafAttrs::ram(Perms::RWX),
+        &mut tlb,
+    )
+    .unwrap();
+    assert_eq!(ept.stats().table_pages, 2);
+    assert_eq!(mem.allocated(), 2);
+    assert_eq!(ept_raw(&mem, ept.root().as_u64(), 0x40_3000).unwrap().1, 2);
+    assert_eq!(mem.bad_frees, 0);
+    assert_eq!(mem.stray_accesses, 0);
+}
+
+#[test]
+fn ept_unmap_and_translate() {
+    let mut mem = FakePhysMem::new();
+    let mut tlb = RecordingFlush::default();
+    let mut ept = Ept::<false>::new_ept(&mut mem, true).unwrap();
+    ept.map(
+        &mut mem,
+        gpa(0),
+        8 * MIB2,
+        hpa(0x1000_0000),
+        LeafAttrs::ram(Perms::RW),
+        &mut tlb,
+    )
+    .unwrap();
+    let inv = ept.unmap(&mut mem, gpa(MIB2), 0x1000, &mut tlb).unwrap();
+    // The 2 MiB leaf was split: its whole range may be cached.
+    assert_eq!(inv.range, GpaRange::new(gpa(MIB2), MIB2));
+    assert!(ept.translate(&mem, gpa(MIB2)).is_none());
+    let (m, level) = ept.translate(&mem, gpa(MIB2 + 0x1000)).unwrap();
+    assert_eq!((m.hpa, level), (hpa(0x1000_0000 + MIB2 + 0x1000), 0));
+    let (m, level) = ept.translate(&mem, gpa(3 * MIB2 + 0x7000)).unwrap();
+    assert_eq!((m.hpa, level), (hpa(0x1000_0000 + 3 * MIB2 + 0x7000), 1));
+    assert!(ept.translate(&mem, gpa(1 << 48)).is_none());
+    ept.destroy(&mut mem);
+    assert_eq!(mem.allocated(), 0);
+    assert_eq!(mem.bad_frees, 0);
+}
+
+#[test]
+fn ept_refuses_bad_input_without_change() {
+    let mut mem = FakePhysMem::new();
+    let mut tlb = RecordingFlush::default();
+    let mut ept = Ept::<false>::new_ept(&mut mem, true).unwrap();
+    ept.map(
+        &mut mem,
+        gpa(0),
+        GIB,
+        hpa(0),
+        LeafAttrs::ram(Perms::RWX),
+        &mut tlb,
+    )
+    .unwrap();
+    let before = snapshot(&mem, ept.root().as_u64());
+    let a = LeafAttrs::ram(Perms::RWX);
+    assert_eq!(
+        ept.map(&mut mem, gpa(0x10), 0x1000, hpa(0), a, &mut tlb),
+        Err(PtError::Unaligned)
+    );
+    assert_eq!(
+        ept.map(&mut mem, gpa(0), 0x10, hpa(0), a, &mut tlb),
+        Err(PtError::Unaligned)
+    );
+    assert_eq!(
+        ept.map(&mut mem, gpa(0), 0, hpa(0), a, &mut tlb),
+        Err(PtError::Unaligned)
+    );
+    assert_eq!(
+        ept.map(&mut mem, gpa(u64::MAX - 0xfff), 0x2000, hpa(0), a, &mut tlb),
+        Err(PtError::Unaligned)
+    );
+    assert_eq!(
+        ept.map(&mut mem, gpa(1 << 48), 0x1000, hpa(0), a, &mut tlb),
+        Err(PtError::OutOfRange)
+    );
+    assert_eq!(
+        ept.map(&mut mem, gpa(0), 0x1000, hpa(0x123), a, &mut tlb),
+        Err(PtError::BadOutput(hpa(0x123)))
+    );
+    assert_eq!(
+        ept.map(&mut mem, gpa(0), 0x1000, hpa(1 << 52), a, &mut tlb),
+        Err(PtError::BadOutput(hpa(1 << 52)))
+    );
+    // Write without read; execute-only without support; SPP on a writable page.
+    for attrs in [
+        LeafAttrs::ram(Perms::W),
+        LeafAttrs::ram(Perms::X),
+        LeafAttrs::ram(Perms::NONE),
+        LeafAttrs {
+            spp: true,
+            ..LeafAttrs::ram(Perms::RW)
+        },
+        LeafAttrs {
+            spp: true,
+            ..LeafAttrs::ram(Perms::X)
+        },
+    ] {
+        assert_eq!(
+            ept.map(&mut mem, gpa(0x5000), 0x1000, hpa(0x5000), attrs, &mut tlb),
+            Err(PtError::Unrepresentable(attrs)),
+            "{attrs:?}"
+        );
+    }
+    assert_eq!(snapshot(&mem, ept.root().as_u64()), before);
+    assert_eq!(mem.allocated(), 2);
+    assert!(tlb.calls.is_empty());
+
+    // Execute-only where the CPU supports it.
+    let mut xo = Ept::<true>::new_ept(&mut mem, true).unwrap();
+    xo.map(
+        &mut mem,
+        gpa(0),
+        0x1000,
+        hpa(0),
+        LeafAttrs::ram(Perms::X),
+        &mut tlb,
+    )
+    .unwrap();
+    assert_eq!(ept_raw(&mem, xo.root().as_u64(), 0).unwrap().0 & 7, 4);
+}
+
+#[test]
+fn ept_spp_only_on_4k_readonly_leaves() {
+    let mut mem = FakePhysMem::new();
+    let mut tlb = RecordingFlush::default();
+    let mut ept = Ept::<false>::new_ept(&mut mem, true).unwrap();
+    let spp = LeafAttrs {
+        spp: true,
+        ..LeafAttrs::ram(Perms::RX)
+    };
+    // A 2 MiB aligned range asked with SPP: must become 4 KiB leaves.
+    ept.map(&mut mem, gpa(MIB2), MIB2, hpa(MIB2), spp, &mut tlb)
+        .unwrap();
+    let (raw, level) = ept_raw(&mem, ept.root().as_u64(), MIB2 + 0x1000).unwrap();
+    assert_eq!(level, 0);
+    assert_ne!(raw & (1 << 61), 0);
+    assert_eq!(raw & 7, 5);
+}
+
+#[test]
+fn out_of_frames_leaves_tables_unchanged() {
+    let mut mem = FakePhysMem::with_limit(4);
+    let mut tlb = RecordingFlush::default();
+    let mut ept = Ept::<false>::new_ept(&mut mem, true).unwrap();
+    ept.map(
+        &mut mem,
+        gpa(0),
+        GIB,
+        hpa(0),
+        LeafAttrs::ram(Perms::RWX),
+        &mut tlb,
+    )
+    .unwrap();
+    let before = snapshot(&mem, ept.root().as_u64());
+    assert_eq!(mem.allocated(), 2);
+    mem.set_limit(Some(3)); // room for one more table, the split needs two
+    assert_eq!(
+        ept.map(
+            &mut mem,
+            gpa(0x3000),
+            0x1000,
+            hpa(0x3000),
+            LeafAttrs::ram(Perms::R),
+            &mut tlb
+        ),
+        Err(PtError::OutOfFrames)
+    );
+    assert_eq!(snapshot(&mem, ept.root().as_u64()), before);
+    assert_eq!(mem.allocated(), 2);
+    assert_eq!(ept.stats().table_pages, 2);
+    assert!(tlb.calls.is_empty());
+    mem.set_limit(Some(4));
+    ept.map(
+        &mut mem,
+        gpa(0x3000),
+        0x1000,
+        hpa(0x3000),
+        LeafAttrs::ram(Perms::R),
+        &mut tlb,
+    )
+    .unwrap();
+    assert_eq!(ept.stats().table_pages, 4);
+    assert_eq!(mem.allocated(), 4);
+    // Root allocation failure.
+    assert!(matches!(
+        Ept::<false>::new_ept(&mut mem, true),
+        Err(PtError::OutOfFrames)
+    ));
+}
+
+#[test]
+fn stage2_config_and_registers() {
+    let c = Stage2Config::from_parange(5).unwrap();
+    assert_eq!((c.ipa_bits, c.root_level, c.ps), (48, 3, 5));
+    assert_eq!(c.vtcr() & 0x3f, 16);
+    assert_eq!((c.vtcr() >> 6) & 3, 0b10);
+    assert_eq!((c.vtcr() >> 14) & 3, 0, "4K granule");
+    assert_eq!((c.vtcr() >> 16) & 7, 5);
+    assert_ne!(c.vtcr() & (1 << 31), 0);
+    let c = Stage2Config::from_parange(2).unwrap();
+    assert_eq!((c.ipa_bits, c.root_level, c.ps), (39, 2, 2));
+    assert_eq!(c.vtcr() & 0x3f, 25);
+    assert_eq!((c.vtcr() >> 6) & 3, 0b01);
+    let c = Stage2Config::from_parange(6).unwrap();
+    assert_eq!((c.ipa_bits, c.ps), (48, 5));
+    assert_eq!(
+        Stage2Config::from_parange(7),
+        Err(super::stage2::UnknownPaRange(7))
+    );
+
+    let mut mem = FakePhysMem::new();
+    let s2 = Stage2::new_stage2(&mut mem, Stage2Config::from_parange(4).unwrap()).unwrap();
+    assert_eq!(s2.vttbr(3), s2.root().as_u64() | (3 << 48));
+}
+
+fn s2_raw(mem: &FakePhysMem, root: u64, root_level: u8, a: u64) -> Option<(u64, u8)> {
+    let mut t = root;
+    for level in (0..=root_level).rev() {
+        let e = mem.read_u64(hpa(t + ((a >> (12 + 9 * level as u32)) & 511) * 8));
+        if e & 1 == 0 {
+            return None;
+        }
+        if level == 0 || e & 2 == 0 {
+            return Some((e, level));
+        }
+        t = e & 0x0000_ffff_ffff_f000;
+    }
+    None
+}
+
+#[test]
+fn stage2_descriptors_and_break_before_make() {
+    let mut mem = FakePhysMem::new();
+    let mut tlb = RecordingFlush::default();
+    let cfg = Stage2Config::from_parange(2).unwrap();
+    let mut s2 = Stage2::new_stage2(&mut mem, cfg).unwrap();
+    // Guest RAM IPA 0x4000_0000 -> PA 0x4800_0000 (linear offset), 1 GiB.
+    s2.map(
+        &mut mem,
+        gpa(GIB),
+        GIB,
+        hpa(GIB + 0x800_0000),
+        LeafAttrs::ram(Perms::RWX),
+        &mut tlb,
+    )
+    .unwrap();
+    // Offset is 128 MiB: 2 MiB blocks, not 1 GiB.
+    let root = s2.root().as_u64();
+    let (raw, level) = s2_raw(&mem, root, 2, GIB + 0x1000).unwrap();
+    assert_eq!(level, 1);
+    assert_eq!(raw & 3, 0b01, "block");
+    assert_eq!(raw & 0x0000_ffff_ffff_f000, GIB + 0x800_0000);
+    assert_eq!((raw >> 2) & 0xf, 0xf, "normal WB");
+    assert_eq!((raw >> 6) & 3, 3, "S2AP RW");
+    assert_eq!((raw >> 8) & 3, 3, "inner shareable");
+    assert_ne!(raw & (1 << 10), 0, "AF");
+    assert_eq!(raw & (1 << 54), 0, "executable");
+    // Device page.
+    s2.map(
+        &mut mem,
+        gpa(0x0900_0000),
+        0x1000,
+        hpa(0x0900_0000),
+        LeafAttrs::mmio(Perms::RW),
+        &mut tlb,
+    )
+    .unwrap();
+    let (raw, level) = s2_raw(&mem, root, 2, 0x0900_0000).unwrap();
+    assert_eq!(level, 0);
+    assert_eq!(raw & 3, 0b11, "page");
+    assert_eq!((raw >> 2) & 0xf, 0b0001, "device nGnRE");
+    assert_ne!(raw & (1 << 54), 0, "XN");
+    assert!(tlb.calls.is_empty());
+    // Read-only page inside a block: the block is broken (flush) before the table is made.
+    let inv = s2
+        .map(
+            &mut mem,
+            gpa(GIB + 0x5000),
+            0x1000,
+            hpa(GIB + 0x800_5000),
+            LeafAttrs::ram(Perms::RX),
+            &mut tlb,
+        )
+        .unwrap();
+    assert!(inv.is_needed());
+    assert_eq!(
+        tlb.calls.len(),
+        2,
+        "break-before-make flush, then the final flush"
+    );
+    assert_eq!(tlb.calls[0], GpaRange::new(gpa(GIB), MIB2).unwrap());
+    let (raw, level) = s2_raw(&mem, root, 2, GIB + 0x5000).unwrap();
+    assert_eq!((level, (raw >> 6) & 3), (0, 1));
+    // Stage 2 refuses execute-only and SPP.
+    for attrs in [
+        LeafAttrs::ram(Perms::X),
+        LeafAttrs {
+            spp: true,
+            ..LeafAttrs::ram(Perms::R)
+        },
+    ] {
+        assert_eq!(
+            s2.map(&mut mem, gpa(GIB), 0x1000, hpa(GIB), attrs, &mut tlb),
+            Err(PtError::Unrepresentable(attrs))
+        );
+    }
+    // 39-bit IPA space.
+    assert_eq!(
+        s2.map(
+            &mut mem,
+            gpa(1 << 39),
+            0x1000,
+            hpa(0),
+            LeafAttrs::ram(Perms::R),
+            &mut tlb
+        ),
+        Err(PtError::OutOfRange)
+    );
+}
+
+#[test]
+fn sppt_paths_vectors_and_failure() {
+    let mut mem = FakePhysMem::new();
+    let mut sppt = Sppt::new(&mut mem).unwrap();
+    assert_eq!(sppt.spptp(), sppt.spptp() & !0xfff);
+    assert_eq!(sppt.get(&mem, gpa(0x5000)), None, "SPPT miss");
+    let v = SppVector::from_writable_mask(0b101);
+    assert_eq!(v.raw(), 0b10001);
+    sppt.set(
+        &mut mem,
+        &[(gpa(0x5000), v), (gpa(0x6000), SppVector::default())],
+    )
+    .unwrap();
+    assert_eq!(sppt.table_pages(), 4);
+    assert_eq!(sppt.get(&mem, gpa(0x5000)), Some(v));
+    assert_eq!(sppt.get(&mem, gpa(0x6000)), Some(SppVector::default()));
+    assert_eq!(sppt.get(&mem, gpa(0x7000)), Some(SppVector::default()));
+    assert_eq!(sppt.get(&mem, gpa(GIB)), None);
+    // Odd bits are always zero.
+    let all = SppVector::from_writable_mask(u32::MAX);
+    assert_eq!(all.raw() & 0xaaaa_aaaa_aaaa_aaaa, 0);
+    assert_eq!(all.raw(), 0x5555_5555_5555_5555);
+    // Protected bytes -> vector.
+    let mut bits = [0u64; 64];
+    bits[2] = 1 << 63; // byte 191: sub-page 1
+    bits[63] = 1; // byte 4032: sub-page 31
+    let v = SppVector::from_protected_bytes(&bits);
+    assert!(v.writable(0) && !v.writable(1) && v.writable(2) && !v.writable(31));
+    // Failure leaves the table unchanged.
+    mem.set_limit(Some(mem.allocated() + 1));
+    let before = mem.allocated();
+    assert!(sppt.set(&mut mem, &[(gpa(1 << 40), v)]).is_err());
+    assert_eq!(mem.allocated(), before);
+    assert_eq!(sppt.get(&mem, gpa(1 << 40)), None);
+    assert!(sppt.set(&mut mem, &[(gpa(0x123), v)]).is_err());
+    mem.set_limit(None);
+    sppt.destroy(&mut mem);
+    assert_eq!(mem.allocated(), 0);
+}
