@@ -12,5 +12,6 @@ extern crate alloc;
 pub mod addr;
 pub mod console;
 pub mod exit;
+pub mod gwalk;
 pub mod physmem;
 pub mod pt;
