@@ -1,26 +1,295 @@
-//! Placeholder: this arch's engineer replaces this module (build, run, scenarios).
-#![allow(dead_code)]
+//! x86_64 side of xtask: build Bulwark and the test guest, make a GRUB ISO, run it in Bochs (VMX
+//! with EPT), QEMU TCG (boot only: no VMX) or QEMU/KVM with nested VMX, and the test scenarios.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
 
-use crate::util::{Outcome, RunOpts, Scenario};
+use bulwark_abi::console::{reason, STATUS_BULWARK_FAILURE};
 
-pub fn build(_release: bool) -> Result<PathBuf, String> {
-    Err("not wired yet".into())
+use crate::util::{self, Emulator, Outcome, RunOpts, Scenario, Serial};
+
+const TARGET: &str = "x86_64-unknown-none";
+const DEFAULT_BOCHS_CPU: &str = "tigerlake";
+const BOCHS_TIMEOUT_S: u64 = 60;
+const QEMU_TIMEOUT_S: u64 = 30;
+const MEMORY_MIB: u32 = 256;
+
+fn out() -> Result<PathBuf, String> {
+    util::out_dir("x86_64")
 }
 
-pub fn iso(_o: &RunOpts) -> Result<PathBuf, String> {
-    Err("not wired yet".into())
+/// Build Bulwark and the test guest. Returns Bulwark's ELF; the guest (converted to the ELF32
+/// that Multiboot v1 loaders expect) is at [`test_guest_path`].
+pub fn build(release: bool) -> Result<PathBuf, String> {
+    let bulwark = util::cargo_build("bulwark", "bulwark", TARGET, release)?;
+    build_test_guest(release)?;
+    Ok(bulwark)
 }
 
-pub fn run(_o: &RunOpts) -> Result<Outcome, String> {
-    Err("not wired yet".into())
+/// Where `build` puts the Multiboot v1 test guest.
+pub fn test_guest_path() -> Result<PathBuf, String> {
+    Ok(out()?.join("x86_64-testguest.elf32"))
 }
 
-pub fn qemu(_o: &RunOpts) -> Result<Outcome, String> {
-    Err("not wired yet".into())
+fn build_test_guest(release: bool) -> Result<PathBuf, String> {
+    let elf64 = util::cargo_build("x86_64-testguest", "x86_64-testguest", TARGET, release)?;
+    util::need_tool("llvm-objcopy", "llvm")?;
+    let elf32 = test_guest_path()?;
+    // Multiboot v1 loaders (GRUB, QEMU -kernel, Bulwark) take ELF32; kvm-unit-tests converts the
+    // same way. The guest's 64-bit code is only reached after its own switch to long mode.
+    util::run_checked(
+        Command::new("llvm-objcopy")
+            .args(["-O", "elf32-i386"])
+            .arg(&elf64)
+            .arg(&elf32),
+        "llvm-objcopy -O elf32-i386 (test guest)",
+    )?;
+    Ok(elf32)
 }
 
+fn grub_cfg(cmdline: &str, guest: bool, guest_cmdline: &str) -> String {
+    let mut s = String::from(
+        "# Bulwark boot entry. For real hardware, copy /boot/bulwark and /boot/guest to your boot\n\
+         # partition and this menu entry to your grub.cfg.\n\
+         set timeout=0\nset default=0\n\n\
+         menuentry \"Bulwark\" {\n",
+    );
+    s.push_str(&format!("    multiboot2 /boot/bulwark {cmdline}\n"));
+    if guest {
+        s.push_str(&format!("    module2 /boot/guest {guest_cmdline}\n"));
+    }
+    s.push_str("    boot\n}\n");
+    s
+}
+
+/// Build a GRUB rescue ISO: Bulwark plus the guest (`--guest`, default the test guest).
+pub fn iso(o: &RunOpts) -> Result<PathBuf, String> {
+    util::need_tool("grub-mkrescue", "grub-common grub-pc-bin")?;
+    util::need_tool("xorriso", "xorriso")?;
+    util::need_tool("mformat", "mtools")?;
+    let bulwark = build(o.release)?;
+    let guest = match &o.guest {
+        Some(g) => g.clone(),
+        None => test_guest_path()?,
+    };
+    for (what, s) in [
+        ("--cmdline", &o.cmdline),
+        ("--guest-cmdline", &o.guest_cmdline),
+    ] {
+        if s.contains(['\n', '"', '\'', '\\', '$', ';']) {
+            return Err(format!(
+                "{what} {s:?}: newlines, quotes, backslashes, '$' and ';' cannot be passed through grub.cfg"
+            ));
+        }
+    }
+    let dir = out()?;
+    let stage = dir.join("iso-root");
+    let _ = std::fs::remove_dir_all(&stage);
+    let bootdir = stage.join("boot");
+    std::fs::create_dir_all(bootdir.join("grub"))
+        .map_err(|e| format!("{}: {e}", stage.display()))?;
+    copy(&bulwark, &bootdir.join("bulwark"))?;
+    copy(&guest, &bootdir.join("guest"))?;
+    std::fs::write(
+        bootdir.join("grub").join("grub.cfg"),
+        grub_cfg(&o.cmdline, true, &o.guest_cmdline),
+    )
+    .map_err(|e| format!("writing grub.cfg: {e}"))?;
+    let iso = dir.join("bulwark.iso");
+    util::progress("grub-mkrescue");
+    util::run_checked(
+        Command::new("grub-mkrescue")
+            .arg("-o")
+            .arg(&iso)
+            .arg(&stage),
+        "grub-mkrescue",
+    )?;
+    Ok(iso)
+}
+
+fn copy(from: &Path, to: &Path) -> Result<(), String> {
+    std::fs::copy(from, to)
+        .map(|_| ())
+        .map_err(|e| format!("copying {} to {}: {e}", from.display(), to.display()))
+}
+
+/// Boot Bulwark: Bochs (default, VMX with EPT) or `--emulator qemu` (QEMU TCG: no VMX, so Bulwark
+/// boots, reports VMX absent and refuses; useful for the boot path).
+pub fn run(o: &RunOpts) -> Result<Outcome, String> {
+    match o.emulator.as_deref() {
+        None | Some("bochs") => run_bochs(o),
+        Some("qemu") => run_qemu(o, false),
+        Some(e) => Err(format!("unknown emulator {e}")),
+    }
+}
+
+fn bochsrc(model: &str, iso: &Path, serial: &Path, log: &Path) -> String {
+    format!(
+        "# Generated by cargo xtask (x86_64). See docs/x86_64.md.\n\
+         memory: guest={MEMORY_MIB}, host={MEMORY_MIB}\n\
+         cpu: model={model}, count=1, ips=4000000, reset_on_triple_fault=0\n\
+         romimage: file=/usr/share/bochs/BIOS-bochs-latest\n\
+         vgaromimage: file=/usr/share/bochs/VGABIOS-lgpl-latest\n\
+         display_library: rfb, options=\"timeout=0\"\n\
+         sound: driver=dummy\n\
+         clock: sync=none, time0=local\n\
+         boot: cdrom\n\
+         ata0-master: type=cdrom, path={iso}, status=inserted\n\
+         com1: enabled=1, mode=file, dev={serial}\n\
+         log: {log}\n\
+         panic: action=fatal\n\
+         error: action=report\n\
+         info: action=report\n\
+         debug: action=ignore\n",
+        iso = iso.display(),
+        serial = serial.display(),
+        log = log.display(),
+    )
+}
+
+fn run_bochs(o: &RunOpts) -> Result<Outcome, String> {
+    util::need_tool("bochs", "bochs bochsbios vgabios")?;
+    let iso = iso(o)?;
+    let dir = out()?;
+    let model = o.cpu.as_deref().unwrap_or(DEFAULT_BOCHS_CPU);
+    let tag = model.replace(|c: char| !c.is_ascii_alphanumeric() && c != '_', "-");
+    let serial = dir.join(format!("serial-{tag}.log"));
+    let blog = dir.join(format!("bochs-{tag}.log"));
+    let rc = dir.join(format!("bochsrc-{tag}"));
+    std::fs::write(&rc, bochsrc(model, &iso, &serial, &blog))
+        .map_err(|e| format!("writing {}: {e}", rc.display()))?;
+    let cont = dir.join("bochs-continue.rc");
+    std::fs::write(&cont, "c\n").map_err(|e| format!("writing {}: {e}", cont.display()))?;
+    let mut cmd = Command::new("bochs");
+    cmd.current_dir(&dir)
+        .arg("-q")
+        .arg("-f")
+        .arg(&rc)
+        .arg("-rc")
+        .arg(&cont);
+    util::progress(&format!(
+        "bochs cpu={model} (console: {})",
+        serial.display()
+    ));
+    util::run_emulator(Emulator {
+        cmd,
+        serial: Serial::File(serial),
+        timeout: Duration::from_secs(o.timeout.unwrap_or(BOCHS_TIMEOUT_S)),
+        echo: !o.quiet,
+        log: dir.join(format!("bochs-stdout-{tag}.log")),
+    })
+}
+
+fn run_qemu(o: &RunOpts, kvm: bool) -> Result<Outcome, String> {
+    util::need_tool("qemu-system-x86_64", "qemu-system-x86")?;
+    let iso = iso(o)?;
+    let dir = out()?;
+    let mut cmd = Command::new("qemu-system-x86_64");
+    if kvm {
+        cmd.args(["-enable-kvm", "-cpu", o.cpu.as_deref().unwrap_or("host")]);
+    } else {
+        cmd.args(["-accel", "tcg", "-cpu", o.cpu.as_deref().unwrap_or("max")]);
+    }
+    cmd.args(["-m", &format!("{MEMORY_MIB}M")])
+        .arg("-cdrom")
+        .arg(&iso)
+        .args([
+            "-display",
+            "none",
+            "-serial",
+            "stdio",
+            "-monitor",
+            "none",
+            "-no-reboot",
+            "-device",
+            "isa-debug-exit,iobase=0xf4,iosize=0x04",
+        ]);
+    util::progress(if kvm { "qemu (kvm)" } else { "qemu (tcg)" });
+    util::run_emulator(Emulator {
+        cmd,
+        serial: Serial::Stdout,
+        timeout: Duration::from_secs(o.timeout.unwrap_or(QEMU_TIMEOUT_S)),
+        echo: !o.quiet,
+        log: dir.join(if kvm { "qemu-kvm.log" } else { "qemu-tcg.log" }),
+    })
+}
+
+/// Why QEMU/KVM cannot run Bulwark's guests here, or None when it can.
+fn kvm_nested_vmx_missing() -> Option<String> {
+    if !Path::new("/dev/kvm").exists() {
+        return Some("there is no /dev/kvm".into());
+    }
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let vmx = cpuinfo
+        .lines()
+        .filter(|l| l.starts_with("flags"))
+        .any(|l| l.split_whitespace().any(|f| f == "vmx"));
+    if !vmx {
+        return Some("the host CPU does not expose VMX (no 'vmx' flag in /proc/cpuinfo)".into());
+    }
+    let nested = std::fs::read_to_string("/sys/module/kvm_intel/parameters/nested")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    if nested != "Y" && nested != "1" {
+        return Some(
+            "kvm_intel is not loaded with nested=1 (/sys/module/kvm_intel/parameters/nested)"
+                .into(),
+        );
+    }
+    None
+}
+
+/// QEMU with KVM and nested VMX, `-cpu host`: only where the host offers nested VMX.
+pub fn qemu(o: &RunOpts) -> Result<Outcome, String> {
+    if let Some(why) = kvm_nested_vmx_missing() {
+        return Err(format!(
+            "cannot run Bulwark under QEMU/KVM here: {why}. Bulwark needs VMX with EPT and \
+             unrestricted guest, and QEMU's TCG does not emulate VMX, so QEMU only helps on an \
+             Intel host whose KVM offers nested VMX. Run `cargo xtask run --arch x86_64` instead: \
+             Bochs emulates VMX with EPT (add `--cpu corei7_skylake_x` for a CPU without SPP), or \
+             `cargo xtask run --arch x86_64 --emulator qemu` to check only the boot path."
+        ));
+    }
+    run_qemu(o, true)
+}
+
+fn opts(cpu: Option<&str>, emulator: &str, guest_cmdline: &str) -> RunOpts {
+    RunOpts {
+        arch: Some(util::Arch::X86_64),
+        emulator: Some(emulator.into()),
+        cpu: cpu.map(str::to_string),
+        guest_cmdline: guest_cmdline.into(),
+        quiet: true,
+        ..RunOpts::default()
+    }
+}
+
+/// The x86 entries of `cargo xtask test`.
 pub fn scenarios() -> Vec<Scenario> {
-    Vec::new()
+    let mut v = vec![Scenario::new(
+        "x86 boot in QEMU TCG: banner, VMX absent, clean refusal",
+        "qemu tcg",
+        || {
+            let out = run(&opts(None, "qemu", ""))?;
+            out.expect(STATUS_BULWARK_FAILURE, reason::REFUSED)?;
+            for needle in ["cpu: vendor=", "vmx: absent", "memory: ", "acpi: "] {
+                if !out.has(needle) {
+                    return Err(format!("no '{needle}' line\n{}", out.tail(25)));
+                }
+            }
+            Ok(())
+        },
+    )];
+    for model in ["tigerlake", "corei7_skylake_x"] {
+        v.push(Scenario::new(
+            "x86 test guest: environment checks",
+            format!("bochs {model}"),
+            move || {
+                let out = run(&opts(Some(model), "bochs", ""))?;
+                out.expect(0, reason::GUEST_EXIT)
+            },
+        ));
+    }
+    v
 }

@@ -76,6 +76,10 @@ extern "C" fn bulwark_main_x86(magic: u32, mbi: u64) -> ! {
         }
     };
     log::set_max_level(level_filter(config.log_level));
+    // Build with BULWARK_DUMP_MBI=1 in the environment to print the raw MBI (test fixtures).
+    if option_env!("BULWARK_DUMP_MBI").is_some() {
+        dump_mbi(mbi);
+    }
 
     let cpu = cpu::probe();
     banner(&boot, &cpu);
@@ -137,7 +141,6 @@ fn read_mbi(mbi: u64) -> Result<BootDescription, &'static str> {
     })
 }
 
-#[allow(dead_code)]
 /// Print the raw MBI as hex lines (`bulwark: mbi <offset> <hex>`) for capturing test fixtures.
 fn dump_mbi(mbi: u64) {
     // SAFETY: `read_mbi` accepted this block, so its header and `total` bytes are readable.
