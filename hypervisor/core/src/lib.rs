@@ -15,3 +15,4 @@ pub mod exit;
 pub mod gwalk;
 pub mod physmem;
 pub mod pt;
+pub mod store;
