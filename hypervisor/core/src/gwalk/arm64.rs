@@ -183,7 +183,9 @@ impl GuestWalker for Arm64Walker {
             return Err(WalkError::WalkDisabled { gva });
         }
         let pa_bits = pa_bits(tcr);
-        let oa_mask = bit_range(12, 52);
+        // Bits 47:12 hold addresses; 51:48 are RES0 in table descriptors and GP/DBM/RES0 in
+        // leaves with the 4 KiB granule (no LPA2): never address bits here.
+        let oa_mask = bit_range(12, 48);
         let pa_limit = low_mask(pa_bits);
 
         // Start level: the level whose index field holds VA bit va_bits - 1.
@@ -250,7 +252,7 @@ impl GuestWalker for Arm64Walker {
             }
             let size = 1u64.checked_shl(shift).unwrap_or(0);
             let oa = d & oa_mask & !low_mask(shift);
-            if oa & !pa_limit != 0 || d & bit_range(48, 52) != 0 {
+            if oa & !pa_limit != 0 {
                 return Err(WalkError::AddressSize { level, entry: d });
             }
             ap |= u8::try_from((d >> AP_SHIFT) & 3).unwrap_or(0b11);
