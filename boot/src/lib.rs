@@ -10,6 +10,7 @@ pub mod cmdline;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 pub mod aarch64;
 pub mod fdt;
+pub mod fdt_guest;
 
 // x86_64: multiboot2 information -> boot description (host-tested); the entry assembly lives in
 // boot/src/x86_64/entry.s and is included by the x86_64 binary glue.

@@ -1,2 +1,22 @@
 //! Bulwark aarch64 back end: EL2, stage-2 glue, ESR decoding, SMCCC.
-#![no_std]
+//!
+//! Pure parts (ESR decoding, the SMCCC dispatcher, the Image loader plan) build and are tested on
+//! the host; everything touching system registers builds only for the bare-metal target.
+#![cfg_attr(not(test), no_std)]
+
+pub mod esr;
+pub mod image;
+pub mod smccc;
+
+#[cfg(target_arch = "aarch64")]
+pub mod el2;
+#[cfg(all(target_arch = "aarch64", target_os = "none"))]
+pub mod mem;
+#[cfg(target_arch = "aarch64")]
+pub mod pl011;
+#[cfg(target_arch = "aarch64")]
+pub mod power;
+#[cfg(target_arch = "aarch64")]
+pub mod sysreg;
+#[cfg(target_arch = "aarch64")]
+pub mod vcpu;

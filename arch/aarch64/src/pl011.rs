@@ -1,0 +1,62 @@
+//! PL011 console output (transmit only). QEMU's PL011 needs no set-up to transmit; on hardware
+//! the firmware has configured it. The base comes from the device tree once it is parsed; before
+//! that, and when the tree names none, QEMU virt's 0x0900_0000 is used.
+
+use core::sync::atomic::{AtomicUsize, Ordering};
+
+/// QEMU virt's PL011.
+pub const QEMU_VIRT_PL011: usize = 0x0900_0000;
+
+static BASE: AtomicUsize = AtomicUsize::new(QEMU_VIRT_PL011);
+
+const DR: usize = 0x00;
+const FR: usize = 0x18;
+const FR_BUSY: u32 = 1 << 3;
+const FR_TXFF: u32 = 1 << 5;
+
+/// Use the PL011 at `base` (identity-mapped device memory) from now on.
+pub fn set_base(base: usize) {
+    BASE.store(base, Ordering::Release);
+}
+
+pub fn base() -> usize {
+    BASE.load(Ordering::Acquire)
+}
+
+fn read_fr(base: usize) -> u32 {
+    // SAFETY: `base` is the PL011 named by the device tree (or QEMU virt's), identity-mapped as
+    // device memory by the entry code; FR is a read-only status register.
+    unsafe { core::ptr::read_volatile((base + FR) as *const u32) }
+}
+
+fn put(base: usize, b: u8) {
+    // Bounded wait: a wedged UART must not hang Bulwark forever.
+    let mut spins = 0u32;
+    while read_fr(base) & FR_TXFF != 0 && spins < 1_000_000 {
+        spins += 1;
+        core::hint::spin_loop();
+    }
+    // SAFETY: as in `read_fr`; DR is the transmit data register.
+    unsafe { core::ptr::write_volatile((base + DR) as *mut u32, u32::from(b)) }
+}
+
+/// Write bytes, turning `\n` into `\r\n`.
+pub fn write_bytes(bytes: &[u8]) {
+    let base = base();
+    for &b in bytes {
+        if b == b'\n' {
+            put(base, b'\r');
+        }
+        put(base, b);
+    }
+}
+
+/// Wait until everything written has left the UART (before powering off).
+pub fn flush() {
+    let base = base();
+    let mut spins = 0u32;
+    while read_fr(base) & FR_BUSY != 0 && spins < 1_000_000 {
+        spins += 1;
+        core::hint::spin_loop();
+    }
+}
