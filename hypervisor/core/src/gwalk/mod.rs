@@ -26,7 +26,7 @@ pub mod x86;
 #[cfg(test)]
 mod tests;
 
-pub use range::{translate_pages, translate_range, RangePiece};
+pub use range::{translate_pages, translate_range, RangePiece, MAX_RANGE_PIECES};
 
 /// The guest-physical address is not guest RAM (or not readable by the hypervisor as such).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -112,6 +112,9 @@ pub enum WalkError {
     Unaligned { gva: GuestVirtAddr },
     /// Range walk: the result list could not be allocated.
     OutOfMemory,
+    /// Range walk: the range maps to more than [`MAX_RANGE_PIECES`] physically discontiguous
+    /// pieces (bounds the hypervisor's time and memory for one call; the guest can split it).
+    TooManyPieces,
 }
 
 /// A successful translation of one guest-virtual address.
@@ -136,6 +139,43 @@ pub trait GuestWalker {
         mem: &M,
         gva: GuestVirtAddr,
     ) -> Result<Translation<Self::Perms>, WalkError>;
+}
+
+/// Either walker, for code that handles both architectures through one type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AnyWalker {
+    X86(x86::X86Walker),
+    Arm64(arm64::Arm64Walker),
+}
+
+/// Permissions reported by [`AnyWalker`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AnyPerms {
+    X86(x86::X86Perms),
+    Arm64(arm64::Arm64Perms),
+}
+
+impl GuestWalker for AnyWalker {
+    type Perms = AnyPerms;
+
+    fn translate<M: GuestMemRead + ?Sized>(
+        &self,
+        mem: &M,
+        gva: GuestVirtAddr,
+    ) -> Result<Translation<AnyPerms>, WalkError> {
+        match self {
+            AnyWalker::X86(w) => w.translate(mem, gva).map(|t| Translation {
+                gpa: t.gpa,
+                page_size: t.page_size,
+                perms: AnyPerms::X86(t.perms),
+            }),
+            AnyWalker::Arm64(w) => w.translate(mem, gva).map(|t| Translation {
+                gpa: t.gpa,
+                page_size: t.page_size,
+                perms: AnyPerms::Arm64(t.perms),
+            }),
+        }
+    }
 }
 
 /// Bits `[0, n)` set; all bits for `n >= 64`.

@@ -7,6 +7,12 @@ use alloc::vec::Vec;
 use super::{GuestMemRead, GuestWalker, WalkError};
 use crate::addr::{GpaRange, GuestVirtAddr, PAGE_SIZE};
 
+/// At most this many pieces per range walk ([`WalkError::TooManyPieces`] beyond). A guest can
+/// map one page at every virtual page of a huge range with a handful of tables; without a bound
+/// one hypercall could keep the hypervisor busy for hours and exhaust its heap. Physically
+/// contiguous mappings merge into one piece, so a kernel image is a few pieces at most.
+pub const MAX_RANGE_PIECES: usize = 8192;
+
 /// A run of the virtual range that maps to physically contiguous guest memory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RangePiece {
@@ -36,7 +42,8 @@ impl RangePiece {
 /// Errors (and then nothing is returned): `EmptyRange` for `len == 0`; `RangeWraps` when the last
 /// byte `gva + len - 1` does not fit in 64 bits (the range may end exactly at the top of the
 /// address space); the first translation error of any page; `NotGuestRam` when a page maps
-/// outside guest RAM; `OutOfMemory` when the result list cannot grow.
+/// outside guest RAM; `TooManyPieces` beyond [`MAX_RANGE_PIECES`]; `OutOfMemory` when the result
+/// list cannot grow.
 pub fn translate_range<W, M>(
     walker: &W,
     mem: &M,
@@ -87,6 +94,9 @@ where
             _ => false,
         };
         if !merged {
+            if out.len() >= MAX_RANGE_PIECES {
+                return Err(WalkError::TooManyPieces);
+            }
             out.try_reserve(1).map_err(|_| WalkError::OutOfMemory)?;
             out.push(RangePiece { gva: here, gpa });
         }
