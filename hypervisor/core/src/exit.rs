@@ -74,10 +74,31 @@ pub enum Action {
     Advance,
     /// Write `value` to the guest's result register, then skip the instruction.
     AdvanceWithResult(u64),
+    /// Write four result registers (x86: RAX, RBX, RCX, RDX; arm64: x0..x3), then skip the
+    /// instruction (SMCCC calls with several results, e.g. the call UID).
+    AdvanceWithResults([u64; 4]),
+    /// Perform the faulting store in software, writing only the bytes `emulation` allows, then
+    /// skip the instruction (chunk-protected pages: spec §1).
+    EmulateStore(StoreEmulation),
     /// Inject an arch fault (x86 #GP(0); arm64 synchronous external abort) without advancing.
     InjectFault,
     /// Stop the guest; the run ends with this status.
     Stop(StopReason),
+}
+
+/// How a back end completes a store that hit a chunk-protected page.
+///
+/// The store of `size` bytes at `gpa` (the faulting address) is performed by the back end, except
+/// that byte `i` of the access (0-based) is **not written** when bit `i` of `protected` is set.
+/// `protected` only describes bytes inside the faulting 4 KiB page: when the access crosses the
+/// page end (`crosses_page`), the back end translates the next page itself and asks
+/// `Guest::protected_mask` for those bytes before writing them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StoreEmulation {
+    pub gpa: GuestPhysAddr,
+    pub size: u8,
+    pub protected: u64,
+    pub crosses_page: bool,
 }
 
 /// Why a run ended; `status` is the process exit code xtask reports.

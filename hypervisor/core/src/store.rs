@@ -175,16 +175,15 @@ impl AttrStore {
             .is_some_and(|w| w & (1 << (off % 64)) != 0)
     }
 
-    /// KVM_SET_MEMORY_ATTRIBUTES: validate by KVM's rules, then set the allowed rights of
-    /// `[address, address+size)`. `attributes` = allowed R/W/X (bits 0-2); 7 = no restriction.
-    /// Returns the changed range (None: already so).
-    pub fn set_attributes(
-        &mut self,
+    /// KVM_SET_MEMORY_ATTRIBUTES' checks, in KVM's order, plus Bulwark's refusal of rights the
+    /// hardware cannot enforce. Returns the frame range and rights. Changes nothing.
+    pub fn validate_attributes(
+        &self,
         address: u64,
         size: u64,
         attributes: u64,
         flags: u64,
-    ) -> Result<Option<GpaRange>, StoreError> {
+    ) -> Result<(u64, u64, Perms), StoreError> {
         if flags != 0 {
             return Err(StoreError::NonZeroFlags);
         }
@@ -206,6 +205,20 @@ impl AttrStore {
         if e > MAX_FRAME {
             return Err(StoreError::Wraps);
         }
+        Ok((s, e, perms))
+    }
+
+    /// KVM_SET_MEMORY_ATTRIBUTES: validate ([`AttrStore::validate_attributes`]), then set the
+    /// allowed rights of `[address, address+size)`. `attributes` = allowed R/W/X (bits 0-2);
+    /// 7 = no restriction. Returns the changed range (None: already so).
+    pub fn set_attributes(
+        &mut self,
+        address: u64,
+        size: u64,
+        attributes: u64,
+        flags: u64,
+    ) -> Result<Option<GpaRange>, StoreError> {
+        let (s, e, perms) = self.validate_attributes(address, size, attributes, flags)?;
         let (runs, changed) = self.rebuild(&[(s, e)], |st| PageState {
             allowed: perms,
             ..st

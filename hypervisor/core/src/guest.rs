@@ -1,0 +1,884 @@
+//! Per-guest protection state and the two entry points the back ends call:
+//! [`Guest::handle_hypercall`] and [`Guest::handle_fault`]. Both change only the attribute store
+//! and MMIO-guard state and return the guest-physical range whose tables must be re-derived;
+//! [`Guest::sync_ept`] / [`Guest::sync_stage2`] then compute the EPT (+SPPT) or stage-2
+//! permissions of that range from the store (no exit handler edits a page-table entry).
+//!
+//! Callers serialise access (one `spin::Mutex<Guest>` per VM); nothing here is global.
+
+use alloc::vec::Vec;
+
+use bulwark_abi::errno::{smccc_ret, Errno};
+use bulwark_abi::roe::{RoeRequest, KVM_HC_ROE, ROE_IMPL_VERSION};
+use bulwark_abi::smccc::{self, Function};
+
+use crate::addr::{GpaRange, GuestPhysAddr, GuestVirtAddr, HostPhysAddr, PAGE_SIZE};
+use crate::console::reason;
+use crate::exit::{Access, Action, Hypercall, MemFault, StopReason, StoreEmulation};
+use crate::physmem::PhysMem;
+use crate::pt::ept::EptFormat;
+use crate::pt::sppt::{SppVector, Sppt};
+use crate::pt::stage2::Stage2;
+use crate::pt::{
+    Invalidation, Layout, LeafAttrs, Mapping, PageTable, Perms, PtError, Run, TlbFlush,
+};
+use crate::store::{AttrStore, PageState, StoreError, StoreLimits};
+use crate::violation::{ActionWord, Violation, ViolationKind, ViolationLog, ViolationPolicy};
+
+/// MMIO-guard protection granule (bytes).
+pub const MMIO_GUARD_GRANULE: u64 = PAGE_SIZE;
+
+/// Status Bulwark reports when it stops a run (violation under `halt`, bad access).
+pub use crate::console::STATUS_BULWARK_FAILURE;
+
+/// What a guest-physical region is.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum RegionKind {
+    /// Guest RAM: write-back, rights from the attribute store.
+    Ram,
+    /// Device memory passed through: uncached, read/write, never executable; subject to the
+    /// MMIO guard once the guest enrols.
+    Device,
+}
+
+/// One region of the guest-physical map: `[gpa, gpa+len)` -> `[hpa, hpa+len)`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct MemRegion {
+    pub gpa: GuestPhysAddr,
+    pub len: u64,
+    pub hpa: HostPhysAddr,
+    pub kind: RegionKind,
+}
+
+/// Which architecture's calling convention the guest uses.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Arch {
+    X86_64,
+    Aarch64,
+}
+
+/// Static configuration of a guest.
+#[derive(Clone, Debug)]
+pub struct GuestConfig {
+    pub arch: Arch,
+    /// Page-aligned, non-overlapping regions (any order); everything else is not mapped.
+    pub regions: Vec<MemRegion>,
+    pub policy: ViolationPolicy,
+    /// Violation lines per instruction address before suppression.
+    pub ratelimit: u32,
+    /// EPT supports execute-only translations.
+    pub exec_only: bool,
+    /// SPP is available and enabled: chunk pages get sub-page vectors.
+    pub spp: bool,
+    pub limits: StoreLimits,
+}
+
+/// A configuration Bulwark refuses to start a guest with.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum ConfigError {
+    /// A region is empty, unaligned or wraps.
+    BadRegion(MemRegion),
+    /// Two regions overlap.
+    Overlap(MemRegion, MemRegion),
+    /// A host attribute lies (partly) outside guest RAM.
+    AttrOutsideRam { address: u64, size: u64 },
+    /// The store refused a host attribute.
+    Attr(StoreError),
+}
+
+/// Counters reported by the core.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Default)]
+pub struct Counters {
+    pub hypercalls: u64,
+    pub hypercall_errors: u64,
+    pub roe_pages_requested: u64,
+    pub chunk_bytes_requested: u64,
+    pub violations: [u64; 4],
+    pub emulated_stores: u64,
+    pub spurious_faults: u64,
+    pub mmio_maps: u64,
+    pub mmio_unmaps: u64,
+}
+
+fn kind_index(k: ViolationKind) -> usize {
+    match k {
+        ViolationKind::Roe => 0,
+        ViolationKind::RoeChunk => 1,
+        ViolationKind::MmioGuard => 2,
+        ViolationKind::Attr => 3,
+    }
+}
+
+/// Per-page guest-virtual to guest-physical translation, implemented by the back end over the
+/// calling vCPU's current paging state (identity when paging is off).
+pub trait GuestTranslate {
+    /// Guest-physical address of the byte at `gva`; `Err(())` when it does not translate.
+    #[allow(clippy::result_unit_err)]
+    fn translate(&mut self, gva: GuestVirtAddr) -> Result<GuestPhysAddr, ()>;
+}
+
+/// Result of a hypercall.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum HypercallOutcome {
+    /// Handled: apply `action`, then re-derive `rederive` (before re-entering the guest).
+    Handled {
+        action: Action,
+        rederive: Option<GpaRange>,
+    },
+    /// Not a protection call (PSCI, guest exit, ...): the back end handles it.
+    NotMine,
+}
+
+/// What a fault was.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum FaultKind {
+    /// A protection refused the access (a violation line was logged, maybe rate-limited).
+    Violation(ViolationKind),
+    /// A store to unprotected bytes of a chunk page: emulated, no violation.
+    ChunkPassThrough,
+    /// The tables were stale (the store allows the access): re-derive and retry.
+    Spurious,
+    /// The address is not guest memory at all.
+    NotGuestMemory,
+    /// A write to a chunk page arrived without an access size: the back end must decode it.
+    NeedsAccessSize,
+}
+
+/// The decision for a [`MemFault`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct FaultDecision {
+    pub kind: FaultKind,
+    pub action: Action,
+    /// Re-derive this range before re-entering.
+    pub rederive: Option<GpaRange>,
+}
+
+/// MMIO-guard state of a guest.
+#[derive(Debug, Default)]
+pub struct MmioGuard {
+    enrolled: bool,
+    /// Mapped granule frames, sorted.
+    mapped: Vec<u64>,
+}
+
+impl MmioGuard {
+    pub fn enrolled(&self) -> bool {
+        self.enrolled
+    }
+    pub fn is_mapped(&self, frame: u64) -> bool {
+        self.mapped.binary_search(&frame).is_ok()
+    }
+    pub fn mapped_count(&self) -> usize {
+        self.mapped.len()
+    }
+    /// Frames from `frame` (inclusive) with the same mapped-ness, at most `max`.
+    fn run(&self, frame: u64, max: u64) -> u64 {
+        match self.mapped.binary_search(&frame) {
+            Ok(_) => 1,
+            Err(i) => match self.mapped.get(i) {
+                Some(next) => (next - frame).min(max),
+                None => max,
+            },
+        }
+    }
+}
+
+/// The per-guest protection state.
+#[derive(Debug)]
+pub struct Guest {
+    arch: Arch,
+    regions: Vec<MemRegion>,
+    policy: ViolationPolicy,
+    spp: bool,
+    ram_pages: u64,
+    store: AttrStore,
+    guard: MmioGuard,
+    log: ViolationLog,
+    counters: Counters,
+}
+
+fn region_end(r: &MemRegion) -> u64 {
+    r.gpa.as_u64().saturating_add(r.len)
+}
+
+impl Guest {
+    pub fn new(cfg: GuestConfig) -> Result<Self, ConfigError> {
+        let mut regions = cfg.regions;
+        for r in &regions {
+            if r.len == 0
+                || !r.gpa.is_aligned(PAGE_SIZE)
+                || !r.hpa.is_aligned(PAGE_SIZE)
+                || !r.len.is_multiple_of(PAGE_SIZE)
+                || r.gpa.checked_add(r.len).is_none()
+                || r.hpa.checked_add(r.len).is_none()
+            {
+                return Err(ConfigError::BadRegion(*r));
+            }
+        }
+        regions.sort_by_key(|r| r.gpa);
+        for w in regions.windows(2) {
+            if let [a, b] = w {
+                if region_end(a) > b.gpa.as_u64() {
+                    return Err(ConfigError::Overlap(*a, *b));
+                }
+            }
+        }
+        let ram_pages = regions
+            .iter()
+            .filter(|r| r.kind == RegionKind::Ram)
+            .map(|r| r.len / PAGE_SIZE)
+            .sum();
+        Ok(Self {
+            arch: cfg.arch,
+            regions,
+            policy: cfg.policy,
+            spp: cfg.spp,
+            ram_pages,
+            store: AttrStore::new(cfg.limits, cfg.exec_only),
+            guard: MmioGuard::default(),
+            log: ViolationLog::new(cfg.ratelimit),
+            counters: Counters::default(),
+        })
+    }
+
+    /// Apply a boot-time host attribute (KVM_SET_MEMORY_ATTRIBUTES rules; must lie in RAM).
+    pub fn set_host_attributes(
+        &mut self,
+        address: u64,
+        size: u64,
+        attributes: u64,
+        flags: u64,
+    ) -> Result<Option<GpaRange>, ConfigError> {
+        // KVM's checks first, then the RAM check.
+        self.store
+            .validate_attributes(address, size, attributes, flags)
+            .map_err(ConfigError::Attr)?;
+        if !self.range_is_ram(GuestPhysAddr::new(address), size) {
+            return Err(ConfigError::AttrOutsideRam { address, size });
+        }
+        self.store
+            .set_attributes(address, size, attributes, flags)
+            .map_err(ConfigError::Attr)
+    }
+
+    pub fn store(&self) -> &AttrStore {
+        &self.store
+    }
+    pub fn mmio_guard(&self) -> &MmioGuard {
+        &self.guard
+    }
+    pub fn counters(&self) -> Counters {
+        self.counters
+    }
+    pub fn policy(&self) -> ViolationPolicy {
+        self.policy
+    }
+    pub fn regions(&self) -> &[MemRegion] {
+        &self.regions
+    }
+    pub fn violation_log(&mut self) -> &mut ViolationLog {
+        &mut self.log
+    }
+    /// The guest-physical range that covers every region (for the first full derivation).
+    pub fn full_range(&self) -> Option<GpaRange> {
+        let first = self.regions.first()?;
+        let last = self.regions.last()?;
+        GpaRange::from_bounds(first.gpa, GuestPhysAddr::new(region_end(last)))
+    }
+
+    fn region_of(&self, gpa: GuestPhysAddr) -> Option<&MemRegion> {
+        let a = gpa.as_u64();
+        let i = self.regions.partition_point(|r| region_end(r) <= a);
+        self.regions.get(i).filter(|r| r.gpa.as_u64() <= a)
+    }
+
+    fn is_ram(&self, gpa: GuestPhysAddr) -> bool {
+        self.region_of(gpa)
+            .is_some_and(|r| r.kind == RegionKind::Ram)
+    }
+
+    fn range_is_ram(&self, start: GuestPhysAddr, len: u64) -> bool {
+        let Some(end) = start.as_u64().checked_add(len) else {
+            return false;
+        };
+        let mut pos = start.as_u64();
+        while pos < end {
+            match self.region_of(GuestPhysAddr::new(pos)) {
+                Some(r) if r.kind == RegionKind::Ram => pos = region_end(r),
+                _ => return false,
+            }
+        }
+        true
+    }
+
+    /// Bit i set = byte `gpa + i` (i < n <= 64) is protected against writes by ROE. Bytes of
+    /// another page than `gpa`'s are not looked at (bits stay 0): ask per page.
+    pub fn protected_mask(&self, gpa: GuestPhysAddr, n: u8) -> u64 {
+        let mut mask = 0u64;
+        let room = PAGE_SIZE - gpa.page_offset();
+        for i in 0..u64::from(n.min(64)).min(room) {
+            if self.store.byte_locked(GuestPhysAddr::new(gpa.as_u64() + i)) {
+                mask |= 1 << i;
+            }
+        }
+        mask
+    }
+
+    // ----- derivation -------------------------------------------------------------------
+
+    /// The effective rights of a RAM page with `st`: host rights minus W under a lock/chunk.
+    fn ram_perms(st: &PageState) -> Perms {
+        if st.roe || st.chunk {
+            st.allowed.without(Perms::W)
+        } else {
+            st.allowed
+        }
+    }
+
+    fn lookup(&self, gpa: GuestPhysAddr, spp_enabled: bool) -> Run {
+        let a = gpa.as_u64();
+        let i = self.regions.partition_point(|r| region_end(r) <= a);
+        let Some(r) = self.regions.get(i) else {
+            return Run {
+                target: None,
+                len: u64::MAX - a,
+            };
+        };
+        if r.gpa.as_u64() > a {
+            return Run {
+                target: None,
+                len: r.gpa.as_u64() - a,
+            };
+        }
+        let off = a - r.gpa.as_u64();
+        let hpa = HostPhysAddr::new(r.hpa.as_u64().wrapping_add(off));
+        let left = r.len - off;
+        match r.kind {
+            RegionKind::Ram => {
+                let (st, frames) = self.store.run_at(gpa.frame());
+                let perms = Self::ram_perms(&st);
+                let spp = spp_enabled && st.chunk && !st.roe && perms.read();
+                let len = if spp {
+                    PAGE_SIZE
+                } else {
+                    frames.saturating_mul(PAGE_SIZE).min(left)
+                };
+                Run {
+                    target: (perms != Perms::NONE).then_some(Mapping {
+                        hpa,
+                        attrs: LeafAttrs {
+                            spp,
+                            ..LeafAttrs::ram(perms)
+                        },
+                    }),
+                    len,
+                }
+            }
+            RegionKind::Device => {
+                if !self.guard.enrolled {
+                    return Run {
+                        target: Some(Mapping {
+                            hpa,
+                            attrs: LeafAttrs::mmio(Perms::RW),
+                        }),
+                        len: left,
+                    };
+                }
+                let f = gpa.frame();
+                let frames = self.guard.run(f, left / PAGE_SIZE);
+                Run {
+                    target: self.guard.is_mapped(f).then_some(Mapping {
+                        hpa,
+                        attrs: LeafAttrs::mmio(Perms::RW),
+                    }),
+                    len: frames.saturating_mul(PAGE_SIZE),
+                }
+            }
+        }
+    }
+
+    /// Re-derive `range` into the EPT and (with SPP) the SPPT. SPP vectors are written before
+    /// any EPT leaf that points at them. On error nothing in the EPT changed.
+    pub fn sync_ept<const XO: bool>(
+        &self,
+        mem: &mut dyn PhysMem,
+        ept: &mut PageTable<EptFormat<XO>>,
+        sppt: Option<&mut Sppt>,
+        range: GpaRange,
+        tlb: &mut dyn TlbFlush,
+    ) -> Result<Invalidation, PtError> {
+        let range = range.page_aligned_outer().ok_or(PtError::OutOfRange)?;
+        let spp = self.spp && sppt.is_some();
+        if let Some(sppt) = sppt.filter(|_| self.spp) {
+            let vectors = self.spp_vectors(range)?;
+            if !vectors.is_empty() {
+                sppt.set(mem, &vectors)?;
+            }
+        }
+        let layout = Derived { guest: self, spp };
+        ept.sync(mem, range, &layout, tlb)
+    }
+
+    /// Re-derive `range` into the stage-2 tables.
+    pub fn sync_stage2(
+        &self,
+        mem: &mut dyn PhysMem,
+        s2: &mut Stage2,
+        range: GpaRange,
+        tlb: &mut dyn TlbFlush,
+    ) -> Result<Invalidation, PtError> {
+        let range = range.page_aligned_outer().ok_or(PtError::OutOfRange)?;
+        let layout = Derived {
+            guest: self,
+            spp: false,
+        };
+        s2.sync(mem, range, &layout, tlb)
+    }
+
+    /// SPP vectors of the chunk pages in `range`.
+    pub fn spp_vectors(&self, range: GpaRange) -> Result<Vec<(GuestPhysAddr, SppVector)>, PtError> {
+        let mut out = Vec::new();
+        let mut f = range.start().frame();
+        let end = range.end().as_u64().div_ceil(PAGE_SIZE);
+        while f < end {
+            let (st, n) = self.store.run_at(f);
+            if st.chunk && !st.roe && self.is_ram(GuestPhysAddr::from_frame(f)) {
+                for g in f..f.saturating_add(n).min(end) {
+                    if let Some(bits) = self.store.chunk_bits(g) {
+                        out.try_reserve(1).map_err(|_| PtError::OutOfFrames)?;
+                        out.push((
+                            GuestPhysAddr::from_frame(g),
+                            SppVector::from_protected_bytes(bits),
+                        ));
+                    }
+                }
+            }
+            f = f.saturating_add(n.max(1));
+        }
+        Ok(out)
+    }
+
+    // ----- hypercalls ---------------------------------------------------------------------
+
+    /// Decode and perform a hypercall (x86: VMCALL RAX=nr; arm64: HVC/SMC x0=function ID).
+    pub fn handle_hypercall(
+        &mut self,
+        hc: &Hypercall,
+        tr: &mut dyn GuestTranslate,
+    ) -> HypercallOutcome {
+        let mask = if hc.narrow { 0xffff_ffff } else { u64::MAX };
+        let nr = hc.nr & mask;
+        let [a0, a1, a2, _] = hc.args.map(|a| a & mask);
+        match self.arch {
+            Arch::X86_64 => {
+                if nr != KVM_HC_ROE {
+                    // KVM answers unknown hypercalls with -KVM_ENOSYS.
+                    self.counters.hypercalls += 1;
+                    self.counters.hypercall_errors += 1;
+                    return self.done(Errno::NoSys.to_reg(hc.narrow), None);
+                }
+                self.roe_call(hc, a0, a1, a2, tr)
+            }
+            Arch::Aarch64 => {
+                let fid = (hc.nr & 0xffff_ffff) as u32;
+                match Function::decode(fid) {
+                    Ok(Function::Roe) => self.roe_call(hc, a0, a1, a2, tr),
+                    Ok(Function::VendorHypCallUid) => {
+                        let u = smccc::KVM_UID;
+                        self.counters.hypercalls += 1;
+                        HypercallOutcome::Handled {
+                            action: Action::AdvanceWithResults(u.map(u64::from)),
+                            rederive: None,
+                        }
+                    }
+                    Ok(Function::VendorHypFeatures) => {
+                        let (x0, x1) = smccc::vendor_hyp_features(true);
+                        self.counters.hypercalls += 1;
+                        HypercallOutcome::Handled {
+                            action: Action::AdvanceWithResults([x0, x1, 0, 0]),
+                            rederive: None,
+                        }
+                    }
+                    Ok(Function::MmioGuardInfo) => self.smccc_ok(hc, MMIO_GUARD_GRANULE, None),
+                    Ok(Function::MmioGuardEnroll) => {
+                        if hc.from_user {
+                            return self.smccc_err();
+                        }
+                        let first = !self.guard.enrolled;
+                        self.guard.enrolled = true;
+                        let r = if first { self.device_range() } else { None };
+                        self.smccc_ok(hc, 0, r)
+                    }
+                    Ok(Function::MmioGuardMap) => self.mmio_map(hc, a0),
+                    Ok(Function::MmioGuardUnmap) => self.mmio_unmap(hc, a0),
+                    _ => HypercallOutcome::NotMine,
+                }
+            }
+        }
+    }
+
+    fn done(&mut self, value: u64, rederive: Option<GpaRange>) -> HypercallOutcome {
+        HypercallOutcome::Handled {
+            action: Action::AdvanceWithResult(value),
+            rederive,
+        }
+    }
+
+    fn smccc_ok(
+        &mut self,
+        hc: &Hypercall,
+        value: u64,
+        rederive: Option<GpaRange>,
+    ) -> HypercallOutcome {
+        self.counters.hypercalls += 1;
+        let _ = hc;
+        self.done(value, rederive)
+    }
+
+    fn smccc_err(&mut self) -> HypercallOutcome {
+        self.counters.hypercalls += 1;
+        self.counters.hypercall_errors += 1;
+        self.done(smccc_ret::NOT_SUPPORTED_REG, None)
+    }
+
+    fn device_range(&self) -> Option<GpaRange> {
+        let mut out: Option<GpaRange> = None;
+        for r in self.regions.iter().filter(|r| r.kind == RegionKind::Device) {
+            if let Some(x) = GpaRange::new(r.gpa, r.len) {
+                out = Some(match out {
+                    Some(o) => o.union(x),
+                    None => x,
+                });
+            }
+        }
+        out
+    }
+
+    fn mmio_map(&mut self, hc: &Hypercall, ipa: u64) -> HypercallOutcome {
+        let gpa = GuestPhysAddr::new(ipa);
+        let ok = !hc.from_user
+            && self.guard.enrolled
+            && gpa.is_aligned(MMIO_GUARD_GRANULE)
+            && self
+                .region_of(gpa)
+                .is_some_and(|r| r.kind == RegionKind::Device);
+        if !ok {
+            return self.smccc_err();
+        }
+        let f = gpa.frame();
+        match self.guard.mapped.binary_search(&f) {
+            Ok(_) => self.smccc_ok(hc, 0, None),
+            Err(i) => {
+                if self.guard.mapped.try_reserve(1).is_err() {
+                    return self.smccc_err();
+                }
+                self.guard.mapped.insert(i, f);
+                self.counters.mmio_maps += 1;
+                self.smccc_ok(hc, 0, GpaRange::new(gpa, MMIO_GUARD_GRANULE))
+            }
+        }
+    }
+
+    fn mmio_unmap(&mut self, hc: &Hypercall, ipa: u64) -> HypercallOutcome {
+        let gpa = GuestPhysAddr::new(ipa);
+        if hc.from_user || !self.guard.enrolled || !gpa.is_aligned(MMIO_GUARD_GRANULE) {
+            return self.smccc_err();
+        }
+        match self.guard.mapped.binary_search(&gpa.frame()) {
+            Ok(i) => {
+                self.guard.mapped.remove(i);
+                self.counters.mmio_unmaps += 1;
+                self.smccc_ok(hc, 0, GpaRange::new(gpa, MMIO_GUARD_GRANULE))
+            }
+            Err(_) => self.smccc_err(),
+        }
+    }
+
+    fn roe_call(
+        &mut self,
+        hc: &Hypercall,
+        op: u64,
+        a1: u64,
+        a2: u64,
+        tr: &mut dyn GuestTranslate,
+    ) -> HypercallOutcome {
+        self.counters.hypercalls += 1;
+        let r = if hc.from_user {
+            Err(Errno::NoSys)
+        } else {
+            match RoeRequest::decode(op, a1, a2) {
+                Err(_) => Err(Errno::Inval),
+                Ok(RoeRequest::Version) => Ok((ROE_IMPL_VERSION, None)),
+                Ok(RoeRequest::Mprotect { start, pages }) => {
+                    self.roe_mprotect(start, pages, hc.narrow, tr)
+                }
+                Ok(RoeRequest::MprotectChunk { start, len }) => {
+                    self.roe_chunk(start, len, hc.narrow, tr)
+                }
+            }
+        };
+        match r {
+            Ok((v, rederive)) => self.done(v, rederive),
+            Err(e) => {
+                self.counters.hypercall_errors += 1;
+                self.done(e.to_reg(hc.narrow), None)
+            }
+        }
+    }
+
+    /// Largest virtual address + 1 for the caller's mode.
+    fn va_limit(narrow: bool) -> u128 {
+        if narrow {
+            1 << 32
+        } else {
+            1 << 64
+        }
+    }
+
+    fn roe_mprotect(
+        &mut self,
+        start: u64,
+        pages: u64,
+        narrow: bool,
+        tr: &mut dyn GuestTranslate,
+    ) -> Result<(u64, Option<GpaRange>), Errno> {
+        if pages == 0 || !start.is_multiple_of(PAGE_SIZE) || pages > self.ram_pages {
+            return Err(Errno::Inval);
+        }
+        let len = u128::from(pages) * u128::from(PAGE_SIZE);
+        if u128::from(start) + len > Self::va_limit(narrow) {
+            return Err(Errno::Inval);
+        }
+        let mut frames: Vec<u64> = Vec::new();
+        frames
+            .try_reserve_exact(usize::try_from(pages).map_err(|_| Errno::Inval)?)
+            .map_err(|_| Errno::NoMem)?;
+        for i in 0..pages {
+            let gva = GuestVirtAddr::new(start.wrapping_add(i * PAGE_SIZE));
+            let gpa = tr.translate(gva).map_err(|()| Errno::Inval)?;
+            if !self.is_ram(gpa) {
+                return Err(Errno::Inval);
+            }
+            frames.push(gpa.frame());
+        }
+        let changed = self.store.roe_lock_frames(&frames).map_err(store_errno)?;
+        self.counters.roe_pages_requested = self.counters.roe_pages_requested.saturating_add(pages);
+        Ok((pages, changed))
+    }
+
+    fn roe_chunk(
+        &mut self,
+        start: u64,
+        len: u64,
+        narrow: bool,
+        tr: &mut dyn GuestTranslate,
+    ) -> Result<(u64, Option<GpaRange>), Errno> {
+        if len == 0 || len > self.ram_pages.saturating_mul(PAGE_SIZE) {
+            return Err(Errno::Inval);
+        }
+        if u128::from(start) + u128::from(len) > Self::va_limit(narrow) {
+            return Err(Errno::Inval);
+        }
+        let mut pieces: Vec<(GuestPhysAddr, u64)> = Vec::new();
+        let mut pos = start;
+        let mut left = len;
+        while left > 0 {
+            let in_page = (PAGE_SIZE - pos % PAGE_SIZE).min(left);
+            let gpa = tr
+                .translate(GuestVirtAddr::new(pos))
+                .map_err(|()| Errno::Inval)?;
+            // The translation must keep the page offset (4 KiB granularity).
+            if gpa.page_offset() != pos % PAGE_SIZE || !self.is_ram(gpa) {
+                return Err(Errno::Inval);
+            }
+            pieces.try_reserve(1).map_err(|_| Errno::NoMem)?;
+            pieces.push((gpa, in_page));
+            left -= in_page;
+            pos = pos.wrapping_add(in_page);
+        }
+        let changed = self.store.chunk_protect(&pieces).map_err(store_errno)?;
+        self.counters.chunk_bytes_requested =
+            self.counters.chunk_bytes_requested.saturating_add(len);
+        Ok((len, changed))
+    }
+
+    // ----- faults -------------------------------------------------------------------------
+
+    /// Decide what a refused guest-physical access was and what the guest sees.
+    pub fn handle_fault(&mut self, vcpu: u32, f: &MemFault) -> FaultDecision {
+        let page = GpaRange::new(f.gpa.page_base(), PAGE_SIZE);
+        let Some(region) = self.region_of(f.gpa).copied() else {
+            log::error!(
+                "guest access outside guest memory: access={} gpa={:#x} ip={:#x} vcpu={}",
+                f.access.as_str(),
+                f.gpa.as_u64(),
+                f.ip.as_u64(),
+                vcpu
+            );
+            return FaultDecision {
+                kind: FaultKind::NotGuestMemory,
+                action: Action::Stop(StopReason {
+                    status: STATUS_BULWARK_FAILURE,
+                    reason: reason::GUEST_CRASH,
+                }),
+                rederive: None,
+            };
+        };
+        if region.kind == RegionKind::Device {
+            if self.guard.enrolled && !self.guard.is_mapped(f.gpa.frame()) {
+                return self.violation(vcpu, f, ViolationKind::MmioGuard, None);
+            }
+            return self.spurious(page);
+        }
+        let st = self.store.state(f.gpa.frame());
+        let perms = Self::ram_perms(&st);
+        match f.access {
+            Access::Read | Access::Exec => {
+                let need = if f.access == Access::Read {
+                    Perms::R
+                } else {
+                    Perms::X
+                };
+                if perms.contains(need) {
+                    self.spurious(page)
+                } else {
+                    self.violation(vcpu, f, ViolationKind::Attr, None)
+                }
+            }
+            Access::Write => {
+                if st.roe {
+                    return self.violation(vcpu, f, ViolationKind::Roe, None);
+                }
+                if !st.allowed.write() {
+                    return self.violation(vcpu, f, ViolationKind::Attr, None);
+                }
+                if !st.chunk {
+                    return self.spurious(page);
+                }
+                let Some(size) = f.size.filter(|s| (1..=64).contains(s)) else {
+                    log::error!(
+                        "write to chunk page gpa={:#x} ip={:#x} without a usable access size",
+                        f.gpa.as_u64(),
+                        f.ip.as_u64()
+                    );
+                    return FaultDecision {
+                        kind: FaultKind::NeedsAccessSize,
+                        action: Action::Stop(StopReason {
+                            status: STATUS_BULWARK_FAILURE,
+                            reason: reason::UNHANDLED_EXIT,
+                        }),
+                        rederive: None,
+                    };
+                };
+                let protected = self.protected_mask(f.gpa, size);
+                let crosses_page = f.gpa.page_offset() + u64::from(size) > PAGE_SIZE;
+                let emu = StoreEmulation {
+                    gpa: f.gpa,
+                    size,
+                    protected,
+                    crosses_page,
+                };
+                if protected == 0 {
+                    self.counters.emulated_stores += 1;
+                    FaultDecision {
+                        kind: FaultKind::ChunkPassThrough,
+                        action: Action::EmulateStore(emu),
+                        rederive: None,
+                    }
+                } else {
+                    self.violation(vcpu, f, ViolationKind::RoeChunk, Some(emu))
+                }
+            }
+        }
+    }
+
+    fn spurious(&mut self, page: Option<GpaRange>) -> FaultDecision {
+        self.counters.spurious_faults += 1;
+        FaultDecision {
+            kind: FaultKind::Spurious,
+            action: Action::Retry,
+            rederive: page,
+        }
+    }
+
+    fn violation(
+        &mut self,
+        vcpu: u32,
+        f: &MemFault,
+        kind: ViolationKind,
+        emu: Option<StoreEmulation>,
+    ) -> FaultDecision {
+        // `skip` is defined for writes to ROE-protected memory; reads, executes and MMIO-guard
+        // accesses cannot be skipped meaningfully and are injected (or halt under `halt`).
+        let skippable = f.access == Access::Write && kind != ViolationKind::MmioGuard;
+        let (word, action) = match self.policy {
+            ViolationPolicy::Halt => (
+                ActionWord::Halt,
+                Action::Stop(StopReason {
+                    status: STATUS_BULWARK_FAILURE,
+                    reason: reason::VIOLATION_HALT,
+                }),
+            ),
+            ViolationPolicy::Skip if skippable => (
+                ActionWord::Skip,
+                match emu {
+                    Some(e) if e.protected != low_mask(e.size) || e.crosses_page => {
+                        self.counters.emulated_stores += 1;
+                        Action::EmulateStore(e)
+                    }
+                    _ => Action::Advance,
+                },
+            ),
+            ViolationPolicy::Skip | ViolationPolicy::Inject => {
+                (ActionWord::Inject, Action::InjectFault)
+            }
+        };
+        if let Some(c) = self.counters.violations.get_mut(kind_index(kind)) {
+            *c = c.saturating_add(1);
+        }
+        self.log.record(Violation {
+            kind,
+            access: f.access,
+            gpa: f.gpa,
+            gva: f.gva,
+            ip: f.ip,
+            vcpu,
+            action: word,
+        });
+        FaultDecision {
+            kind: FaultKind::Violation(kind),
+            action,
+            rederive: None,
+        }
+    }
+}
+
+fn low_mask(size: u8) -> u64 {
+    if size >= 64 {
+        u64::MAX
+    } else {
+        (1u64 << size) - 1
+    }
+}
+
+fn store_errno(e: StoreError) -> Errno {
+    match e {
+        StoreError::NoMem => Errno::NoMem,
+        _ => Errno::Inval,
+    }
+}
+
+/// The derivation of a guest's tables from its store.
+struct Derived<'a> {
+    guest: &'a Guest,
+    spp: bool,
+}
+
+impl Layout for Derived<'_> {
+    fn lookup(&self, gpa: GuestPhysAddr) -> Run {
+        self.guest.lookup(gpa, self.spp)
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,503 @@
+use super::*;
+use crate::physmem::FakePhysMem;
+use crate::pt::ept::Ept;
+use crate::pt::RecordingFlush;
+use bulwark_abi::roe::{ROE_MPROTECT, ROE_MPROTECT_CHUNK, ROE_VERSION};
+
+const MIB: u64 = 1 << 20;
+
+/// Identity translation for gva < 64 MiB except the `holes`; `offset` added to the result.
+struct Tr {
+    holes: Vec<u64>,
+    offset: u64,
+}
+impl GuestTranslate for Tr {
+    fn translate(&mut self, gva: GuestVirtAddr) -> Result<GuestPhysAddr, ()> {
+        let a = gva.as_u64();
+        if a >= 64 * MIB || self.holes.contains(&(a & !0xfff)) {
+            return Err(());
+        }
+        Ok(GuestPhysAddr::new(a + self.offset))
+    }
+}
+fn tr() -> Tr {
+    Tr {
+        holes: Vec::new(),
+        offset: 0,
+    }
+}
+
+fn cfg(arch: Arch, policy: ViolationPolicy, spp: bool) -> GuestConfig {
+    GuestConfig {
+        arch,
+        regions: alloc::vec![
+            MemRegion {
+                gpa: GuestPhysAddr::new(0),
+                len: 16 * MIB,
+                hpa: HostPhysAddr::new(0),
+                kind: RegionKind::Ram,
+            },
+            // A hole (Bulwark's own memory on x86) at 16..32 MiB, then more RAM.
+            MemRegion {
+                gpa: GuestPhysAddr::new(32 * MIB),
+                len: 16 * MIB,
+                hpa: HostPhysAddr::new(32 * MIB),
+                kind: RegionKind::Ram,
+            },
+            MemRegion {
+                gpa: GuestPhysAddr::new(0x0900_0000),
+                len: 0x10_0000,
+                hpa: HostPhysAddr::new(0x0900_0000),
+                kind: RegionKind::Device,
+            },
+        ],
+        policy,
+        ratelimit: 10,
+        exec_only: false,
+        spp,
+        limits: StoreLimits::default(),
+    }
+}
+
+fn hc(nr: u64, args: [u64; 3]) -> Hypercall {
+    Hypercall {
+        nr,
+        args: [args[0], args[1], args[2], 0],
+        from_user: false,
+        narrow: false,
+    }
+}
+
+fn result(o: HypercallOutcome) -> (u64, Option<GpaRange>) {
+    match o {
+        HypercallOutcome::Handled {
+            action: Action::AdvanceWithResult(v),
+            rederive,
+        } => (v, rederive),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+const EINVAL: u64 = (-22i64) as u64;
+const ENOSYS: u64 = (-1000i64) as u64;
+
+#[test]
+fn x86_roe_version_and_errors() {
+    let mut g = Guest::new(cfg(Arch::X86_64, ViolationPolicy::Skip, false)).unwrap();
+    let mut t = tr();
+    assert_eq!(
+        result(g.handle_hypercall(&hc(11, [ROE_VERSION, 0, 0]), &mut t)).0,
+        2
+    );
+    assert_eq!(
+        result(g.handle_hypercall(&hc(12, [0, 0, 0]), &mut t)).0,
+        ENOSYS
+    );
+    assert_eq!(
+        result(g.handle_hypercall(&hc(11, [3, 0, 0]), &mut t)).0,
+        EINVAL
+    );
+    // Ring 3: -1000 and nothing protected.
+    let mut user = hc(11, [ROE_MPROTECT, 0x1000, 1]);
+    user.from_user = true;
+    assert_eq!(result(g.handle_hypercall(&user, &mut t)).0, ENOSYS);
+    user.args[0] = ROE_VERSION;
+    assert_eq!(result(g.handle_hypercall(&user, &mut t)).0, ENOSYS);
+    assert_eq!(g.store().run_count(), 0);
+    for (a1, a2) in [
+        (0x1000, 0),                // zero count
+        (0x1001, 1),                // unaligned
+        (!0xfff, 2),                // wraps
+        (0x1000, u64::MAX),         // overflow of pages * 4096
+        (0x1000, 1 << 40),          // more pages than guest RAM
+        (17 * MIB, 1),              // translates into the hole
+        (15 * MIB, 2 * MIB / 4096), // crosses into the hole: nothing protected
+        (63 * MIB, 2 * MIB / 4096), // runs past the translated space
+    ] {
+        let (v, r) = result(g.handle_hypercall(&hc(11, [ROE_MPROTECT, a1, a2]), &mut t));
+        assert_eq!((v, r), (EINVAL, None), "a1={a1:#x} a2={a2:#x}");
+    }
+    // Device memory is not guest RAM.
+    assert_eq!(
+        result(g.handle_hypercall(&hc(11, [ROE_MPROTECT, 0x0900_0000, 1]), &mut t)).0,
+        EINVAL
+    );
+    // A page that does not translate in the middle: nothing protected.
+    let mut holey = Tr {
+        holes: alloc::vec![0x3000],
+        offset: 0,
+    };
+    assert_eq!(
+        result(g.handle_hypercall(&hc(11, [ROE_MPROTECT, 0x1000, 4]), &mut holey)).0,
+        EINVAL
+    );
+    assert_eq!(g.store().run_count(), 0);
+    for (a1, a2) in [(0x1000, 0), (u64::MAX, 2), (17 * MIB, 1), (0x0900_0000, 4)] {
+        assert_eq!(
+            result(g.handle_hypercall(&hc(11, [ROE_MPROTECT_CHUNK, a1, a2]), &mut t)).0,
+            EINVAL
+        );
+    }
+    assert_eq!(g.store().run_count(), 0);
+    assert!(g.counters().hypercall_errors >= 16);
+}
+
+#[test]
+fn x86_roe_success_idempotent_and_translated() {
+    let mut g = Guest::new(cfg(Arch::X86_64, ViolationPolicy::Skip, false)).unwrap();
+    // Virtual 0x1000 maps to physical 0x1000 + 32 MiB.
+    let mut t = Tr {
+        holes: Vec::new(),
+        offset: 32 * MIB,
+    };
+    let (v, r) = result(g.handle_hypercall(&hc(11, [ROE_MPROTECT, 0x1000, 3]), &mut t));
+    assert_eq!(v, 3);
+    assert_eq!(
+        r,
+        GpaRange::new(GuestPhysAddr::new(32 * MIB + 0x1000), 0x3000)
+    );
+    assert!(g.store().state((32 * MIB + 0x2000) / 4096).roe);
+    assert!(!g.store().state(0x2).roe);
+    // Again: same count, nothing to re-derive.
+    assert_eq!(
+        result(g.handle_hypercall(&hc(11, [ROE_MPROTECT, 0x1000, 3]), &mut t)),
+        (3, None)
+    );
+    // Chunk: any start, spans pages, exact bytes.
+    let (v, r) = result(g.handle_hypercall(&hc(11, [ROE_MPROTECT_CHUNK, 0x8ff0, 0x20]), &mut t));
+    assert_eq!(v, 0x20);
+    assert_eq!(
+        r,
+        GpaRange::new(GuestPhysAddr::new(32 * MIB + 0x8000), 0x2000)
+    );
+    let base = 32 * MIB;
+    assert!(!g.store().byte_locked(GuestPhysAddr::new(base + 0x8fef)));
+    assert!(g.store().byte_locked(GuestPhysAddr::new(base + 0x8ff0)));
+    assert!(g.store().byte_locked(GuestPhysAddr::new(base + 0x900f)));
+    assert!(!g.store().byte_locked(GuestPhysAddr::new(base + 0x9010)));
+    assert_eq!(
+        result(g.handle_hypercall(&hc(11, [ROE_MPROTECT_CHUNK, 0x8ff0, 0x20]), &mut t)),
+        (0x20, None)
+    );
+    assert_eq!(g.counters().roe_pages_requested, 6);
+}
+
+#[test]
+fn narrow_mode_ignores_upper_halves() {
+    let mut g = Guest::new(cfg(Arch::X86_64, ViolationPolicy::Skip, false)).unwrap();
+    let mut t = tr();
+    let mut c = hc(
+        0xdead_beef_0000_000b,
+        [
+            0xffff_0000_0000_0001,
+            0x1234_0000_0000_5000,
+            0xffff_ffff_0000_0001,
+        ],
+    );
+    c.narrow = true;
+    assert_eq!(result(g.handle_hypercall(&c, &mut t)).0, 1);
+    assert!(g.store().state(5).roe);
+    // Errors come back as 32-bit values.
+    c.args[2] = 0xffff_ffff_0000_0000; // count 0 after truncation
+    assert_eq!(result(g.handle_hypercall(&c, &mut t)).0, 0xffff_ffea);
+    // A 32-bit range that would pass 4 GiB is refused.
+    c.args = [ROE_MPROTECT_CHUNK, 0xffff_fff0, 0x20, 0];
+    assert_eq!(result(g.handle_hypercall(&c, &mut t)).0, 0xffff_ffea);
+}
+
+#[test]
+fn arm64_calls_and_mmio_guard() {
+    let mut g = Guest::new(cfg(Arch::Aarch64, ViolationPolicy::Skip, false)).unwrap();
+    let mut t = tr();
+    use bulwark_abi::smccc::*;
+    let ns = u64::MAX;
+    let call = |g: &mut Guest, fid: u32, a: [u64; 3]| {
+        let mut t = tr();
+        g.handle_hypercall(&hc(u64::from(fid), a), &mut t)
+    };
+    assert_eq!(result(call(&mut g, BULWARK_ROE, [ROE_VERSION, 0, 0])).0, 2);
+    assert_eq!(
+        result(g.handle_hypercall(
+            &hc(u64::from(BULWARK_ROE), [ROE_MPROTECT, 0x2000, 1]),
+            &mut t
+        ))
+        .0,
+        1
+    );
+    assert!(matches!(
+        call(&mut g, VENDOR_HYP_CALL_UID, [0; 3]),
+        HypercallOutcome::Handled {
+            action: Action::AdvanceWithResults([0xb66f_b428, _, _, _]),
+            ..
+        }
+    ));
+    assert!(matches!(
+        call(&mut g, VENDOR_HYP_FEATURES, [0; 3]),
+        HypercallOutcome::Handled {
+            action: Action::AdvanceWithResults([0b11_1101, 0b11, 0, 0]),
+            ..
+        }
+    ));
+    assert_eq!(
+        call(&mut g, PSCI_CPU_ON_64, [0; 3]),
+        HypercallOutcome::NotMine
+    );
+    assert_eq!(call(&mut g, 0xC600_0007, [0; 3]), HypercallOutcome::NotMine);
+    assert_eq!(result(call(&mut g, MMIO_GUARD_INFO, [0; 3])).0, 4096);
+    // MAP/UNMAP before ENROLL fail.
+    assert_eq!(
+        result(call(&mut g, MMIO_GUARD_MAP, [0x0900_0000, 0, 0])).0,
+        ns
+    );
+    assert_eq!(
+        result(call(&mut g, MMIO_GUARD_UNMAP, [0x0900_0000, 0, 0])).0,
+        ns
+    );
+    let (v, r) = result(call(&mut g, MMIO_GUARD_ENROLL, [0; 3]));
+    assert_eq!(v, 0);
+    assert_eq!(r, GpaRange::new(GuestPhysAddr::new(0x0900_0000), 0x10_0000));
+    assert_eq!(
+        result(call(&mut g, MMIO_GUARD_ENROLL, [0; 3])),
+        (0, None),
+        "idempotent"
+    );
+    // MAP rules: aligned, device (not RAM, not unmapped space), idempotent.
+    assert_eq!(
+        result(call(&mut g, MMIO_GUARD_MAP, [0x0900_0010, 0, 0])).0,
+        ns
+    );
+    assert_eq!(result(call(&mut g, MMIO_GUARD_MAP, [0x1000, 0, 0])).0, ns);
+    assert_eq!(
+        result(call(&mut g, MMIO_GUARD_MAP, [0x0a00_0000, 0, 0])).0,
+        ns
+    );
+    let (v, r) = result(call(&mut g, MMIO_GUARD_MAP, [0x0900_0000, 0, 0]));
+    assert_eq!(
+        (v, r),
+        (0, GpaRange::new(GuestPhysAddr::new(0x0900_0000), 4096))
+    );
+    assert_eq!(
+        result(call(&mut g, MMIO_GUARD_MAP, [0x0900_0000, 0, 0])),
+        (0, None)
+    );
+    assert!(g.mmio_guard().is_mapped(0x9000));
+    // UNMAP of an unmapped IPA fails; of a mapped one succeeds once.
+    assert_eq!(
+        result(call(&mut g, MMIO_GUARD_UNMAP, [0x0900_1000, 0, 0])).0,
+        ns
+    );
+    assert_eq!(
+        result(call(&mut g, MMIO_GUARD_UNMAP, [0x0900_0000, 0, 0])).0,
+        0
+    );
+    assert_eq!(
+        result(call(&mut g, MMIO_GUARD_UNMAP, [0x0900_0000, 0, 0])).0,
+        ns
+    );
+    // From EL0: refused.
+    let mut u = hc(u64::from(MMIO_GUARD_MAP), [0x0900_0000, 0, 0]);
+    u.from_user = true;
+    assert_eq!(result(g.handle_hypercall(&u, &mut t)).0, ns);
+}
+
+fn fault(gpa: u64, access: Access, size: Option<u8>) -> MemFault {
+    MemFault {
+        gpa: GuestPhysAddr::new(gpa),
+        gva: Some(GuestVirtAddr::new(gpa + 0xffff_8000_0000_0000)),
+        ip: GuestVirtAddr::new(0x10_0000),
+        access,
+        size,
+    }
+}
+
+#[test]
+fn fault_decisions_per_policy() {
+    for policy in [
+        ViolationPolicy::Skip,
+        ViolationPolicy::Inject,
+        ViolationPolicy::Halt,
+    ] {
+        let mut g = Guest::new(cfg(Arch::X86_64, policy, false)).unwrap();
+        let mut t = tr();
+        g.handle_hypercall(&hc(11, [ROE_MPROTECT, 0x5000, 1]), &mut t);
+        g.handle_hypercall(&hc(11, [ROE_MPROTECT_CHUNK, 0x6008, 4]), &mut t);
+        g.set_host_attributes(0x7000, 0x1000, 1, 0).unwrap(); // read-only, no exec
+        let viol_action = |skip: Action| match policy {
+            ViolationPolicy::Skip => skip,
+            ViolationPolicy::Inject => Action::InjectFault,
+            ViolationPolicy::Halt => Action::Stop(StopReason {
+                status: STATUS_BULWARK_FAILURE,
+                reason: reason::VIOLATION_HALT,
+            }),
+        };
+        let d = g.handle_fault(0, &fault(0x5010, Access::Write, Some(8)));
+        assert_eq!(d.kind, FaultKind::Violation(ViolationKind::Roe));
+        assert_eq!(d.action, viol_action(Action::Advance));
+        // Chunk: unprotected bytes pass through (emulated), no violation.
+        let d = g.handle_fault(0, &fault(0x6000, Access::Write, Some(8)));
+        assert_eq!(d.kind, FaultKind::ChunkPassThrough);
+        assert!(matches!(
+            d.action,
+            Action::EmulateStore(StoreEmulation {
+                protected: 0,
+                size: 8,
+                ..
+            })
+        ));
+        // Straddling protected bytes 0x6008..0x600c: bytes 4..8 of the access protected.
+        let d = g.handle_fault(0, &fault(0x6004, Access::Write, Some(8)));
+        assert_eq!(d.kind, FaultKind::Violation(ViolationKind::RoeChunk));
+        assert_eq!(
+            d.action,
+            viol_action(Action::EmulateStore(StoreEmulation {
+                gpa: GuestPhysAddr::new(0x6004),
+                size: 8,
+                protected: 0xf0,
+                crosses_page: false,
+            }))
+        );
+        // Fully protected bytes under skip: just advance.
+        let d = g.handle_fault(0, &fault(0x6008, Access::Write, Some(4)));
+        assert_eq!(d.action, viol_action(Action::Advance));
+        // No size for a chunk page: the back end must decode; never guessed.
+        let d = g.handle_fault(0, &fault(0x6000, Access::Write, None));
+        assert_eq!(d.kind, FaultKind::NeedsAccessSize);
+        assert!(matches!(d.action, Action::Stop(_)));
+        // Reads of a chunk page are spurious (allowed).
+        assert_eq!(
+            g.handle_fault(0, &fault(0x6008, Access::Read, Some(4)))
+                .kind,
+            FaultKind::Spurious
+        );
+        // Attribute: exec on a read-only page is injected under skip too.
+        let d = g.handle_fault(0, &fault(0x7000, Access::Exec, None));
+        assert_eq!(d.kind, FaultKind::Violation(ViolationKind::Attr));
+        assert_eq!(
+            d.action,
+            if policy == ViolationPolicy::Skip {
+                Action::InjectFault
+            } else {
+                viol_action(Action::InjectFault)
+            }
+        );
+        let d = g.handle_fault(0, &fault(0x7000, Access::Write, Some(1)));
+        assert_eq!(d.kind, FaultKind::Violation(ViolationKind::Attr));
+        // Spurious: the store allows it; re-derive the page.
+        let d = g.handle_fault(0, &fault(0x8000, Access::Write, Some(1)));
+        assert_eq!(
+            (d.kind, d.action, d.rederive),
+            (
+                FaultKind::Spurious,
+                Action::Retry,
+                GpaRange::new(GuestPhysAddr::new(0x8000), 4096)
+            )
+        );
+        // The hole (Bulwark's memory) is not guest memory: stop.
+        let d = g.handle_fault(0, &fault(17 * MIB, Access::Read, None));
+        assert_eq!(d.kind, FaultKind::NotGuestMemory);
+        assert!(matches!(d.action, Action::Stop(_)));
+        let c = g.counters();
+        assert_eq!(c.violations, [1, 2, 0, 2]);
+    }
+}
+
+#[test]
+fn mmio_guard_faults() {
+    let mut g = Guest::new(cfg(Arch::Aarch64, ViolationPolicy::Skip, false)).unwrap();
+    let mut t = tr();
+    let f = fault(0x0900_1000, Access::Read, Some(4));
+    assert_eq!(
+        g.handle_fault(0, &f).kind,
+        FaultKind::Spurious,
+        "not enrolled"
+    );
+    let enroll = hc(u64::from(bulwark_abi::smccc::MMIO_GUARD_ENROLL), [0; 3]);
+    g.handle_hypercall(&enroll, &mut t);
+    let d = g.handle_fault(0, &f);
+    assert_eq!(d.kind, FaultKind::Violation(ViolationKind::MmioGuard));
+    assert_eq!(d.action, Action::InjectFault, "MMIO guard is never skipped");
+    let map = hc(
+        u64::from(bulwark_abi::smccc::MMIO_GUARD_MAP),
+        [0x0900_1000, 0, 0],
+    );
+    g.handle_hypercall(&map, &mut t);
+    assert_eq!(g.handle_fault(0, &f).kind, FaultKind::Spurious);
+}
+
+#[test]
+fn config_and_host_attribute_errors() {
+    let mut c = cfg(Arch::X86_64, ViolationPolicy::Skip, false);
+    c.regions.push(MemRegion {
+        gpa: GuestPhysAddr::new(MIB),
+        len: 4096,
+        hpa: HostPhysAddr::new(0),
+        kind: RegionKind::Device,
+    });
+    assert!(matches!(Guest::new(c), Err(ConfigError::Overlap(..))));
+    let mut c = cfg(Arch::X86_64, ViolationPolicy::Skip, false);
+    c.regions[0].len = 100;
+    assert!(matches!(Guest::new(c), Err(ConfigError::BadRegion(_))));
+    let mut g = Guest::new(cfg(Arch::X86_64, ViolationPolicy::Skip, false)).unwrap();
+    assert_eq!(
+        g.set_host_attributes(0x1000, 0x1000, 1, 1),
+        Err(ConfigError::Attr(StoreError::NonZeroFlags))
+    );
+    assert_eq!(
+        g.set_host_attributes(15 * MIB, 2 * MIB, 1, 0),
+        Err(ConfigError::AttrOutsideRam {
+            address: 15 * MIB,
+            size: 2 * MIB
+        })
+    );
+    assert_eq!(
+        g.set_host_attributes(0x1000, 0x1000, 4, 0),
+        Err(ConfigError::Attr(StoreError::Unsupported(Perms::X)))
+    );
+    assert!(g
+        .set_host_attributes(0x1000, 0x1000, 5, 0)
+        .unwrap()
+        .is_some());
+}
+
+#[test]
+fn derivation_into_ept_and_sppt() {
+    let mut g = Guest::new(cfg(Arch::X86_64, ViolationPolicy::Skip, true)).unwrap();
+    let mut mem = FakePhysMem::new();
+    let mut tlb = RecordingFlush::default();
+    let mut ept = Ept::<false>::new_ept(&mut mem, true).unwrap();
+    let mut sppt = Sppt::new(&mut mem).unwrap();
+    let full = g.full_range().unwrap();
+    g.sync_ept(&mut mem, &mut ept, Some(&mut sppt), full, &mut tlb)
+        .unwrap();
+    let pages0 = ept.stats().table_pages;
+    let (m, level) = ept.translate(&mem, GuestPhysAddr::new(0x5000)).unwrap();
+    assert_eq!((m.attrs.perms, level), (Perms::RWX, 1));
+    assert!(
+        ept.translate(&mem, GuestPhysAddr::new(17 * MIB)).is_none(),
+        "hole"
+    );
+    let (m, _) = ept
+        .translate(&mem, GuestPhysAddr::new(0x0900_0000))
+        .unwrap();
+    assert_eq!(
+        (m.attrs.perms, m.attrs.mem),
+        (Perms::RW, crate::pt::MemType::Uncached)
+    );
+    let mut t = tr();
+    let (_, r) = result(g.handle_hypercall(&hc(11, [ROE_MPROTECT_CHUNK, 0x6080, 1]), &mut t));
+    let inv = g
+        .sync_ept(&mut mem, &mut ept, Some(&mut sppt), r.unwrap(), &mut tlb)
+        .unwrap();
+    assert!(inv.is_needed());
+    let (m, level) = ept.translate(&mem, GuestPhysAddr::new(0x6000)).unwrap();
+    assert_eq!((m.attrs.perms, m.attrs.spp, level), (Perms::RX, true, 0));
+    let v = sppt.get(&mem, GuestPhysAddr::new(0x6000)).unwrap();
+    assert!(v.writable(0) && !v.writable(1) && v.writable(2));
+    assert!(ept.stats().table_pages > pages0);
+    // ROE on the same page: no SPP any more, plain read-only.
+    let (_, r) = result(g.handle_hypercall(&hc(11, [ROE_MPROTECT, 0x6000, 1]), &mut t));
+    g.sync_ept(&mut mem, &mut ept, Some(&mut sppt), r.unwrap(), &mut tlb)
+        .unwrap();
+    let (m, _) = ept.translate(&mem, GuestPhysAddr::new(0x6000)).unwrap();
+    assert_eq!((m.attrs.perms, m.attrs.spp), (Perms::RX, false));
+}
