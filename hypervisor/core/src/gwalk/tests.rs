@@ -1335,6 +1335,82 @@ mod prop {
         (v - base < size).then(|| (pbase + (v - base), size, perms))
     }
 
+    /// Range model: page `i` of a run at `RUN` is described by `(kind, frame)`: kind 0 not
+    /// present, 1..=4 contiguous with the previous page, else `frame` (RAM when below 1 GiB).
+    const RUN: u64 = 0x4000_0000;
+
+    fn page_frames(entries: &[(u8, u64)]) -> Vec<Option<u64>> {
+        let mut out: Vec<Option<u64>> = Vec::new();
+        for &(kind, frame) in entries {
+            let prev = out.last().copied().flatten();
+            out.push(match (kind, prev) {
+                (0, _) => None,
+                (1..=4, Some(p)) => Some(p + 1),
+                _ => Some(frame),
+            });
+        }
+        out
+    }
+
+    fn range_model(
+        frames: &[Option<u64>],
+        gva: u64,
+        len: u64,
+    ) -> Result<Vec<(u64, u64, u64)>, WalkError> {
+        let last = gva + len - 1;
+        let mut cur = gva;
+        let mut out: Vec<(u64, u64, u64)> = Vec::new();
+        loop {
+            let page = ((cur - RUN) >> 12) as usize;
+            let frame = frames
+                .get(page)
+                .copied()
+                .flatten()
+                .ok_or(WalkError::NotPresent {
+                    level: 1,
+                    gva: va(cur),
+                })?;
+            let gpa = (frame << 12) | (cur & 0xfff);
+            let take = (0x1000 - (cur & 0xfff)).min(last - cur + 1);
+            if gpa + take > RAM_END {
+                return Err(WalkError::NotGuestRam {
+                    gva: va(cur),
+                    gpa: pa(gpa),
+                });
+            }
+            match out.last_mut() {
+                Some(p) if p.1 + p.2 == gpa => p.2 += take,
+                _ => out.push((cur, gpa, take)),
+            }
+            if cur + take - 1 == last {
+                return Ok(out);
+            }
+            cur += take;
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+        #[test]
+        fn range_matches_page_model(entries in proptest::collection::vec((0u8..12, 0u64..0x50000), 1..24),
+                                    start_off in 0u64..0x1_8000,
+                                    len in 1u64..0x1_8000) {
+            let frames = page_frames(&entries);
+            let mut t = Tables::new();
+            let pml4 = t.alloc();
+            // Make sure the PT exists even when every page is absent.
+            t.map64(pml4, 4, RUN + 0x1f_f000, 1, 0);
+            for (i, f) in frames.iter().enumerate() {
+                if let Some(f) = f {
+                    t.map64(pml4, 4, RUN + ((i as u64) << 12), 1, (f << 12) | P);
+                }
+            }
+            let w = X86Walker::new(st_long(pml4, false));
+            let got = translate_range(&w, &t.mem, va(RUN + start_off), len).map(|p| pieces(&p));
+            prop_assert_eq!(got, range_model(&frames, RUN + start_off, len));
+        }
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(200))]
         #[test]
