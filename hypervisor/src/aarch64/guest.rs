@@ -1,0 +1,603 @@
+//! The guest on arm64: memory plan, loading the payload, the guest device tree, stage 2, and the
+//! run loop (decode -> handle -> apply). Decisions are in docs/aarch64.md.
+
+use bulwark_aarch64::el2::{self, SPSR_EL1H_MASKED};
+use bulwark_aarch64::esr::{ec, ec_name, fsc_level, fsc_name, Esr};
+use bulwark_aarch64::image::{self, Move};
+use bulwark_aarch64::mem::{region, FramePool, Region};
+use bulwark_aarch64::read_sysreg;
+use bulwark_aarch64::smccc::{self, CallerInfo, Outcome};
+use bulwark_aarch64::vcpu::{self, exit_kind, VcpuRegs};
+use bulwark_abi::console::{reason, STATUS_BULWARK_FAILURE};
+use bulwark_abi::smccc::BULWARK_GUEST_EXIT;
+use bulwark_boot::cmdline::{self, LogLevel};
+use bulwark_boot::fdt::BootDescription;
+use bulwark_boot::fdt_guest::{self, GuestDtPlan};
+use bulwark_core::addr::{GpaRange, GuestPhysAddr, GuestVirtAddr, HostPhysAddr};
+use bulwark_core::exit::{Access, Action, Exit, Hypercall, MemFault, StopReason};
+use bulwark_core::pt::stage2::{Stage2, Stage2Config};
+use bulwark_core::pt::{LeafAttrs, Perms, TlbFlush};
+
+/// Memory Bulwark keeps for itself at the bottom of the RAM range it was loaded into: the image
+/// (code, data, BSS, stack, heap, page-table pool, device-tree buffers; see linker/aarch64.ld)
+/// with room to spare. It has no IPA at all: guest RAM is the rest of that range, shifted down.
+pub const BULWARK_RESERVED: u64 = 32 << 20;
+/// Smallest guest RAM worth starting.
+const MIN_GUEST_RAM: u64 = 16 << 20;
+/// Devices above RAM are passed through up to this address (QEMU virt's high PCIe window ends
+/// at 1 TiB).
+const DEVICE_HIGH_LIMIT: u64 = 1 << 40;
+const GIB: u64 = 1 << 30;
+/// VMID of the one guest.
+const VMID: u8 = 1;
+/// Status of a run the guest ended with PSCI SYSTEM_RESET (Bulwark does not reboot guests).
+pub const STATUS_GUEST_RESET: u32 = 0xB2;
+/// Status of a run ended because the guest crashed (abort loop, unexpected exception).
+pub const STATUS_GUEST_CRASH: u32 = 0xB3;
+/// Consecutive aborts injected without any other exit in between before the guest is declared
+/// stuck in an exception loop.
+const MAX_CONSECUTIVE_INJECTIONS: u32 = 32;
+
+fn refuse(args: core::fmt::Arguments<'_>) -> ! {
+    log::error!("{args}");
+    crate::finish(STATUS_BULWARK_FAILURE, reason::REFUSED)
+}
+
+/// Linear map of guest RAM: IPA `[ipa_base, ipa_base + size)` is host `[host_base, ...)`.
+#[derive(Clone, Copy, Debug)]
+struct GuestRam {
+    ipa_base: u64,
+    host_base: u64,
+    size: u64,
+}
+
+impl GuestRam {
+    fn host(&self, ipa: u64) -> u64 {
+        ipa - self.ipa_base + self.host_base
+    }
+}
+
+/// The stage-2 TLB maintenance used by every stage-2 edit.
+struct Stage2Tlb;
+
+impl TlbFlush for Stage2Tlb {
+    fn flush(&mut self, range: GpaRange) {
+        let len = range.end().as_u64() - range.start().as_u64();
+        el2::flush_stage2(range.start(), len);
+    }
+}
+
+/// Plan memory, load the guest, build stage 2 and run. Never returns.
+pub fn boot_and_run(dt: &'static [u8], desc: &BootDescription<'_>) -> ! {
+    // Bulwark's own command line and the guest's (after ` -- `).
+    let (own, guest_cmdline) = cmdline::split_guest(desc.bootargs.unwrap_or(""));
+    let cfg = match cmdline::parse(own) {
+        Ok(c) => c,
+        Err(e) => refuse(format_args!("{e}")),
+    };
+    log::set_max_level(match cfg.log_level {
+        LogLevel::Error => log::LevelFilter::Error,
+        LogLevel::Warn => log::LevelFilter::Warn,
+        LogLevel::Info => log::LevelFilter::Info,
+        LogLevel::Debug => log::LevelFilter::Debug,
+        LogLevel::Trace => log::LevelFilter::Trace,
+    });
+    if !cfg.attrs.is_empty() {
+        refuse(format_args!(
+            "attr= ranges are not applied to stage 2 yet on arm64: refusing rather than running unprotected"
+        ));
+    }
+    let guest_cmdline = guest_cmdline.unwrap_or("");
+
+    // Memory plan.
+    let (img_start, img_end) = region(Region::Image);
+    let Some(ram) = desc.ram.iter().find(|r| r.contains(img_start as u64)) else {
+        refuse(format_args!(
+            "Bulwark at {img_start:#x} is not inside any /memory range of the device tree"
+        ))
+    };
+    let ram_base = ram.base.as_u64();
+    let bulwark_end = ram_base + BULWARK_RESERVED;
+    if img_end as u64 > bulwark_end || ram_base % (2 << 20) != 0 {
+        refuse(format_args!(
+            "Bulwark's image {img_start:#x}..{img_end:#x} does not fit the {} MiB it reserves at the 2 MiB-aligned RAM base {ram_base:#x}",
+            BULWARK_RESERVED >> 20
+        ));
+    }
+    let Some(guest_size) = ram
+        .size
+        .checked_sub(BULWARK_RESERVED)
+        .filter(|s| *s >= MIN_GUEST_RAM)
+    else {
+        refuse(format_args!(
+            "RAM {:#x}..{:#x} leaves less than {} MiB for the guest",
+            ram_base,
+            ram.end(),
+            MIN_GUEST_RAM >> 20
+        ))
+    };
+    let gram = GuestRam {
+        ipa_base: ram_base,
+        host_base: bulwark_end,
+        size: guest_size,
+    };
+    for r in desc.ram.iter().filter(|r| *r != ram) {
+        log::warn!(
+            "memory {:#x}..{:#x} is not given to the guest (one RAM range per guest)",
+            r.base,
+            r.end()
+        );
+    }
+    log::info!(
+        "memory plan: Bulwark {ram_base:#x}..{bulwark_end:#x} (no IPA), guest RAM IPA {:#x}..{:#x} -> PA {:#x}..{:#x}",
+        gram.ipa_base,
+        gram.ipa_base + gram.size,
+        gram.host_base,
+        gram.host_base + gram.size
+    );
+
+    let Some(payload) = desc.initrd else {
+        log::info!("no guest payload (QEMU: -initrd GUEST); stopping after the banner");
+        crate::finish(0, reason::NO_GUEST)
+    };
+    let (pb, pe) = (payload.base.as_u64(), payload.end());
+    if pb < gram.host_base || pe > gram.host_base + gram.size {
+        refuse(format_args!(
+            "guest payload {pb:#x}..{pe:#x} is not inside guest RAM {:#x}..{:#x} (it must not touch Bulwark's memory)",
+            gram.host_base,
+            gram.host_base + gram.size
+        ));
+    }
+    let head = |off: u64, len: u64| -> &'static [u8] {
+        let n = len.min(64) as usize;
+        // SAFETY: `[pb + off, pb + off + n)` lies inside the payload (checked above and by
+        // `split_payload`), which is guest RAM Bulwark has not handed out yet; read only.
+        unsafe { core::slice::from_raw_parts((pb + off) as *const u8, n) }
+    };
+    let parts = match image::split_payload(head(0, payload.size), payload.size) {
+        Ok(p) => p,
+        Err(e) => refuse(format_args!("{e}")),
+    };
+    let kinfo = match image::kernel_info(head(parts.kernel.off, parts.kernel.len), parts.kernel.len)
+    {
+        Ok(k) => k,
+        Err(e) => refuse(format_args!("{e}")),
+    };
+    let place = match image::place(
+        gram.ipa_base,
+        gram.size,
+        &kinfo,
+        parts.initrd.map(|i| i.len),
+    ) {
+        Ok(p) => p,
+        Err(e) => refuse(format_args!("{e}")),
+    };
+    log::info!(
+        "guest kernel: {} bytes, {} (text_offset {:#x}, footprint {:#x}) at IPA {:#x}",
+        parts.kernel.len,
+        if kinfo.is_image {
+            "arm64 Image"
+        } else {
+            "raw binary"
+        },
+        kinfo.text_offset,
+        kinfo.footprint,
+        place.kernel
+    );
+
+    // Move kernel and initrd into place (memmove semantics; order computed to never overwrite a
+    // source still to be copied).
+    let kmove = Move {
+        src: pb + parts.kernel.off,
+        dst: gram.host(place.kernel),
+        len: parts.kernel.len,
+    };
+    let imove = parts.initrd.zip(place.initrd).map(|(i, ipa)| Move {
+        src: pb + i.off,
+        dst: gram.host(ipa),
+        len: i.len,
+    });
+    let moves = match image::order_moves(kmove, imove) {
+        Ok(m) => m,
+        Err(e) => refuse(format_args!("{e}")),
+    };
+    for m in moves.into_iter().flatten() {
+        // SAFETY: source and destination lie inside guest RAM (checked: payload inside guest RAM;
+        // destinations from `place`, inside guest RAM), which nothing else uses yet; `copy` is a
+        // memmove, and `order_moves` guarantees no later source is overwritten.
+        unsafe { core::ptr::copy(m.src as *const u8, m.dst as *mut u8, m.len as usize) };
+    }
+    // The kernel's BSS may cover where the payload used to be: zero it.
+    let bss = kinfo.footprint - parts.kernel.len;
+    // SAFETY: `[dst + len, dst + footprint)` is inside guest RAM below the initrd and DTB (place).
+    unsafe { core::ptr::write_bytes((kmove.dst + kmove.len) as *mut u8, 0, bss as usize) };
+    let initrd_ipa = parts
+        .initrd
+        .zip(place.initrd)
+        .map(|(i, ipa)| (ipa, ipa + i.len));
+
+    // The guest's device tree.
+    let mpidr = read_sysreg!("mpidr_el1") & 0xff_00ff_ffff;
+    let plan = GuestDtPlan {
+        ram: (gram.ipa_base, gram.size),
+        ram_host_base: gram.host_base,
+        bulwark: (ram_base, BULWARK_RESERVED),
+        bootargs: guest_cmdline,
+        initrd: initrd_ipa,
+        boot_cpu: mpidr,
+        psci_method: "hvc",
+    };
+    let (os, oe) = region(Region::DtOut);
+    let scratch_len = 256 << 10;
+    // SAFETY: the DtOut buffer is reserved by the linker script for this use alone; split into
+    // two disjoint slices (output, name scratch).
+    let (out, scratch) = unsafe {
+        (
+            core::slice::from_raw_parts_mut(os as *mut u8, oe - os - scratch_len),
+            core::slice::from_raw_parts_mut((oe - scratch_len) as *mut u8, scratch_len),
+        )
+    };
+    let dtb_len = match fdt_guest::derive(dt, &plan, out, scratch) {
+        Ok(n) if n as u64 <= image::DTB_MAX => n,
+        Ok(n) => refuse(format_args!("guest device tree too large ({n} bytes)")),
+        Err(e) => refuse(format_args!("building the guest device tree: {e}")),
+    };
+    let dtb_host = gram.host(place.dtb);
+    // SAFETY: destination: 2 MiB reserved for the DTB at the top of guest RAM (place); source:
+    // the DtOut buffer in Bulwark's memory; disjoint.
+    unsafe { core::ptr::copy_nonoverlapping(os as *const u8, dtb_host as *mut u8, dtb_len) };
+    el2::clean_to_poc(kmove.dst as usize, kinfo.footprint as usize);
+    if let (Some(m), Some(_)) = (imove, place.initrd) {
+        el2::clean_to_poc(m.dst as usize, m.len as usize);
+    }
+    el2::clean_to_poc(dtb_host as usize, dtb_len);
+    log::info!(
+        "guest device tree: {dtb_len} bytes at IPA {:#x}; guest command line {:?}",
+        place.dtb,
+        guest_cmdline
+    );
+    if let Some((s, e)) = initrd_ipa {
+        log::info!("guest initrd: IPA {s:#x}..{e:#x}");
+    }
+
+    // Stage 2.
+    let parange = (read_sysreg!("id_aa64mmfr0_el1") & 0xf) as u8;
+    let s2cfg = match Stage2Config::from_parange(parange) {
+        Ok(c) => c,
+        Err(e) => refuse(format_args!("stage 2: {e:?}")),
+    };
+    let mut pool = FramePool::new();
+    let mut tlb = Stage2Tlb;
+    let mut s2 = match Stage2::new_stage2(&mut pool, s2cfg) {
+        Ok(t) => t,
+        Err(e) => refuse(format_args!("stage 2: {e:?}")),
+    };
+    let ram_end_all = desc.ram.iter().map(|r| r.end()).max().unwrap_or(ram.end());
+    let high_start = ram_end_all.div_ceil(GIB) * GIB;
+    let high_end = DEVICE_HIGH_LIMIT.min(1u64 << s2cfg.ipa_bits);
+    let mut maps: [(u64, u64, u64, LeafAttrs, &str); 3] = [
+        (
+            gram.ipa_base,
+            gram.size,
+            gram.host_base,
+            LeafAttrs::ram(Perms::RWX),
+            "guest RAM",
+        ),
+        (
+            0,
+            ram_base,
+            0,
+            LeafAttrs::mmio(Perms::RW),
+            "devices below RAM",
+        ),
+        (
+            high_start,
+            high_end.saturating_sub(high_start),
+            high_start,
+            LeafAttrs::mmio(Perms::RW),
+            "devices above RAM",
+        ),
+    ];
+    for (ipa, len, pa, attrs, what) in maps.iter_mut() {
+        if *len == 0 {
+            continue;
+        }
+        if let Err(e) = s2.map(
+            &mut pool,
+            GuestPhysAddr::new(*ipa),
+            *len,
+            HostPhysAddr::new(*pa),
+            *attrs,
+            &mut tlb,
+        ) {
+            refuse(format_args!(
+                "stage 2: mapping {what} {ipa:#x}+{len:#x}: {e:?}"
+            ));
+        }
+        log::info!(
+            "stage 2: {what}: IPA {:#x}..{:#x} -> PA {pa:#x}",
+            *ipa,
+            *ipa + *len
+        );
+    }
+    log::info!(
+        "stage 2: {}-bit IPA, root level {}, {} table pages, VMID {VMID}, VTCR_EL2 {:#x}",
+        s2cfg.ipa_bits,
+        s2cfg.root_level,
+        pool.in_use,
+        s2cfg.vtcr()
+    );
+    el2::prepare(s2cfg.vtcr(), s2.vttbr(VMID));
+
+    let mut vm = Vm {
+        regs: VcpuRegs::default(),
+        gram,
+        mpidr,
+        injections_in_a_row: 0,
+        last_vector: None,
+    };
+    vm.regs.x[0] = place.dtb;
+    vm.regs.pc = place.kernel;
+    vm.regs.pstate = SPSR_EL1H_MASKED;
+    log::info!(
+        "entering guest at EL1: pc {:#x}, x0 {:#x}",
+        place.kernel,
+        place.dtb
+    );
+    vm.run()
+}
+
+/// One guest with one vCPU (per-vCPU state lives here, on the CPU's own stack).
+struct Vm {
+    regs: VcpuRegs,
+    gram: GuestRam,
+    mpidr: u64,
+    injections_in_a_row: u32,
+    /// Vector address the last injected abort sent the guest to.
+    last_vector: Option<u64>,
+}
+
+/// A decoded exit and how many bytes `Advance` skips (SMC traps with ELR at the SMC itself;
+/// HVC returns past the HVC already).
+struct Decoded {
+    exit: Exit,
+    skip: u64,
+    esr: Esr,
+}
+
+impl Vm {
+    fn run(&mut self) -> ! {
+        loop {
+            let kind = vcpu::enter_guest(&mut self.regs);
+            let d = self.decode(kind);
+            let action = self.handle(&d);
+            self.apply(&d, action);
+        }
+    }
+
+    /// ESR_EL2 (+ FAR/HPFAR) -> the arch-neutral exit.
+    fn decode(&self, kind: u64) -> Decoded {
+        let esr = Esr(read_sysreg!("esr_el2"));
+        if kind != exit_kind::SYNC {
+            return Decoded {
+                exit: Exit::Fatal {
+                    reason: "unexpected asynchronous exception routed to EL2",
+                    code: kind,
+                },
+                skip: 0,
+                esr,
+            };
+        }
+        let r = &self.regs;
+        let exit = match esr.ec() {
+            ec::HVC64 | ec::SMC64 => {
+                let nr = r.x[0];
+                if nr as u32 == BULWARK_GUEST_EXIT {
+                    Exit::GuestStatus(r.x[1] as u32)
+                } else {
+                    Exit::Hypercall(Hypercall {
+                        nr,
+                        args: [r.x[1], r.x[2], r.x[3], r.x[4]],
+                        // HVC/SMC are undefined at EL0: a trapped call always comes from EL1.
+                        from_user: false,
+                        narrow: false,
+                    })
+                }
+            }
+            ec::WFX => Exit::Halt,
+            ec::DABT_LOWER | ec::IABT_LOWER => {
+                let far = read_sysreg!("far_el2");
+                let hpfar = read_sysreg!("hpfar_el2");
+                let ipa = ((hpfar >> 4) & 0xff_ffff_ffff) << 12 | (far & 0xfff);
+                let access = if esr.ec() == ec::IABT_LOWER {
+                    Access::Exec
+                } else if esr.wnr() {
+                    Access::Write
+                } else {
+                    Access::Read
+                };
+                Exit::MemFault(MemFault {
+                    gpa: GuestPhysAddr::new(ipa),
+                    gva: (!esr.fnv()).then_some(GuestVirtAddr::new(far)),
+                    ip: GuestVirtAddr::new(r.pc),
+                    access,
+                    size: (esr.ec() == ec::DABT_LOWER && esr.isv()).then(|| esr.access_size()),
+                })
+            }
+            _ => Exit::Fatal {
+                reason: ec_name(esr.ec()),
+                code: esr.0,
+            },
+        };
+        let skip = if esr.ec() == ec::HVC64 {
+            0
+        } else if esr.il() {
+            4
+        } else {
+            2
+        };
+        Decoded { exit, skip, esr }
+    }
+
+    /// The exit policy for this back end (the core has no arm64 dispatcher yet): SMCCC calls go
+    /// through the one dispatcher, stage-2 aborts are logged and answered with an injected
+    /// external abort, WFI waits at EL2.
+    fn handle(&mut self, d: &Decoded) -> Action {
+        match d.exit {
+            Exit::Hypercall(hc) => {
+                let x = [hc.nr, hc.args[0], hc.args[1], hc.args[2], hc.args[3]];
+                match smccc::dispatch(x, CallerInfo { mpidr: self.mpidr }) {
+                    Outcome::Return { x0, x1_3: None } => Action::AdvanceWithResult(x0),
+                    Outcome::Return { x0, x1_3: Some(r) } => {
+                        Action::AdvanceWithResults([x0, r[0], r[1], r[2]])
+                    }
+                    Outcome::SystemOff => {
+                        log::info!("guest: PSCI SYSTEM_OFF");
+                        Action::Stop(StopReason {
+                            status: 0,
+                            reason: reason::GUEST_EXIT,
+                        })
+                    }
+                    Outcome::SystemReset => {
+                        log::warn!("guest: PSCI SYSTEM_RESET (Bulwark does not reboot guests)");
+                        Action::Stop(StopReason {
+                            status: STATUS_GUEST_RESET,
+                            reason: "guest-reset",
+                        })
+                    }
+                    Outcome::GuestExit(s) => Action::Stop(StopReason {
+                        status: s,
+                        reason: reason::GUEST_EXIT,
+                    }),
+                }
+            }
+            Exit::GuestStatus(s) => {
+                log::info!("guest: GUEST_EXIT status {s}");
+                Action::Stop(StopReason {
+                    status: s,
+                    reason: reason::GUEST_EXIT,
+                })
+            }
+            Exit::Halt => {
+                // SAFETY: waits for an interrupt or event; the guest's pending interrupt (routed
+                // to EL1, masked here) wakes us, then the guest takes it after re-entry.
+                unsafe { core::arch::asm!("wfi", options(nomem, nostack)) };
+                Action::Advance
+            }
+            Exit::MemFault(f) => self.stage2_abort(d, &f),
+            Exit::Fatal { reason: why, code } => {
+                log::error!(
+                    "guest: unexpected exception to EL2: {why} (ESR {code:#x}) at pc {:#x}",
+                    self.regs.pc
+                );
+                self.dump();
+                Action::Stop(StopReason {
+                    status: STATUS_BULWARK_FAILURE,
+                    reason: reason::UNHANDLED_EXIT,
+                })
+            }
+        }
+    }
+
+    fn stage2_abort(&mut self, d: &Decoded, f: &MemFault) -> Action {
+        let esr = d.esr;
+        let inside_ram = f.gpa.as_u64() >= self.gram.ipa_base
+            && f.gpa.as_u64() < self.gram.ipa_base + self.gram.size;
+        log::warn!(
+            "stage-2 abort: ipa={:#x} va={:#x}{} pc={:#x} access={} size={} esr={:#x} ({}, {} level {}{}) {}",
+            f.gpa,
+            f.gva.map_or(0, |v| v.as_u64()),
+            if f.gva.is_none() { " (FAR not valid)" } else { "" },
+            f.ip,
+            f.access.as_str(),
+            f.size.map_or(0, u32::from),
+            esr.0,
+            ec_name(esr.ec()),
+            fsc_name(esr.fsc()),
+            fsc_level(esr.fsc()),
+            if esr.s1ptw() { ", stage-1 walk" } else { "" },
+            if inside_ram { "inside guest RAM" } else { "no memory or device at this IPA" }
+        );
+        if self.last_vector == Some(f.ip.as_u64()) {
+            log::error!(
+                "guest: abort at the exception vector {:#x} it was just sent to: exception loop",
+                f.ip
+            );
+            self.dump();
+            return Action::Stop(StopReason {
+                status: STATUS_GUEST_CRASH,
+                reason: reason::GUEST_CRASH,
+            });
+        }
+        if self.injections_in_a_row >= MAX_CONSECUTIVE_INJECTIONS {
+            log::error!(
+                "guest: {} aborts in a row without progress: exception loop",
+                self.injections_in_a_row
+            );
+            self.dump();
+            return Action::Stop(StopReason {
+                status: STATUS_GUEST_CRASH,
+                reason: reason::GUEST_CRASH,
+            });
+        }
+        Action::InjectFault
+    }
+
+    /// Apply an action. The only place the guest PC moves forward.
+    fn apply(&mut self, d: &Decoded, action: Action) {
+        match action {
+            Action::Retry => {}
+            Action::Advance => self.regs.pc = self.regs.pc.wrapping_add(d.skip),
+            Action::AdvanceWithResult(v) => {
+                self.regs.x[0] = v;
+                self.regs.pc = self.regs.pc.wrapping_add(d.skip);
+            }
+            Action::AdvanceWithResults(v) => {
+                self.regs.x[..4].copy_from_slice(&v);
+                self.regs.pc = self.regs.pc.wrapping_add(d.skip);
+            }
+            Action::EmulateStore(e) => {
+                // Chunk protection (ROE) is not wired into the arm64 back end yet, so nothing
+                // produces this; refuse loudly rather than skip a store.
+                log::error!(
+                    "store emulation at {:#x} is not implemented on arm64",
+                    e.gpa
+                );
+                crate::finish(STATUS_BULWARK_FAILURE, reason::UNHANDLED_EXIT)
+            }
+            Action::InjectFault => {
+                let (instr, wnr, far) = match d.exit {
+                    Exit::MemFault(f) => (
+                        f.access == Access::Exec,
+                        f.access == Access::Write,
+                        f.gva.map_or(0, |v| v.as_u64()),
+                    ),
+                    _ => (false, false, 0),
+                };
+                let vector = el2::inject_sync_external_abort(&mut self.regs, instr, wnr, far);
+                self.injections_in_a_row += 1;
+                self.last_vector = Some(vector);
+                return;
+            }
+            Action::Stop(r) => crate::finish(r.status, r.reason),
+        }
+        self.injections_in_a_row = 0;
+        self.last_vector = None;
+    }
+
+    fn dump(&self) {
+        log::error!(
+            "guest state: pc {:#x} pstate {:#x} esr_el2 {:#x} far_el2 {:#x} hpfar_el2 {:#x} vbar_el1 {:#x} sctlr_el1 {:#x} esr_el1 {:#x} elr_el1 {:#x}",
+            self.regs.pc,
+            self.regs.pstate,
+            read_sysreg!("esr_el2"),
+            read_sysreg!("far_el2"),
+            read_sysreg!("hpfar_el2"),
+            read_sysreg!("vbar_el1"),
+            read_sysreg!("sctlr_el1"),
+            read_sysreg!("esr_el1"),
+            read_sysreg!("elr_el1")
+        );
+        super::dump_regs(&self.regs.x);
+    }
+}
