@@ -1555,3 +1555,112 @@ fn any_walker_dispatches() {
         1
     );
 }
+
+// Property test: arm64 48-bit walker vs the same kind of model.
+mod prop_arm {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Same idea for arm64 48-bit, 4 KiB granule, both halves.
+    #[derive(Clone, Debug)]
+    struct ArmReq {
+        upper: bool,
+        off: u64,
+        size_class: u8,
+        frame: u64,
+        ap: u8,
+        pxn: bool,
+        uxn: bool,
+    }
+
+    fn arm_req() -> impl Strategy<Value = ArmReq> {
+        (
+            any::<bool>(),
+            0u64..(1 << 33),
+            0u8..10,
+            0u64..(1 << 28),
+            0u8..4,
+            any::<bool>(),
+            any::<bool>(),
+        )
+            .prop_map(|(upper, off, size_class, frame, ap, pxn, uxn)| ArmReq {
+                upper,
+                off,
+                size_class,
+                frame,
+                ap,
+                pxn,
+                uxn,
+            })
+    }
+
+    type ArmModel = BTreeMap<u64, (u64, u64, Arm64Perms)>;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+        #[test]
+        fn arm64_matches_model(reqs in proptest::collection::vec(arm_req(), 1..40),
+                               probes in proptest::collection::vec((any::<u64>(), 0usize..64, any::<u64>()), 1..64)) {
+            let mut t = Tables::new();
+            let lo = t.alloc();
+            let hi = t.alloc();
+            let mut model: ArmModel = BTreeMap::new();
+            for r in &reqs {
+                let (size, level) = match r.size_class {
+                    0 => (1u64 << 30, 1u8),
+                    1..=3 => (1 << 21, 2),
+                    _ => (1 << 12, 3),
+                };
+                // Lower half: VA 0..2^33; upper half: 2^33 bytes from 16 GiB below the top (L0 index 511).
+                let v = if r.upper {
+                    0xffff_fffc_0000_0000 | (r.off & !(size - 1))
+                } else {
+                    r.off & !(size - 1)
+                };
+                let p = (r.frame << 12) & !(size - 1);
+                let overlaps = model.range(..v + size).next_back()
+                    .is_some_and(|(&b, &(s, _, _))| b + s > v);
+                if overlaps {
+                    continue;
+                }
+                let mut d = p | AF | (u64::from(r.ap) << 6) | if level == 3 { PAGE } else { BLOCK };
+                if r.pxn { d |= 1 << 53; }
+                if r.uxn { d |= 1 << 54; }
+                t.map_arm(if r.upper { hi } else { lo }, 48, v, level, d);
+                model.insert(v, (size, p, Arm64Perms { ap: r.ap, pxn: r.pxn, uxn: r.uxn, af: true }));
+            }
+            let w = Arm64Walker::new(regs(tcr48(), lo, hi));
+            let bases: Vec<u64> = model.keys().copied().collect();
+            for &(raw, pick, off) in &probes {
+                let v = if pick < 32 && !bases.is_empty() {
+                    let b = bases[pick % bases.len()];
+                    b + off % model[&b].0
+                } else if pick < 40 {
+                    raw & ((1 << 34) - 1)
+                } else if pick < 48 {
+                    0xffff_fffc_0000_0000 | (raw & ((1 << 34) - 1))
+                } else {
+                    raw
+                };
+                let got = w.translate(&t.mem, va(v));
+                let top = v >> 48;
+                if top != 0 && top != 0xffff {
+                    prop_assert_eq!(got, Err(WalkError::OutsideVaRange { gva: va(v) }));
+                    continue;
+                }
+                let hit = model.range(..=v).next_back()
+                    .filter(|(&b, &(s, _, _))| v - b < s)
+                    .map(|(&b, &(s, p, perms))| (p + (v - b), s, perms));
+                match hit {
+                    Some((p, size, perms)) => {
+                        prop_assert_eq!(got, Ok(Translation { gpa: pa(p), page_size: size, perms }));
+                    }
+                    None => {
+                        let is_not_present = matches!(got, Err(WalkError::NotPresent { gva, .. }) if gva == va(v));
+                        prop_assert!(is_not_present, "{:#x}: {:?}", v, got);
+                    }
+                }
+            }
+        }
+    }
+}
