@@ -20,12 +20,14 @@ use alloc::vec::Vec;
 use crate::addr::{GpaRange, GuestPhysAddr, GuestVirtAddr, PAGE_SIZE};
 
 pub mod arm64;
+mod glue;
 mod range;
 pub mod x86;
 
 #[cfg(test)]
 mod tests;
 
+pub use glue::WalkTranslate;
 pub use range::{translate_pages, translate_range, RangePiece, MAX_RANGE_PIECES};
 
 /// The guest-physical address is not guest RAM (or not readable by the hypervisor as such).

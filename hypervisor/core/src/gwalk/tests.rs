@@ -1664,3 +1664,22 @@ mod prop_arm {
         }
     }
 }
+
+#[test]
+fn walk_translate_adapts_to_the_engine_interface() {
+    use crate::guest::GuestTranslate;
+    let mut t = Tables::new();
+    let pml4 = t.alloc();
+    t.map64(pml4, 4, 0x1000, 1, 0x5000 | P);
+    let mut tr = WalkTranslate::new(X86Walker::new(st_long(pml4, false)), &t.mem);
+    assert_eq!(tr.translate(va(0x1abc)), Ok(pa(0x5abc)));
+    assert_eq!(tr.last_error, None);
+    assert_eq!(tr.translate(va(0x2000)), Err(()));
+    assert_eq!(
+        tr.last_error,
+        Some(WalkError::NotPresent {
+            level: 1,
+            gva: va(0x2000)
+        })
+    );
+}
