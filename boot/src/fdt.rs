@@ -233,8 +233,8 @@ pub fn header(blob: &[u8]) -> Result<Header, DtError> {
     if !inside(h.off_struct, h.size_struct)
         || !inside(h.off_strings, h.size_strings)
         || !inside(h.off_rsvmap, 16)
-        || h.off_struct % 4 != 0
-        || h.off_rsvmap % 8 != 0
+        || !h.off_struct.is_multiple_of(4)
+        || !h.off_rsvmap.is_multiple_of(8)
     {
         return Err(DtError::BadHeader);
     }
@@ -344,7 +344,7 @@ pub fn reg_entries<'a>(node: &Node<'a>) -> Result<impl Iterator<Item = (u64, u64
         None => &[],
     };
     let stride = (ac + sc) * 4;
-    if value.len() % stride != 0 {
+    if !value.len().is_multiple_of(stride) {
         return Err(DtError::BadProperty("reg"));
     }
     Ok(value

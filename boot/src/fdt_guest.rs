@@ -69,7 +69,7 @@ impl<'o> FdtWriter<'o> {
         self.put(&v.to_be_bytes())
     }
     fn pad(&mut self) -> Result<(), DtError> {
-        while self.pos % 4 != 0 {
+        while !self.pos.is_multiple_of(4) {
             self.put(&[0])?;
         }
         Ok(())

@@ -126,7 +126,7 @@ pub const fn fsc_level(fsc: u8) -> u8 {
 /// A stage-2 fault the hypervisor may have to serve (translation, access flag, permission)
 /// as opposed to an external abort reported through ESR_EL2.
 pub const fn is_stage2_fault(fsc: u8) -> bool {
-    matches!(fsc, 0x04..=0x0f | 0x00..=0x03)
+    matches!(fsc, 0x00..=0x0f)
 }
 
 #[cfg(test)]

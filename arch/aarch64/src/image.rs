@@ -137,7 +137,7 @@ pub fn kernel_info(head: &[u8], len: u64) -> Result<KernelInfo, ImageError> {
     } else {
         (text_offset, image_size.max(len))
     };
-    if text_offset % 4096 != 0 || text_offset >= (2 << 20) {
+    if !text_offset.is_multiple_of(4096) || text_offset >= (2 << 20) {
         return Err(ImageError::BadHeader(
             "text_offset not a page multiple below 2 MiB",
         ));

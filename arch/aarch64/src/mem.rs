@@ -66,6 +66,12 @@ pub struct FramePool {
     pub in_use: usize,
 }
 
+impl Default for FramePool {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl FramePool {
     /// The pool over the linker-reserved region. Create it once (it owns the region).
     pub fn new() -> Self {
@@ -109,7 +115,7 @@ impl PhysMem for FramePool {
     fn free_frame(&mut self, frame: HostPhysAddr) {
         let f = frame.as_u64() as usize;
         let (s, _) = region(Region::PtPool);
-        if f < s || f >= self.next || f % PAGE_SIZE as usize != 0 {
+        if f < s || f >= self.next || !f.is_multiple_of(PAGE_SIZE as usize) {
             log::error!("page-table pool: free of foreign frame {f:#x} ignored");
             return;
         }

@@ -19,7 +19,7 @@ use core::mem::offset_of;
 
 /// The guest's register file and the host state saved around a guest run.
 #[repr(C, align(16))]
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct VcpuRegs {
     /// x0..x30.
     pub x: [u64; 31],
@@ -34,22 +34,6 @@ pub struct VcpuRegs {
     pub fpcr: u64,
     /// V0..V31.
     pub v: [u128; 32],
-}
-
-impl Default for VcpuRegs {
-    fn default() -> Self {
-        Self {
-            x: [0; 31],
-            pc: 0,
-            pstate: 0,
-            host_sp: 0,
-            host_x: [0; 12],
-            host_d: [0; 8],
-            fpsr: 0,
-            fpcr: 0,
-            v: [0; 32],
-        }
-    }
 }
 
 impl VcpuRegs {

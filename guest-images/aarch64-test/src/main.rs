@@ -221,7 +221,6 @@ extern "C" fn guest_exception(kind: u64) {
 }
 
 fn hvc(x0: u64, x1: u64, x2: u64, x3: u64) -> [u64; 4] {
-    let r: [u64; 4];
     let (a, b, c, d);
     // SAFETY: SMCCC call to the hypervisor; x0-x3 carry arguments and results; SMCCC 1.1 lets
     // the callee clobber x4-x17.
@@ -235,8 +234,7 @@ fn hvc(x0: u64, x1: u64, x2: u64, x3: u64) -> [u64; 4] {
             options(nostack)
         );
     }
-    r = [a, b, c, d];
-    r
+    [a, b, c, d]
 }
 
 fn guest_exit(status: u32) -> ! {
@@ -301,7 +299,7 @@ extern "C" fn guest_main(dtb: u64, el: u64) -> ! {
     c.check(el == 1, format_args!("running at EL{el} (want EL1)"));
 
     // The device tree.
-    let header = if dtb != 0 && dtb % 8 == 0 {
+    let header = if dtb != 0 && dtb.is_multiple_of(8) {
         // SAFETY: x0 names the device tree (boot protocol); its 40-byte header is read first.
         Some(unsafe { core::slice::from_raw_parts(dtb as *const u8, 40) })
     } else {
@@ -359,7 +357,10 @@ extern "C" fn guest_main(dtb: u64, el: u64) -> ! {
         img_s >= mb && img_e <= me && dtb >= mb && dtb < me,
         format_args!("image {img_s:#x}..{img_e:#x} and device tree inside that memory"),
     );
-    c.check(psci_hvc, format_args!("PSCI conduit in the device tree is hvc"));
+    c.check(
+        psci_hvc,
+        format_args!("PSCI conduit in the device tree is hvc"),
+    );
     if ms > 4096 {
         let last = me - 8;
         let ok = probe(last, true).is_ok() && probe(last, false).is_ok();
@@ -376,7 +377,12 @@ extern "C" fn guest_main(dtb: u64, el: u64) -> ! {
 
     // Above the device-tree memory: where Bulwark's memory would be in a 1:1 map.
     if ms > 0 {
-        for (off, write) in [(0u64, false), (0, true), (16 << 20, true), ((32 << 20) - 8, false)] {
+        for (off, write) in [
+            (0u64, false),
+            (0, true),
+            (16 << 20, true),
+            ((32 << 20) - 8, false),
+        ] {
             let a = me + off;
             let before = ABORTS.load(Ordering::Relaxed);
             let r = probe(a, write);
@@ -398,15 +404,38 @@ extern "C" fn guest_main(dtb: u64, el: u64) -> ! {
 
     // SMCCC through HVC.
     let r = hvc(0xC600_0999, 0, 0, 0);
-    c.check(r[0] == NOT_SUPPORTED_REG, format_args!("unknown HVC 0xc6000999 -> {:#x} (NOT_SUPPORTED)", r[0]));
+    c.check(
+        r[0] == NOT_SUPPORTED_REG,
+        format_args!("unknown HVC 0xc6000999 -> {:#x} (NOT_SUPPORTED)", r[0]),
+    );
     let r = hvc(0x8200_0001, 0, 0, 0);
-    c.check(r[0] == NOT_SUPPORTED_REG, format_args!("unknown HVC 0x82000001 (SiP) -> {:#x} (NOT_SUPPORTED)", r[0]));
+    c.check(
+        r[0] == NOT_SUPPORTED_REG,
+        format_args!(
+            "unknown HVC 0x82000001 (SiP) -> {:#x} (NOT_SUPPORTED)",
+            r[0]
+        ),
+    );
     let r = hvc(u64::from(ids::PSCI_VERSION), 0, 0, 0);
-    c.check(r[0] == ids::PSCI_VERSION_1_0, format_args!("PSCI_VERSION -> {:#x}", r[0]));
+    c.check(
+        r[0] == ids::PSCI_VERSION_1_0,
+        format_args!("PSCI_VERSION -> {:#x}", r[0]),
+    );
     let r = hvc(u64::from(ids::SMCCC_VERSION), 0, 0, 0);
-    c.check(r[0] == ids::SMCCC_VERSION_1_1, format_args!("SMCCC_VERSION -> {:#x}", r[0]));
-    let r = hvc(u64::from(ids::PSCI_FEATURES), u64::from(ids::PSCI_SYSTEM_OFF), 0, 0);
-    c.check(r[0] == 0, format_args!("PSCI_FEATURES(SYSTEM_OFF) -> {:#x}", r[0]));
+    c.check(
+        r[0] == ids::SMCCC_VERSION_1_1,
+        format_args!("SMCCC_VERSION -> {:#x}", r[0]),
+    );
+    let r = hvc(
+        u64::from(ids::PSCI_FEATURES),
+        u64::from(ids::PSCI_SYSTEM_OFF),
+        0,
+        0,
+    );
+    c.check(
+        r[0] == 0,
+        format_args!("PSCI_FEATURES(SYSTEM_OFF) -> {:#x}", r[0]),
+    );
     let r = hvc(u64::from(ids::VENDOR_HYP_CALL_UID), 0, 0, 0);
     let uid = ids::KVM_UID.map(u64::from);
     c.check(r == uid, format_args!("vendor-hyp UID -> {:x?}", r));

@@ -5,7 +5,7 @@ mod guest;
 
 use bulwark_aarch64::esr::{ec_name, Esr};
 use bulwark_aarch64::vcpu::{el2_kind, El2Frame};
-use bulwark_aarch64::{pl011, power, read_sysreg, sysreg, vcpu};
+use bulwark_aarch64::{pl011, power, read_sysreg, vcpu};
 use bulwark_abi::console::{reason, STATUS_BULWARK_FAILURE};
 use bulwark_boot::fdt::{self, BootDescription, UartKind};
 use core::sync::atomic::{AtomicBool, Ordering};
@@ -66,7 +66,7 @@ pub extern "C" fn bulwark_aarch64_main(dtb: u64, el: u64) -> ! {
 /// becomes guest RAM and is overwritten when the guest is loaded).
 fn copy_device_tree(dtb: u64) -> Result<&'static [u8], fdt::DtError> {
     use bulwark_aarch64::mem::{region, Region};
-    if dtb == 0 || dtb % 8 != 0 {
+    if dtb == 0 || !dtb.is_multiple_of(8) {
         return Err(fdt::DtError::BadHeader);
     }
     // SAFETY: x0 points at the device tree per the boot protocol; reading its 40-byte header is
@@ -176,7 +176,6 @@ pub extern "C" fn bulwark_el2_exception(frame: &mut El2Frame, kind: u64) {
         bulwark_abi::console::RESULT_PREFIX,
         STATUS_BULWARK_FAILURE
     ));
-    let _ = sysreg::current_el();
     power::stop(STATUS_BULWARK_FAILURE)
 }
 
