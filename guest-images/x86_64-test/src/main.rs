@@ -67,6 +67,8 @@ macro_rules! say {
     ($($t:tt)*) => {{ let _ = writeln!(Com1, $($t)*); }};
 }
 
+mod roe;
+
 fn exit(status: u32) -> ! {
     outl(DEBUG_EXIT, status);
     // Bulwark ends the run on the write above; if it did not, say so and halt forever.
@@ -294,6 +296,7 @@ extern "C" fn guest_main(magic: u32, info: u64) -> ! {
         .unwrap_or("checks");
     match scenario {
         "checks" => checks(info, flags, cmdline),
+        s if roe::handles(s) => roe::run(s),
         "triple-fault" => triple_fault(),
         "unhandled-exit" => {
             say!("executing INVD (Bulwark does not emulate it)");
