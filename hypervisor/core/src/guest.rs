@@ -357,7 +357,8 @@ impl Guest {
             RegionKind::Ram => {
                 let (st, frames) = self.store.run_at(gpa.frame());
                 let perms = Self::ram_perms(&st);
-                let spp = spp_enabled && st.chunk && !st.roe && perms.read();
+                // SPP only where the host attributes allow writes at all.
+                let spp = spp_enabled && st.chunk && !st.roe && st.allowed.write() && perms.read();
                 let len = if spp {
                     PAGE_SIZE
                 } else {
@@ -442,7 +443,11 @@ impl Guest {
         let end = range.end().as_u64().div_ceil(PAGE_SIZE);
         while f < end {
             let (st, n) = self.store.run_at(f);
-            if st.chunk && !st.roe && self.is_ram(GuestPhysAddr::from_frame(f)) {
+            if st.chunk
+                && !st.roe
+                && st.allowed.write()
+                && self.is_ram(GuestPhysAddr::from_frame(f))
+            {
                 for g in f..f.saturating_add(n).min(end) {
                     if let Some(bits) = self.store.chunk_bits(g) {
                         out.try_reserve(1).map_err(|_| PtError::OutOfFrames)?;
