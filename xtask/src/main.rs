@@ -13,6 +13,7 @@ mod aarch64;
 mod test;
 mod util;
 mod x86_64;
+mod x86_64_roe;
 
 use std::process::ExitCode;
 use util::{Arch, RunOpts};

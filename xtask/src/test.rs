@@ -84,6 +84,7 @@ pub fn main(args: &[String]) -> Result<u8, String> {
         all.extend(host_scenarios());
     }
     all.extend(crate::x86_64::scenarios());
+    all.extend(crate::x86_64_roe::scenarios());
     all.extend(crate::aarch64::scenarios());
     let selected: Vec<Scenario> = all
         .into_iter()
