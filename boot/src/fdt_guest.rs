@@ -409,9 +409,45 @@ fn copy_children(w: &mut FdtWriter<'_>, node: &Node<'_>, depth: usize) -> Result
     Ok(())
 }
 
+/// Devices the guest is not given: they master DMA with the addresses the guest programs (IPAs),
+/// which are not host-physical addresses under Bulwark's linear offset, and there is no IOMMU.
+/// The GIC ITS keeps its tables in memory the guest allocates; passed through, it would write
+/// into the wrong host pages. Their nodes are left out of the guest's tree and their registers
+/// unmapped from stage 2 ([`hidden_ranges`]).
+pub const HIDDEN_COMPATIBLES: &[&str] = &["arm,gic-v3-its"];
+
+fn is_hidden(node: &Node<'_>) -> Result<bool, DtError> {
+    for c in HIDDEN_COMPATIBLES {
+        if fdt::has_string(node, "compatible", c)? {
+            return Ok(true);
+        }
+    }
+    Ok(false)
+}
+
+/// Register ranges of the devices in [`HIDDEN_COMPATIBLES`] (host-physical), for stage 2.
+pub fn hidden_ranges(src: &[u8]) -> Result<fdt::RangeList, DtError> {
+    let (tree, _) = fdt::open(src)?;
+    let mut list = fdt::RangeList::default();
+    for n in tree.root()?.all_nodes()? {
+        let (_, n) = n?;
+        if is_hidden(&n)? {
+            for (a, s) in fdt::reg_entries(&n)? {
+                if let Some(r) = fdt::PhysRange::new(a, s) {
+                    list.push(r, "hidden device ranges")?;
+                }
+            }
+        }
+    }
+    Ok(list)
+}
+
 fn copy_node(w: &mut FdtWriter<'_>, node: &Node<'_>, depth: usize) -> Result<(), DtError> {
     if depth > fdt::MAX_DEPTH {
         return Err(DtError::TooDeep);
+    }
+    if is_hidden(node)? {
+        return Ok(());
     }
     begin_named(w, node)?;
     copy_props(w, node, &[])?;
@@ -538,6 +574,14 @@ mod tests {
         assert!(root.find_node("/intc@8000000").unwrap().is_some());
         assert!(root.find_node("/timer").unwrap().is_some());
         assert!(root.find_node("/cpus/cpu-map").unwrap().is_none());
+        assert!(
+            root.find_node("/intc@8000000/its@8080000")
+                .unwrap()
+                .is_none(),
+            "ITS hidden"
+        );
+        let hidden: Vec<_> = hidden_ranges(VIRT).unwrap().iter().collect();
+        assert_eq!(hidden, [PhysRange::new(0x0808_0000, 0x2_0000).unwrap()]);
         let psci = root.find_node("/psci").unwrap().unwrap();
         assert!(crate::fdt::has_string(&psci, "compatible", "arm,psci-0.2").unwrap());
     }

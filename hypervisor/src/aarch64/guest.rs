@@ -320,6 +320,19 @@ pub fn boot_and_run(dt: &'static [u8], desc: &BootDescription<'_>) -> ! {
             *ipa + *len
         );
     }
+    let hidden = match fdt_guest::hidden_ranges(dt) {
+        Ok(h) => h,
+        Err(e) => refuse(format_args!("device tree: {e}")),
+    };
+    for r in hidden.iter() {
+        let (b, e) = (r.base.as_u64() & !0xfff, r.end().div_ceil(4096) * 4096);
+        if let Err(err) = s2.unmap(&mut pool, GuestPhysAddr::new(b), e - b, &mut tlb) {
+            refuse(format_args!("stage 2: unmapping {b:#x}..{e:#x}: {err:?}"));
+        }
+        log::info!(
+            "stage 2: {b:#x}..{e:#x} not given to the guest (DMA master, see docs/aarch64.md)"
+        );
+    }
     log::info!(
         "stage 2: {}-bit IPA, root level {}, {} table pages, VMID {VMID}, VTCR_EL2 {:#x}",
         s2cfg.ipa_bits,
