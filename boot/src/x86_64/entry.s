@@ -88,6 +88,7 @@ bulwark_entry32:
     or $(1 << 8), %eax
     wrmsr
     mov %cr0, %eax
+    and $0x9fffffff, %eax                 /* caches on: clear CD and NW (some BIOSes leave them set) */
     or $0x80000001, %eax                  /* PG | PE */
     mov %eax, %cr0
     lgdt boot_gdtr

@@ -6,8 +6,10 @@
 //! multiboot2 module string Bulwark passes on) selects a scenario:
 //!
 //! * (none) or `scenario=checks`: CPUID (VMX hidden, Bulwark leaves), memory map (Bulwark's region
-//!   absent), a read of Bulwark's memory (must raise #GP, never reach it), an unknown VMCALL
+//!   absent), feature-control / VMX MSRs and CR4.VMXE refused, XSETBV, an unknown VMCALL
 //!   (-1000), the command line itself, I/O to an absent port.
+//! * `scenario=read-bulwark`: read Bulwark's memory; Bulwark must stop the guest (failure
+//!   status), never return the data.
 //! * `scenario=triple-fault`: load an empty IDT and raise #BP: the CPU triple-faults; Bulwark
 //!   must end the run with a failure status.
 //! * `scenario=unhandled-exit`: execute INVD, an instruction that always exits and that Bulwark
@@ -298,6 +300,7 @@ extern "C" fn guest_main(magic: u32, info: u64) -> ! {
         "checks" => checks(info, flags, cmdline),
         s if roe::handles(s) => roe::run(s),
         "triple-fault" => triple_fault(),
+        "read-bulwark" => read_bulwark(),
         "unhandled-exit" => {
             say!("executing INVD (Bulwark does not emulate it)");
             // SAFETY: INVD always exits to Bulwark in VMX non-root operation.
@@ -316,6 +319,49 @@ extern "C" fn guest_main(magic: u32, info: u64) -> ! {
             }
         },
     }
+}
+
+/// Read Bulwark's memory. Bulwark must never hand out its contents: the access is refused by
+/// EPT and Bulwark stops the guest (the run ends with a failure status and a log line naming the
+/// address). Reaching the end of this function is a failure.
+fn read_bulwark() -> ! {
+    let target = BULWARK_REGION.0 + 0x10;
+    say!("reading Bulwark's memory at {target:#x}: expect the run to be stopped");
+    // SAFETY: a plain read; Bulwark stops the guest on it (EPT violation outside guest memory).
+    let v = unsafe { core::ptr::read_volatile(target as *const u32) };
+    say!("FAIL: read {v:#x} from Bulwark's memory");
+    exit(0xf8)
+}
+
+/// Run `insn` (one instruction, operands fixed by the caller's registers) expecting #GP; returns
+/// whether it raised #GP. The exception handler resumes right after it.
+macro_rules! expect_gp {
+    ($insn:literal $(, $($op:tt)*)?) => {{
+        GP_SEEN.store(0, Ordering::SeqCst);
+        // SAFETY: the instruction may raise #GP; the handler resumes at label 2.
+        unsafe {
+            core::arch::asm!(
+                "lea {r}, [rip + 2f]",
+                "mov [{resume}], {r}",
+                $insn,
+                "2:",
+                r = out(reg) _,
+                resume = in(reg) GP_RESUME.as_ptr(),
+                $($($op)*)?
+            );
+        }
+        GP_RESUME.store(0, Ordering::SeqCst);
+        GP_SEEN.load(Ordering::SeqCst) == 1 && GP_CODE.load(Ordering::SeqCst) == 0
+    }};
+}
+
+fn rdmsr(index: u32) -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: reading an MSR Bulwark emulates (the caller knows it exists for the guest).
+    unsafe {
+        core::arch::asm!("rdmsr", in("ecx") index, out("eax") lo, out("edx") hi, options(nostack))
+    };
+    (u64::from(hi) << 32) | u64::from(lo)
 }
 
 fn triple_fault() -> ! {
@@ -408,36 +454,76 @@ fn checks(info: u64, flags: u32, cmdline: &str) -> ! {
         );
     }
 
-    // Bulwark's memory must be unreachable: the read raises #GP(0) and never returns data.
-    let target = BULWARK_REGION.0 + 0x10;
-    GP_SEEN.store(0, Ordering::SeqCst);
-    let mut value: u32 = 0x5a5a_5a5a;
-    // SAFETY: the read of Bulwark's region is expected to fault (#GP injected by Bulwark); the
-    // exception handler resumes at label 2.
-    unsafe {
-        core::arch::asm!(
-            "lea {r}, [rip + 2f]",
-            "mov [{resume}], {r}",
-            "mov {v:e}, dword ptr [{t}]",
-            "2:",
-            r = out(reg) _,
-            resume = in(reg) GP_RESUME.as_ptr(),
-            t = in(reg) target,
-            v = inout(reg) value,
-            options(nostack)
+    // VMX stays hidden: feature control reads "locked, VMX off" and cannot be written; the VMX
+    // capability MSRs do not exist; CR4.VMXE cannot be set.
+    let fc = rdmsr(0x3a);
+    c.check(
+        "feature-control-read",
+        fc == 1,
+        format_args!("IA32_FEATURE_CONTROL = {fc:#x}"),
+    );
+    let gp_w = expect_gp!("wrmsr", in("ecx") 0x3a, in("eax") 5, in("edx") 0, options(nostack));
+    c.check(
+        "feature-control-write",
+        gp_w && rdmsr(0x3a) == 1,
+        format_args!("WRMSR 0x3a raised #GP: {gp_w}"),
+    );
+    let gp_r = expect_gp!("rdmsr", in("ecx") 0x480, out("eax") _, out("edx") _, options(nostack));
+    c.check(
+        "vmx-basic-msr-absent",
+        gp_r,
+        format_args!("RDMSR IA32_VMX_BASIC raised #GP: {gp_r}"),
+    );
+    let gp_cr4 = expect_gp!(
+        "mov {t}, cr4\n or {t}, {vmxe}\n mov cr4, {t}",
+        t = out(reg) _,
+        vmxe = const 1 << 13,
+        options(nostack)
+    );
+    c.check(
+        "cr4-vmxe-refused",
+        gp_cr4,
+        format_args!("setting CR4.VMXE raised #GP: {gp_cr4}"),
+    );
+
+    // XSETBV is emulated: enable OSXSAVE, set XCR0 = x87|SSE, read it back.
+    if l1[2] & (1 << 26) != 0 {
+        let xcr0: u64;
+        // SAFETY: the CPU reports XSAVE; OSXSAVE and XCR0 = 3 are always valid then.
+        unsafe {
+            core::arch::asm!(
+                "mov {t}, cr4",
+                "or {t}, {osx}",
+                "mov cr4, {t}",
+                "xor ecx, ecx",
+                "mov eax, 3",
+                "xor edx, edx",
+                "xsetbv",
+                "xor ecx, ecx",
+                "xgetbv",
+                "shl rdx, 32",
+                "or rax, rdx",
+                t = out(reg) _,
+                osx = const 1 << 18,
+                out("rax") xcr0,
+                out("rcx") _,
+                out("rdx") _,
+                options(nostack)
+            );
+        }
+        let osxsave = cpuid(1, 0)[2] & (1 << 27) != 0;
+        c.check(
+            "xsetbv",
+            xcr0 == 3 && osxsave,
+            format_args!("XCR0 = {xcr0:#x}, CPUID.1:ECX.OSXSAVE = {osxsave}"),
+        );
+        let gp_x = expect_gp!("xsetbv", in("ecx") 0, in("eax") 0, in("edx") 0, options(nostack));
+        c.check(
+            "xsetbv-invalid",
+            gp_x,
+            format_args!("XSETBV with XCR0 = 0 raised #GP: {gp_x}"),
         );
     }
-    GP_RESUME.store(0, Ordering::SeqCst);
-    c.check(
-        "bulwark-memory-unreachable",
-        GP_SEEN.load(Ordering::SeqCst) == 1 && value == 0x5a5a_5a5a,
-        format_args!(
-            "read of {target:#x}: #GP seen {} time(s), error code {:#x}, register {:#x}",
-            GP_SEEN.load(Ordering::SeqCst),
-            GP_CODE.load(Ordering::SeqCst),
-            value
-        ),
-    );
 
     // Unknown hypercall.
     let r = vmcall(UNKNOWN_HYPERCALL, 1, 2, 3);

@@ -3,7 +3,7 @@
 use bulwark_abi::console::{reason, STATUS_BULWARK_FAILURE};
 use bulwark_boot::multiboot2_info::{self, BootDescription, MULTIBOOT2_MAGIC};
 use bulwark_x86_64::x86_64;
-use bulwark_x86_64::{acpi_info, cpu, heap, host, layout, serial};
+use bulwark_x86_64::{acpi_info, cpu, heap, host, launch, layout, serial};
 use log::{error, info, warn};
 use x86_64::instructions::port::Port;
 
@@ -52,7 +52,7 @@ extern "C" fn bulwark_main_x86(magic: u32, mbi: u64) -> ! {
     serial::init();
     crate::logger::init(log::LevelFilter::Info);
     heap::init();
-    let _hostcpu = host::init_cpu(fatal_exception);
+    let hostcpu = host::init_cpu(fatal_exception);
     info!("Bulwark {} (x86_64) starting", env!("CARGO_PKG_VERSION"));
 
     if magic != MULTIBOOT2_MAGIC {
@@ -84,20 +84,30 @@ extern "C" fn bulwark_main_x86(magic: u32, mbi: u64) -> ! {
     let cpu = cpu::probe();
     banner(&boot, &cpu);
 
-    let Some(caps) = cpu.vmx else {
+    if cpu.vmx.is_none() {
         error!("VMX is not available on this CPU (CPUID.1:ECX.VMX = 0): Bulwark cannot run a guest here. Use an Intel CPU with VT-x, or Bochs (cargo xtask run --arch x86_64)");
         crate::finish(STATUS_BULWARK_FAILURE, reason::REFUSED);
-    };
-    let _ = caps;
+    }
     if boot.modules.is_empty() {
         warn!("no guest module given (module2 in grub.cfg): nothing to run");
         crate::finish(0, reason::NO_GUEST);
     }
-    error!("guest execution is not implemented yet");
-    crate::finish(STATUS_BULWARK_FAILURE, reason::REFUSED)
+    let guest_line = |line: &str| {
+        crate::logger::write_fmt(format_args!(
+            "{}{}\n",
+            bulwark_abi::console::GUEST_PREFIX,
+            line
+        ));
+    };
+    match launch::run_guest(&boot, &config, &cpu, hostcpu, &guest_line) {
+        Ok(stop) => crate::finish(stop.status, stop.reason),
+        Err(r) => {
+            error!("{}", r.why);
+            crate::finish(STATUS_BULWARK_FAILURE, r.reason)
+        }
+    }
 }
 
-/// Some boot loaders put the kernel path first on the command line: drop it.
 fn strip_path(line: &str) -> &str {
     let t = line.trim_start();
     match t.split_once(' ') {
@@ -190,6 +200,17 @@ fn banner(boot: &BootDescription, cpu: &cpu::CpuInfo) {
                 yes(c.unrestricted_guest()),
                 yes(c.vpid()),
                 yes(c.spp())
+            );
+            log::debug!(
+                "vmx: cr0-fixed0={:#x} cr0-fixed1={:#x} cr4-fixed0={:#x} cr4-fixed1={:#x} pinbased={:#x} procbased={:#x} exit={:#x} entry={:#x}",
+                c.cr0_fixed0,
+                c.cr0_fixed1,
+                c.cr4_fixed0,
+                c.cr4_fixed1,
+                c.pinbased,
+                c.procbased,
+                c.exit,
+                c.entry
             );
             info!(
                 "vmx: ept-vpid-cap={:#x} 2M={} 1G={} wb={} exec-only={} basic={:#x} procbased2={:#x}",

@@ -1,0 +1,304 @@
+//! From boot description to a running guest: VMX bring-up, memory plan, Multiboot v1 loading,
+//! the core's per-guest state, EPT, the vCPU, then the run loop.
+
+use alloc::format;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use bulwark_abi::console::reason;
+use bulwark_abi::cpuid::Features;
+use bulwark_abi::policy::ViolationPolicy as AbiPolicy;
+use bulwark_boot::cmdline::{Config, ViolationPolicy};
+use bulwark_boot::multiboot1::{self, InfoModule, BOOTLOADER_MAGIC};
+use bulwark_boot::multiboot2_info::BootDescription;
+use bulwark_core::exit::StopReason;
+use bulwark_core::guest::{Arch, Guest, GuestConfig};
+use bulwark_core::pt::ept::Ept;
+use bulwark_core::pt::RecordingFlush;
+use bulwark_core::store::StoreLimits;
+
+use crate::cpu::CpuInfo;
+use crate::host::HostCpu;
+use crate::mem::{self, GuestRam, HeapFrames, Plan};
+use crate::vcpu::{InitialState, Vcpu};
+use crate::vm::Vm;
+use crate::vmx;
+
+/// Why no guest was started: a message for the log and the `reason=` word.
+#[derive(Debug)]
+pub struct Refused {
+    pub why: String,
+    pub reason: &'static str,
+}
+
+fn refuse(why: String) -> Refused {
+    Refused {
+        why,
+        reason: reason::REFUSED,
+    }
+}
+
+/// Where Bulwark puts the Multiboot information when it fits there (low memory, below the
+/// usual kernel load addresses).
+const INFO_PREFERRED: u64 = 0x9000;
+const PAGE: u64 = 4096;
+
+fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
+    a.0 < b.1 && b.0 < a.1
+}
+
+fn policy(p: ViolationPolicy) -> AbiPolicy {
+    match p {
+        ViolationPolicy::Skip => AbiPolicy::Skip,
+        ViolationPolicy::Inject => AbiPolicy::Inject,
+        ViolationPolicy::Halt => AbiPolicy::Halt,
+    }
+}
+
+/// Bring up VMX, load the guest (first module) and run it to the end.
+pub fn run_guest(
+    boot: &BootDescription,
+    config: &Config,
+    cpu: &CpuInfo,
+    host: &HostCpu,
+    guest_line: &dyn Fn(&str),
+) -> Result<StopReason, Refused> {
+    let caps = vmx::requirements(cpu).map_err(|r| refuse(format!("{r}")))?;
+    let plan = mem::plan(boot);
+    log::info!(
+        "guest memory: {} MiB RAM in {} region(s); Bulwark's region [{:#x}, {:#x}) is not mapped",
+        plan.ram_bytes() >> 20,
+        plan.regions.len(),
+        crate::layout::REGION_START,
+        crate::layout::REGION_END
+    );
+
+    // The guest kernel: first module, copied out so loading cannot overwrite its own source.
+    let module = boot
+        .modules
+        .first()
+        .ok_or_else(|| refuse("no guest module".into()))?;
+    let len = usize::try_from(module.end - module.start)
+        .map_err(|_| refuse("guest module too large".into()))?;
+    if module.end > 1 << 32 || !plan.is_ram(module.start, module.end.max(module.start + 1)) {
+        return Err(refuse(format!(
+            "guest module [{:#x}, {:#x}) is not in guest RAM",
+            module.start, module.end
+        )));
+    }
+    let mut image: Vec<u8> = Vec::new();
+    image.try_reserve_exact(len).map_err(|_| {
+        refuse(format!(
+            "guest image of {len} bytes does not fit Bulwark's heap"
+        ))
+    })?;
+    // SAFETY: the module lies in guest RAM below 4 GiB (checked), identity mapped, and nothing
+    // runs in the guest yet.
+    image.extend_from_slice(unsafe { core::slice::from_raw_parts(module.start as *const u8, len) });
+
+    let img = multiboot1::parse_image(&image)
+        .map_err(|e| refuse(format!("guest image rejected: {e}")))?;
+    for s in &img.segments {
+        if !plan.is_ram(s.dst, s.end()) {
+            return Err(refuse(format!(
+                "guest segment [{:#x}, {:#x}) is not in guest RAM (Bulwark's own region is [{:#x}, {:#x}); see the memory map above)",
+                s.dst,
+                s.end(),
+                crate::layout::REGION_START,
+                crate::layout::REGION_END
+            )));
+        }
+    }
+    let (lo, hi) = img.span();
+    log::info!(
+        "guest image: Multiboot v1, {} segment(s) in [{:#x}, {:#x}), entry {:#x}",
+        img.segments.len(),
+        lo,
+        hi,
+        img.entry
+    );
+
+    // Further modules are passed through where GRUB put them.
+    let mut mods = Vec::new();
+    for m in boot.modules.iter().skip(1) {
+        let r = (m.start, m.end);
+        if m.end > 1 << 32 || !plan.is_ram(m.start, m.end.max(m.start + 1)) {
+            return Err(refuse(format!(
+                "module [{:#x}, {:#x}) is not in guest RAM",
+                m.start, m.end
+            )));
+        }
+        if img.segments.iter().any(|s| overlaps(r, (s.dst, s.end()))) {
+            return Err(refuse(format!(
+                "module [{:#x}, {:#x}) overlaps the guest kernel; load it elsewhere",
+                m.start, m.end
+            )));
+        }
+        mods.push(InfoModule {
+            start: m.start as u32,
+            end: m.end as u32,
+            cmdline: m.cmdline.clone(),
+        });
+    }
+
+    // Multiboot information: at INFO_PREFERRED, else after the kernel and modules.
+    let busy: Vec<(u64, u64)> = img
+        .segments
+        .iter()
+        .map(|s| (s.dst, s.end()))
+        .chain(mods.iter().map(|m| (u64::from(m.start), u64::from(m.end))))
+        .collect();
+    let probe = multiboot1::build_info(0, "", &mods, &plan.guest_map, "")
+        .map(|b| b.len() as u64)
+        .unwrap_or(0);
+    let need = probe + module.cmdline.len() as u64 + 64 + 1;
+    let top = busy.iter().map(|b| b.1).max().unwrap_or(0).div_ceil(PAGE) * PAGE;
+    let base = [INFO_PREFERRED, top]
+        .into_iter()
+        .find(|&b| {
+            plan.is_ram(b, b + need)
+                && b + need < 1 << 32
+                && busy.iter().all(|&x| !overlaps(x, (b, b + need)))
+        })
+        .ok_or_else(|| refuse("no room in guest RAM for the Multiboot information".into()))?;
+    let info = multiboot1::build_info(
+        base as u32,
+        &module.cmdline,
+        &mods,
+        &plan.guest_map,
+        concat!("Bulwark ", env!("CARGO_PKG_VERSION")),
+    )
+    .ok_or_else(|| refuse("Multiboot information does not fit below 4 GiB".into()))?;
+
+    let ram = GuestRam { plan: &plan };
+    for s in &img.segments {
+        let start = s.file_offset;
+        let bytes = usize::try_from(s.filesz)
+            .ok()
+            .and_then(|n| image.get(start..start.checked_add(n)?))
+            .ok_or_else(|| refuse("guest segment outside the image".into()))?;
+        ram.write(s.dst, bytes)
+            .and_then(|()| ram.zero(s.dst + s.filesz, s.memsz - s.filesz))
+            .map_err(|_| refuse(format!("cannot write guest segment at {:#x}", s.dst)))?;
+    }
+    ram.write(base, &info)
+        .map_err(|_| refuse("cannot write the Multiboot information".into()))?;
+    drop(image);
+    log::info!(
+        "guest command line {:?}, Multiboot information at {:#x} ({} bytes), {} extra module(s)",
+        module.cmdline,
+        base,
+        info.len(),
+        mods.len()
+    );
+
+    // The core's per-guest state and the EPT derived from it.
+    let mut guest = Guest::new(GuestConfig {
+        arch: Arch::X86_64,
+        regions: plan.regions.clone(),
+        policy: policy(config.violation),
+        ratelimit: config.ratelimit,
+        exec_only: caps.ept_exec_only(),
+        spp: false,
+        limits: StoreLimits::default(),
+    })
+    .map_err(|e| refuse(format!("guest memory configuration refused: {e:?}")))?;
+    for a in &config.attrs {
+        guest
+            .set_host_attributes(a.start.as_u64(), a.size, u64::from(a.perms.bits()), 0)
+            .map_err(|e| {
+                refuse(format!(
+                    "attr={:#x}+{:#x}:{}: {e:?}",
+                    a.start.as_u64(),
+                    a.size,
+                    a.perms
+                ))
+            })?;
+    }
+
+    let root = vmx::enable(caps, cpu.xsave).map_err(|r| refuse(format!("{r}")))?;
+    log::info!("VMX on: VMXON done, VMCS revision {:#x}", caps.revision());
+    let features = Features {
+        roe_version: bulwark_abi::roe::ROE_IMPL_VERSION as u8,
+        roe_mprotect: true,
+        // Chunk protection needs store emulation, not yet implemented on x86.
+        roe_chunk: false,
+        chunk_spp: false,
+        policy: policy(config.violation),
+    };
+    let guest = spin::Mutex::new(guest);
+    let r = if caps.ept_exec_only() {
+        start::<true>(
+            &root, host, &guest, &plan, features, cpu, &img, base, guest_line,
+        )
+    } else {
+        start::<false>(
+            &root, host, &guest, &plan, features, cpu, &img, base, guest_line,
+        )
+    };
+    r
+}
+
+#[allow(clippy::too_many_arguments)]
+fn start<const XO: bool>(
+    root: &vmx::VmxRoot,
+    host: &HostCpu,
+    guest: &spin::Mutex<Guest>,
+    plan: &Plan,
+    features: Features,
+    cpu: &CpuInfo,
+    img: &multiboot1::Image,
+    info_base: u64,
+    guest_line: &dyn Fn(&str),
+) -> Result<StopReason, Refused> {
+    let caps = root.caps;
+    let mut frames = HeapFrames { allocated: 0 };
+    let mut ept = Ept::<XO>::new_ept(&mut frames, caps.ept_1g())
+        .map_err(|e| refuse(format!("EPT: {e:?}")))?;
+    let full = guest
+        .lock()
+        .full_range()
+        .ok_or_else(|| refuse("guest has no memory".into()))?;
+    // No hardware uses the tables yet: nothing to invalidate.
+    let mut none = RecordingFlush::default();
+    guest
+        .lock()
+        .sync_ept(&mut frames, &mut ept, None, full, &mut none)
+        .map_err(|e| refuse(format!("building the EPT failed: {e:?}")))?;
+    log::info!(
+        "EPT: {} table page(s) for guest memory, largest pages {}; RAM write-back, legacy hole uncached; eptp={:#x}",
+        ept.stats().table_pages,
+        if caps.ept_1g() { "1 GiB" } else { "2 MiB" },
+        ept.eptp()
+    );
+    let vcpu = Vcpu::new(
+        0,
+        caps,
+        host,
+        ept.eptp(),
+        InitialState {
+            rip: img.entry,
+            rax: u64::from(BOOTLOADER_MAGIC),
+            rbx: info_base,
+        },
+    )
+    .map_err(|e| refuse(format!("{e}")))?;
+    log::info!(
+        "vCPU 0: VMCS at {:#x}, VPID {}, entering the guest at {:#x}",
+        vcpu.vmcs_phys(),
+        vcpu.vpid,
+        img.entry
+    );
+    let mut vm = Vm::new(
+        vcpu,
+        caps,
+        guest,
+        plan,
+        ept,
+        frames,
+        features,
+        cpu.max_phys_bits,
+        guest_line,
+    );
+    Ok(vm.run())
+}

@@ -1,0 +1,824 @@
+//! The x86 run loop: enter the guest, decode each VM exit into the arch-neutral
+//! [`bulwark_core::exit::Exit`] (or emulate the x86-only instruction it stands for), obtain an
+//! [`Action`] (from the core for hypercalls and EPT faults), and apply it in [`Vm::apply`] — the
+//! one place where the guest's instruction pointer is advanced.
+
+use alloc::vec::Vec;
+use core::fmt::Write as _;
+
+use bulwark_abi::console::{reason, STATUS_BULWARK_FAILURE};
+use bulwark_abi::cpuid as bcpuid;
+use bulwark_core::addr::GpaRange;
+use bulwark_core::addr::{GuestPhysAddr, GuestVirtAddr};
+use bulwark_core::exit::{Access, Action, Exit, Hypercall, MemFault, StopReason};
+use bulwark_core::guest::{Guest, GuestTranslate, HypercallOutcome};
+use bulwark_core::gwalk::x86::{X86PagingState, X86Walker};
+use bulwark_core::gwalk::GuestWalker;
+use bulwark_core::pt::ept::Ept;
+
+use crate::cpu::{msr, rdmsr, VmxCaps};
+use crate::mem::{EptFlush, GuestRam, HeapFrames, Plan};
+use crate::vcpu::Vcpu;
+use crate::vmcs::{self, reason as er};
+use crate::vmx::{self, vmr, vmwrite};
+
+/// The guest's COM1 as Bulwark emulates it: transmitted bytes are collected into whole lines
+/// and printed as `guest| <line>`; the transmitter always reads as empty.
+#[derive(Default)]
+pub struct GuestUart {
+    line: Vec<u8>,
+    lcr: u8,
+    ier: u8,
+    mcr: u8,
+    scr: u8,
+    dll: u8,
+    dlm: u8,
+}
+
+/// Longest guest line before it is printed anyway.
+const MAX_LINE: usize = 200;
+pub const GUEST_COM1: u16 = 0x3f8;
+/// isa-debug-exit: a write of v ends the run with guest status v.
+pub const DEBUG_EXIT_PORT: u16 = 0xf4;
+
+impl GuestUart {
+    fn dlab(&self) -> bool {
+        self.lcr & 0x80 != 0
+    }
+
+    fn write(&mut self, off: u16, v: u8, out: &dyn Fn(&str)) {
+        match off {
+            0 if self.dlab() => self.dll = v,
+            0 => self.byte(v, out),
+            1 if self.dlab() => self.dlm = v,
+            1 => self.ier = v & 0x0f,
+            3 => self.lcr = v,
+            4 => self.mcr = v,
+            7 => self.scr = v,
+            _ => {} // FCR, LSR, MSR writes: no effect
+        }
+    }
+
+    fn read(&self, off: u16) -> u8 {
+        match off {
+            0 if self.dlab() => self.dll,
+            0 => 0, // nothing received
+            1 if self.dlab() => self.dlm,
+            1 => self.ier,
+            2 => 0x01, // IIR: no interrupt pending
+            3 => self.lcr,
+            4 => self.mcr,
+            5 => 0x60, // LSR: THR empty, transmitter empty
+            6 => {
+                if self.mcr & 0x10 != 0 {
+                    0
+                } else {
+                    0xb0
+                }
+            } // MSR: DCD, DSR, CTS
+            _ => self.scr,
+        }
+    }
+
+    fn byte(&mut self, b: u8, out: &dyn Fn(&str)) {
+        match b {
+            b'\n' => self.flush(out),
+            b'\r' => {}
+            _ => {
+                self.line.push(b);
+                if self.line.len() >= MAX_LINE {
+                    self.flush(out);
+                }
+            }
+        }
+    }
+
+    /// Print what is buffered as one guest line (also used when the run ends mid-line).
+    pub fn flush(&mut self, out: &dyn Fn(&str)) {
+        if self.line.is_empty() {
+            return;
+        }
+        let mut s = alloc::string::String::with_capacity(self.line.len());
+        for &c in &self.line {
+            if c == b'\t' || (0x20..0x7f).contains(&c) {
+                s.push(c as char);
+            } else {
+                let _ = write!(s, "\\x{c:02x}");
+            }
+        }
+        out(&s);
+        self.line.clear();
+    }
+}
+
+/// Everything one guest needs while it runs on this CPU.
+pub struct Vm<'a, const XO: bool> {
+    pub vcpu: Vcpu,
+    pub caps: VmxCaps,
+    pub guest: &'a spin::Mutex<Guest>,
+    pub plan: &'a Plan,
+    pub ept: Ept<XO>,
+    pub frames: HeapFrames,
+    pub uart: GuestUart,
+    /// Features reported in CPUID leaf 0x40000001.
+    pub features: bcpuid::Features,
+    pub max_phys_bits: u8,
+    /// Prints one guest console line (`guest| ...`).
+    pub guest_line: &'a dyn Fn(&str),
+    /// Unknown ports already reported (first few only, to keep the console readable).
+    unknown_ports_logged: u32,
+    pub exits: u64,
+}
+
+/// What the exit handler decided, before it is applied.
+enum Step {
+    /// The arch-neutral action (from the core, or the x86 emulation).
+    Do(Action),
+    /// Inject a hardware exception other than the core's #GP (e.g. #UD), without advancing.
+    Exception { vector: u8, error: Option<u32> },
+}
+
+fn gp() -> Step {
+    Step::Exception {
+        vector: 13,
+        error: Some(0),
+    }
+}
+
+fn ud() -> Step {
+    Step::Exception {
+        vector: 6,
+        error: None,
+    }
+}
+
+fn stop(status: u32, why: &'static str) -> Step {
+    Step::Do(Action::Stop(StopReason {
+        status,
+        reason: why,
+    }))
+}
+
+/// Translates guest-virtual addresses with the vCPU's paging state at the time of the exit.
+struct Translator<'b> {
+    ram: GuestRam<'b>,
+    walker: X86Walker,
+}
+
+impl GuestTranslate for Translator<'_> {
+    fn translate(&mut self, gva: GuestVirtAddr) -> Result<GuestPhysAddr, ()> {
+        self.walker
+            .translate(&self.ram, gva)
+            .map(|t| t.gpa)
+            .map_err(|_| ())
+    }
+}
+
+const GUEST_PDPTE0: u32 = 0x280a;
+
+impl<'a, const XO: bool> Vm<'a, XO> {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        vcpu: Vcpu,
+        caps: VmxCaps,
+        guest: &'a spin::Mutex<Guest>,
+        plan: &'a Plan,
+        ept: Ept<XO>,
+        frames: HeapFrames,
+        features: bcpuid::Features,
+        max_phys_bits: u8,
+        guest_line: &'a dyn Fn(&str),
+    ) -> Self {
+        Vm {
+            vcpu,
+            caps,
+            guest,
+            plan,
+            ept,
+            frames,
+            uart: GuestUart::default(),
+            features,
+            max_phys_bits,
+            guest_line,
+            unknown_ports_logged: 0,
+            exits: 0,
+        }
+    }
+
+    /// Run the guest until something ends the run.
+    pub fn run(&mut self) -> StopReason {
+        loop {
+            if let Err(e) = self.vcpu.enter() {
+                log::error!("VM entry failed: {e}");
+                self.dump_state();
+                return self.finish(StopReason {
+                    status: STATUS_BULWARK_FAILURE,
+                    reason: reason::UNHANDLED_EXIT,
+                });
+            }
+            self.exits += 1;
+            let step = self.handle_exit();
+            if let Some(r) = self.apply(step) {
+                return self.finish(r);
+            }
+        }
+    }
+
+    fn finish(&mut self, r: StopReason) -> StopReason {
+        self.uart.flush(self.guest_line);
+        log::info!(
+            "guest stopped after {} VM exits: status={} reason={}",
+            self.exits,
+            r.status,
+            r.reason
+        );
+        r
+    }
+
+    /// Apply a decision. The only place that advances the guest's RIP.
+    fn apply(&mut self, step: Step) -> Option<StopReason> {
+        match step {
+            Step::Do(Action::Retry) => {
+                self.reinject_vectoring();
+                None
+            }
+            Step::Do(Action::Advance) => self.advance(),
+            Step::Do(Action::AdvanceWithResult(v)) => {
+                self.vcpu.regs.rax = v;
+                self.advance()
+            }
+            Step::Do(Action::AdvanceWithResults([a, b, c, d])) => {
+                self.vcpu.regs.rax = a;
+                self.vcpu.regs.rbx = b;
+                self.vcpu.regs.rcx = c;
+                self.vcpu.regs.rdx = d;
+                self.advance()
+            }
+            Step::Do(Action::EmulateStore(e)) => {
+                log::error!(
+                    "store emulation for chunk-protected memory is not implemented on x86 yet (gpa={:#x} size={})",
+                    e.gpa.as_u64(),
+                    e.size
+                );
+                self.dump_state();
+                Some(StopReason {
+                    status: STATUS_BULWARK_FAILURE,
+                    reason: reason::UNHANDLED_EXIT,
+                })
+            }
+            Step::Do(Action::InjectFault) => {
+                self.inject(13, Some(0));
+                None
+            }
+            Step::Exception { vector, error } => {
+                self.inject(vector, error);
+                None
+            }
+            Step::Do(Action::Stop(r)) => Some(r),
+        }
+    }
+
+    fn advance(&mut self) -> Option<StopReason> {
+        let len = vmr(vmcs::EXIT_INSTRUCTION_LENGTH);
+        if !(1..=15).contains(&len) {
+            log::error!(
+                "cannot skip the guest instruction: exit {} reports instruction length {len}",
+                er::name(self.basic_reason())
+            );
+            self.dump_state();
+            return Some(StopReason {
+                status: STATUS_BULWARK_FAILURE,
+                reason: reason::UNHANDLED_EXIT,
+            });
+        }
+        let rip = vmr(vmcs::GUEST_RIP).wrapping_add(len);
+        let rip = if self.long_mode_code() {
+            rip
+        } else {
+            rip & 0xffff_ffff
+        };
+        let _ = vmwrite(vmcs::GUEST_RIP, rip);
+        // The skipped instruction ends any STI / MOV SS interrupt shadow.
+        let intr = vmr(vmcs::GUEST_INTERRUPTIBILITY);
+        if intr & 3 != 0 {
+            let _ = vmwrite(vmcs::GUEST_INTERRUPTIBILITY, intr & !3);
+        }
+        None
+    }
+
+    fn inject(&mut self, vector: u8, error: Option<u32>) {
+        let mut info = u64::from(vector) | (3 << 8) | (1 << 31);
+        if let Some(code) = error {
+            info |= 1 << 11;
+            let _ = vmwrite(vmcs::ENTRY_EXCEPTION_ERROR_CODE, u64::from(code));
+        }
+        let _ = vmwrite(vmcs::ENTRY_INTERRUPTION_INFO, info);
+    }
+
+    /// An exit during event delivery (e.g. an EPT violation while pushing an exception frame)
+    /// loses the event unless it is delivered again on re-entry.
+    fn reinject_vectoring(&mut self) {
+        let info = vmr(vmcs::IDT_VECTORING_INFO);
+        if info & (1 << 31) == 0 {
+            return;
+        }
+        let _ = vmwrite(vmcs::ENTRY_INTERRUPTION_INFO, info & 0x8000_0fff);
+        if info & (1 << 11) != 0 {
+            let _ = vmwrite(
+                vmcs::ENTRY_EXCEPTION_ERROR_CODE,
+                vmr(vmcs::IDT_VECTORING_ERROR_CODE),
+            );
+        }
+        let _ = vmwrite(
+            vmcs::ENTRY_INSTRUCTION_LENGTH,
+            vmr(vmcs::EXIT_INSTRUCTION_LENGTH),
+        );
+    }
+
+    fn basic_reason(&self) -> u16 {
+        vmr(vmcs::EXIT_REASON) as u16
+    }
+
+    fn long_mode_code(&self) -> bool {
+        let efer = vmr(vmcs::GUEST_IA32_EFER);
+        let cs_ar = vmr(vmcs::GUEST_CS_AR);
+        efer & (1 << 10) != 0 && cs_ar & (1 << 13) != 0
+    }
+
+    fn cpl(&self) -> u8 {
+        ((vmr(vmcs::GUEST_SS_AR) >> 5) & 3) as u8
+    }
+
+    fn handle_exit(&mut self) -> Step {
+        let full = vmr(vmcs::EXIT_REASON);
+        let basic = full as u16;
+        if full & (1 << 31) != 0 {
+            log::error!(
+                "VM entry failed: exit reason {} ({}), qualification {:#x}",
+                basic,
+                er::name(basic),
+                vmr(vmcs::EXIT_QUALIFICATION)
+            );
+            self.dump_state();
+            return stop(STATUS_BULWARK_FAILURE, reason::UNHANDLED_EXIT);
+        }
+        match basic {
+            er::CPUID => self.cpuid(),
+            er::VMCALL => {
+                let r = &self.vcpu.regs;
+                let hc = Hypercall {
+                    nr: r.rax,
+                    args: [r.rbx, r.rcx, r.rdx, r.rsi],
+                    from_user: self.cpl() != 0,
+                    narrow: !self.long_mode_code(),
+                };
+                self.decide(Exit::Hypercall(hc))
+            }
+            er::HLT => self.decide(Exit::Halt),
+            er::IO_INSTRUCTION => self.io(),
+            er::RDMSR => self.rdmsr(),
+            er::WRMSR => self.wrmsr(),
+            er::CR_ACCESS => self.cr_access(),
+            er::XSETBV => self.xsetbv(),
+            er::EPT_VIOLATION => {
+                let q = vmr(vmcs::EXIT_QUALIFICATION);
+                let access = if q & 4 != 0 {
+                    Access::Exec
+                } else if q & 2 != 0 {
+                    Access::Write
+                } else {
+                    Access::Read
+                };
+                let gva = (q & (1 << 7) != 0)
+                    .then(|| GuestVirtAddr::new(vmr(vmcs::GUEST_LINEAR_ADDRESS)));
+                let f = MemFault {
+                    gpa: GuestPhysAddr::new(vmr(vmcs::GUEST_PHYSICAL_ADDRESS)),
+                    gva,
+                    ip: GuestVirtAddr::new(vmr(vmcs::GUEST_RIP)),
+                    access,
+                    size: None,
+                };
+                log::debug!(
+                    "ept-violation gpa={:#x} gva={:#x} ip={:#x} access={} qualification={:#x}",
+                    f.gpa.as_u64(),
+                    gva.map(|g| g.as_u64()).unwrap_or(0),
+                    f.ip.as_u64(),
+                    access.as_str(),
+                    q
+                );
+                self.decide(Exit::MemFault(f))
+            }
+            er::EPT_MISCONFIG => {
+                log::error!(
+                    "EPT misconfiguration (a Bulwark bug): gpa={:#x} ip={:#x}",
+                    vmr(vmcs::GUEST_PHYSICAL_ADDRESS),
+                    vmr(vmcs::GUEST_RIP)
+                );
+                self.dump_state();
+                stop(STATUS_BULWARK_FAILURE, reason::UNHANDLED_EXIT)
+            }
+            er::TRIPLE_FAULT => self.decide(Exit::Fatal {
+                reason: "triple fault",
+                code: u64::from(basic),
+            }),
+            er::VMCLEAR..=er::VMXON | er::INVEPT | er::INVVPID | er::GETSEC => {
+                // VMX is hidden from the guest: these instructions do not exist for it.
+                ud()
+            }
+            _ => {
+                log::error!(
+                    "unhandled VM exit: reason {} ({}), qualification {:#x}",
+                    basic,
+                    er::name(basic),
+                    vmr(vmcs::EXIT_QUALIFICATION)
+                );
+                self.dump_state();
+                stop(STATUS_BULWARK_FAILURE, reason::UNHANDLED_EXIT)
+            }
+        }
+    }
+
+    /// Arch-neutral exits: hypercalls and faults go to the core; the rest is plain policy.
+    fn decide(&mut self, exit: Exit) -> Step {
+        match exit {
+            Exit::Hypercall(hc) => {
+                let state = self.paging_state();
+                let mut tr = Translator {
+                    ram: GuestRam { plan: self.plan },
+                    walker: X86Walker::new(state),
+                };
+                let outcome = self.guest.lock().handle_hypercall(&hc, &mut tr);
+                match outcome {
+                    HypercallOutcome::Handled { action, rederive } => {
+                        if let Some(r) = rederive {
+                            if let Some(s) = self.rederive(r) {
+                                return s;
+                            }
+                        }
+                        Step::Do(action)
+                    }
+                    // Nothing else is defined on x86: KVM answers unknown calls -KVM_ENOSYS.
+                    HypercallOutcome::NotMine => Step::Do(Action::AdvanceWithResult(
+                        bulwark_abi::errno::Errno::NoSys.to_reg(hc.narrow),
+                    )),
+                }
+            }
+            Exit::MemFault(f) => {
+                let d = self.guest.lock().handle_fault(self.vcpu.id, &f);
+                if let Some(r) = d.rederive {
+                    if let Some(s) = self.rederive(r) {
+                        return s;
+                    }
+                }
+                if let Action::Stop(_) = d.action {
+                    log::error!(
+                        "guest stopped by an EPT violation: gpa={:#x} gva={:#x} ip={:#x} access={}",
+                        f.gpa.as_u64(),
+                        f.gva.map(|g| g.as_u64()).unwrap_or(0),
+                        f.ip.as_u64(),
+                        f.access.as_str()
+                    );
+                    self.dump_state();
+                }
+                Step::Do(d.action)
+            }
+            Exit::Halt => {
+                if vmr(vmcs::GUEST_RFLAGS) & (1 << 9) == 0 {
+                    log::error!(
+                        "guest executed HLT with interrupts disabled at ip={:#x}: it can never resume",
+                        vmr(vmcs::GUEST_RIP)
+                    );
+                    stop(STATUS_BULWARK_FAILURE, reason::GUEST_CRASH)
+                } else {
+                    // Interrupts reach the guest directly (no external-interrupt exiting): let
+                    // it continue; a pending interrupt is delivered on entry.
+                    Step::Do(Action::Advance)
+                }
+            }
+            Exit::GuestStatus(v) => {
+                log::info!("guest wrote {v:#x} to port 0xf4: ending the run with its status");
+                stop(v, reason::GUEST_EXIT)
+            }
+            Exit::Fatal { reason: why, code } => {
+                log::error!("guest crashed: {why} (exit reason {code})");
+                self.dump_state();
+                stop(STATUS_BULWARK_FAILURE, reason::GUEST_CRASH)
+            }
+        }
+    }
+
+    /// Re-derive EPT permissions of `range` from the core's store. On failure the guest stops.
+    fn rederive(&mut self, range: GpaRange) -> Option<Step> {
+        let eptp = self.ept.eptp();
+        let mut flush = EptFlush {
+            caps: &self.caps,
+            eptp,
+            flushes: 0,
+        };
+        let r =
+            self.guest
+                .lock()
+                .sync_ept(&mut self.frames, &mut self.ept, None, range, &mut flush);
+        match r {
+            Ok(_) => None,
+            Err(e) => {
+                log::error!("EPT update failed: {e:?}");
+                Some(stop(STATUS_BULWARK_FAILURE, reason::UNHANDLED_EXIT))
+            }
+        }
+    }
+
+    fn paging_state(&self) -> X86PagingState {
+        let cr0 = vmr(vmcs::GUEST_CR0);
+        let cr4 = vmr(vmcs::GUEST_CR4);
+        let efer = vmr(vmcs::GUEST_IA32_EFER);
+        let mut s = X86PagingState::new(cr0, vmr(vmcs::GUEST_CR3), cr4, efer)
+            .with_maxphyaddr(self.max_phys_bits);
+        let pae_legacy = cr0 & (1 << 31) != 0 && cr4 & (1 << 5) != 0 && efer & (1 << 8) == 0;
+        if pae_legacy {
+            let p = [0, 1, 2, 3].map(|i| vmr(GUEST_PDPTE0 + 2 * i));
+            s = s.with_pdptes(p);
+        }
+        s
+    }
+
+    fn cpuid(&mut self) -> Step {
+        let leaf = self.vcpu.regs.rax as u32;
+        let sub = self.vcpu.regs.rcx as u32;
+        let [a, b, c, d] =
+            if (bcpuid::LEAF_SIGNATURE..=bcpuid::LEAF_SIGNATURE + 0xff).contains(&leaf) {
+                match leaf {
+                    bcpuid::LEAF_SIGNATURE => bcpuid::signature_leaf(),
+                    bcpuid::LEAF_FEATURES => self.features.encode(),
+                    _ => [0; 4],
+                }
+            } else {
+                let r = core::arch::x86_64::__cpuid_count(leaf, sub);
+                let (a, b, mut c, d) = (r.eax, r.ebx, r.ecx, r.edx);
+                if leaf == 1 {
+                    c &= !(1 << 5); // VMX: hidden
+                    c &= !(1 << 6); // SMX: GETSEC is not offered
+                    c |= 1 << 31; // running under a hypervisor
+                                  // OSXSAVE mirrors the guest's own CR4, not Bulwark's.
+                                  // The guest's view: masked bits from the read shadow, the rest from CR4.
+                    let mask = self.vcpu.cr4_mask;
+                    let cr4 = (vmr(vmcs::GUEST_CR4) & !mask) | (vmr(vmcs::CR4_READ_SHADOW) & mask);
+                    if cr4 & (1 << 18) != 0 {
+                        c |= 1 << 27;
+                    } else {
+                        c &= !(1 << 27);
+                    }
+                }
+                [a, b, c, d]
+            };
+        Step::Do(Action::AdvanceWithResults([
+            u64::from(a),
+            u64::from(b),
+            u64::from(c),
+            u64::from(d),
+        ]))
+    }
+
+    fn io(&mut self) -> Step {
+        let q = vmr(vmcs::EXIT_QUALIFICATION);
+        let size = (q & 7) as u8 + 1;
+        let is_in = q & (1 << 3) != 0;
+        let string = q & (1 << 4) != 0;
+        let port = (q >> 16) as u16;
+        if string {
+            log::error!("string I/O (INS/OUTS) to port {port:#x} is not emulated; use IN/OUT");
+            self.dump_state();
+            return stop(STATUS_BULWARK_FAILURE, reason::UNHANDLED_EXIT);
+        }
+        let mask: u64 = match size {
+            1 => 0xff,
+            2 => 0xffff,
+            _ => 0xffff_ffff,
+        };
+        if is_in {
+            let v: u64 = if (GUEST_COM1..GUEST_COM1 + 8).contains(&port) {
+                u64::from(self.uart.read(port - GUEST_COM1))
+            } else {
+                self.note_unknown_port(port, "in");
+                mask // no device: the bus floats high
+            };
+            // IN to AL/AX keeps the rest of RAX; IN to EAX zero-extends.
+            let rax = self.vcpu.regs.rax;
+            self.vcpu.regs.rax = if size == 4 {
+                v
+            } else {
+                (rax & !mask) | (v & mask)
+            };
+        } else {
+            let v = self.vcpu.regs.rax & mask;
+            if (GUEST_COM1..GUEST_COM1 + 8).contains(&port) {
+                let out = self.guest_line;
+                self.uart.write(port - GUEST_COM1, v as u8, out);
+            } else if port == DEBUG_EXIT_PORT {
+                return self.decide(Exit::GuestStatus(v as u32));
+            } else {
+                self.note_unknown_port(port, "out");
+            }
+        }
+        Step::Do(Action::Advance)
+    }
+
+    fn note_unknown_port(&mut self, port: u16, dir: &str) {
+        if self.unknown_ports_logged < 8 {
+            self.unknown_ports_logged += 1;
+            log::debug!(
+                "guest {dir} on port {port:#x}: no device (reads all ones, writes dropped)"
+            );
+        }
+    }
+
+    fn rdmsr(&mut self) -> Step {
+        let index = self.vcpu.regs.rcx as u32;
+        let value = match index {
+            msr::IA32_FEATURE_CONTROL => 1, // locked, VMX off: matches the hidden CPUID bit
+            // Readable as on the real CPU: APIC base, MTRRs, misc enables, platform info.
+            0x1b | 0xfe | 0x1a0 | 0x2ff | 0x200..=0x21f | 0x250 | 0x258 | 0x259 | 0x268..=0x26f => {
+                // SAFETY: these MSRs exist on every CPU with VMX (architectural MTRRs,
+                // APIC base, MISC_ENABLE).
+                unsafe { rdmsr(index) }
+            }
+            _ => {
+                log::debug!("guest rdmsr {index:#x}: not offered, #GP");
+                return gp();
+            }
+        };
+        Step::Do(Action::AdvanceWithResults([
+            value & 0xffff_ffff,
+            self.vcpu.regs.rbx,
+            self.vcpu.regs.rcx,
+            value >> 32,
+        ]))
+    }
+
+    fn wrmsr(&mut self) -> Step {
+        let index = self.vcpu.regs.rcx as u32;
+        let value = (self.vcpu.regs.rdx << 32) | (self.vcpu.regs.rax & 0xffff_ffff);
+        match index {
+            // Memory types come from EPT (ignore-PAT): the guest's MTRR writes have no effect
+            // and must not reach the real MTRRs, which Bulwark's own memory depends on.
+            0x2ff | 0x200..=0x21f | 0x250 | 0x258 | 0x259 | 0x268..=0x26f => {
+                log::debug!(
+                    "guest wrmsr {index:#x} = {value:#x}: dropped (EPT decides memory types)"
+                );
+                Step::Do(Action::Advance)
+            }
+            _ => {
+                // Feature control, VMX capability MSRs and everything else: not writable.
+                log::debug!("guest wrmsr {index:#x} = {value:#x}: refused, #GP");
+                gp()
+            }
+        }
+    }
+
+    fn cr_access(&mut self) -> Step {
+        let q = vmr(vmcs::EXIT_QUALIFICATION);
+        let cr = (q & 15) as u8;
+        let kind = (q >> 4) & 3;
+        let reg = ((q >> 8) & 15) as u8;
+        match (kind, cr) {
+            (0, 0) => {
+                let v = self.vcpu.regs.get(reg);
+                self.write_cr0(v)
+            }
+            (0, 4) => {
+                let v = self.vcpu.regs.get(reg);
+                self.write_cr4(v)
+            }
+            (0, 3) => {
+                let v = self.vcpu.regs.get(reg);
+                let _ = vmwrite(vmcs::GUEST_CR3, v);
+                vmx::invalidate_vpid(&self.caps, self.vcpu.vpid);
+                Step::Do(Action::Advance)
+            }
+            (1, 3) => {
+                let v = vmr(vmcs::GUEST_CR3);
+                self.vcpu.regs.set(reg, v);
+                Step::Do(Action::Advance)
+            }
+            _ => {
+                log::error!("unhandled control-register access: qualification {q:#x}");
+                self.dump_state();
+                stop(STATUS_BULWARK_FAILURE, reason::UNHANDLED_EXIT)
+            }
+        }
+    }
+
+    fn write_cr0(&mut self, v: u64) -> Step {
+        const PE: u64 = 1;
+        const NW: u64 = 1 << 29;
+        const CD: u64 = 1 << 30;
+        const PG: u64 = 1 << 31;
+        if v >> 32 != 0 || (v & PG != 0 && v & PE == 0) || (v & NW != 0 && v & CD == 0) {
+            return gp();
+        }
+        let old = vmr(vmcs::GUEST_CR0);
+        let forced = self.vcpu.caps.cr0_fixed0 & !(PE | PG);
+        let real = (v | forced) & self.vcpu.caps.cr0_fixed1;
+        // Long-mode activation/deactivation that the CPU would have done itself.
+        let mut efer = vmr(vmcs::GUEST_IA32_EFER);
+        let mut ctl = vmr(vmcs::ENTRY_CONTROLS);
+        if old & PG == 0 && v & PG != 0 && efer & (1 << 8) != 0 {
+            if vmr(vmcs::GUEST_CR4) & (1 << 5) == 0 {
+                return gp(); // long mode needs PAE
+            }
+            efer |= 1 << 10;
+            ctl |= u64::from(vmcs::entry::IA32E_MODE_GUEST);
+        } else if old & PG != 0 && v & PG == 0 {
+            efer &= !(1 << 10);
+            ctl &= !u64::from(vmcs::entry::IA32E_MODE_GUEST);
+        }
+        let _ = vmwrite(vmcs::GUEST_IA32_EFER, efer);
+        let _ = vmwrite(vmcs::ENTRY_CONTROLS, ctl);
+        let _ = vmwrite(vmcs::CR0_READ_SHADOW, v);
+        let _ = vmwrite(vmcs::GUEST_CR0, real);
+        vmx::invalidate_vpid(&self.caps, self.vcpu.vpid);
+        Step::Do(Action::Advance)
+    }
+
+    fn write_cr4(&mut self, v: u64) -> Step {
+        const VMXE: u64 = 1 << 13;
+        let caps = &self.vcpu.caps;
+        let allowed = caps.cr4_fixed1 & !VMXE;
+        if v & VMXE != 0 || v & !allowed != 0 {
+            return gp();
+        }
+        let real = (v | caps.cr4_fixed0) & caps.cr4_fixed1;
+        let _ = vmwrite(vmcs::CR4_READ_SHADOW, v);
+        let _ = vmwrite(vmcs::GUEST_CR4, real);
+        vmx::invalidate_vpid(&self.caps, self.vcpu.vpid);
+        Step::Do(Action::Advance)
+    }
+
+    fn xsetbv(&mut self) -> Step {
+        let index = self.vcpu.regs.rcx as u32;
+        let value = (self.vcpu.regs.rdx << 32) | (self.vcpu.regs.rax & 0xffff_ffff);
+        let leaf = core::arch::x86_64::__cpuid_count(0xd, 0);
+        let supported = u64::from(leaf.eax) | (u64::from(leaf.edx) << 32);
+        let avx512 = 0b111 << 5;
+        let ok = index == 0
+            && self.cpl() == 0
+            && value & 1 != 0
+            && value & !supported == 0
+            && (value & 4 == 0 || value & 2 != 0)
+            && (value & avx512 == 0 || (value & avx512 == avx512 && value & 4 != 0))
+            && (value & (1 << 3)) >> 3 == (value & (1 << 4)) >> 4; // MPX: both or neither
+        if !ok {
+            return gp();
+        }
+        // SAFETY: the value passed the architectural checks above against what this CPU
+        // supports; Bulwark itself uses no extended state, so the guest owns XCR0.
+        unsafe {
+            core::arch::asm!("xsetbv", in("ecx") 0u32, in("eax") value as u32, in("edx") (value >> 32) as u32);
+        }
+        Step::Do(Action::Advance)
+    }
+
+    /// Log the guest's state (for every unexpected exit and failure).
+    pub fn dump_state(&self) {
+        let r = &self.vcpu.regs;
+        log::error!(
+            "guest state: rip={:#x} rsp={:#x} rflags={:#x} cr0={:#x} (shadow {:#x}) cr3={:#x} cr4={:#x} (shadow {:#x}) efer={:#x}",
+            vmr(vmcs::GUEST_RIP),
+            vmr(vmcs::GUEST_RSP),
+            vmr(vmcs::GUEST_RFLAGS),
+            vmr(vmcs::GUEST_CR0),
+            vmr(vmcs::CR0_READ_SHADOW),
+            vmr(vmcs::GUEST_CR3),
+            vmr(vmcs::GUEST_CR4),
+            vmr(vmcs::CR4_READ_SHADOW),
+            vmr(vmcs::GUEST_IA32_EFER)
+        );
+        log::error!(
+            "guest state: cs={:#x} base={:#x} ar={:#x} ss={:#x} ar={:#x} gdtr={:#x}/{:#x} idtr={:#x}/{:#x} activity={} interruptibility={:#x}",
+            vmr(vmcs::GUEST_CS_SEL),
+            vmr(vmcs::GUEST_CS_BASE),
+            vmr(vmcs::GUEST_CS_AR),
+            vmr(vmcs::GUEST_SS_SEL),
+            vmr(vmcs::GUEST_SS_AR),
+            vmr(vmcs::GUEST_GDTR_BASE),
+            vmr(vmcs::GUEST_GDTR_LIMIT),
+            vmr(vmcs::GUEST_IDTR_BASE),
+            vmr(vmcs::GUEST_IDTR_LIMIT),
+            vmr(vmcs::GUEST_ACTIVITY_STATE),
+            vmr(vmcs::GUEST_INTERRUPTIBILITY)
+        );
+        log::error!(
+            "guest state: rax={:#x} rbx={:#x} rcx={:#x} rdx={:#x} rsi={:#x} rdi={:#x} rbp={:#x} r8={:#x} r9={:#x} r10={:#x} r11={:#x} r12={:#x} r13={:#x} r14={:#x} r15={:#x}",
+            r.rax, r.rbx, r.rcx, r.rdx, r.rsi, r.rdi, r.rbp, r.r8, r.r9, r.r10, r.r11, r.r12, r.r13, r.r14, r.r15
+        );
+        log::error!(
+            "exit: reason={:#x} qualification={:#x} interruption-info={:#x} idt-vectoring={:#x} instruction-length={} instruction-error={}",
+            vmr(vmcs::EXIT_REASON),
+            vmr(vmcs::EXIT_QUALIFICATION),
+            vmr(vmcs::EXIT_INTERRUPTION_INFO),
+            vmr(vmcs::IDT_VECTORING_INFO),
+            vmr(vmcs::EXIT_INSTRUCTION_LENGTH),
+            vmr(vmcs::VM_INSTRUCTION_ERROR)
+        );
+    }
+}
