@@ -909,4 +909,96 @@ fn regressions() {
         ],
     );
     assert!(r.is_ok(), "{r:?}");
+    // More bytes on a page that is already chunk-protected: the SPP vector must follow.
+    let r = run_case(
+        Flavor::X86 {
+            spp: true,
+            exec_only: false,
+        },
+        Tr(vec![Some(0x5000); 40]),
+        &[
+            Op::Chunk { gva: 0x10, len: 1 },
+            Op::Chunk { gva: 0x810, len: 1 },
+        ],
+    );
+    assert!(r.is_ok(), "{r:?}");
+}
+
+// ----- allocation failure leaves tables unchanged ----------------------------------------------
+
+fn snapshot(mem: &FakePhysMem, leaves: &[Leaf]) -> (usize, Vec<(u64, u64, u64, u8, bool)>) {
+    (
+        mem.allocated(),
+        leaves
+            .iter()
+            .map(|l| (l.gpa, l.size, l.hpa, l.perms, l.uncached))
+            .collect(),
+    )
+}
+
+#[test]
+fn out_of_frames_never_changes_tables() {
+    let mut runner = TestRunner::new(Config {
+        cases: cases() / 5,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let op = (0u64..1024, 1u64..700, 0u8..4, 0usize..6);
+    let strategy = prop::collection::vec(op, 1..30);
+    let result = runner.run(&strategy, |ops| {
+        let mut mem = FakePhysMem::new();
+        let mut tlb = RecordingFlush::default();
+        let mut ept = Ept::<false>::new_ept(&mut mem, true).unwrap();
+        ept.map(
+            &mut mem,
+            GuestPhysAddr::new(0),
+            GIB,
+            HostPhysAddr::new(0),
+            bulwark_core::pt::LeafAttrs::ram(bulwark_core::pt::Perms::RWX),
+            &mut tlb,
+        )
+        .unwrap();
+        for (page, pages, p, slack) in ops {
+            let perms = [1u8, 3, 5, 7][p as usize];
+            let before = snapshot(&mem, &walk_ept(&mem, ept.root().as_u64()));
+            let table_pages = ept.stats().table_pages;
+            prop_assert_eq!(table_pages, mem.allocated());
+            mem.set_limit(Some(mem.allocated() + slack));
+            let r = ept.map(
+                &mut mem,
+                GuestPhysAddr::new(page * PAGE),
+                pages * PAGE,
+                HostPhysAddr::new(page * PAGE),
+                bulwark_core::pt::LeafAttrs::ram(bulwark_core::pt::Perms::from_bits_truncate(
+                    perms,
+                )),
+                &mut tlb,
+            );
+            mem.set_limit(None);
+            let after = walk_ept(&mem, ept.root().as_u64());
+            match r {
+                Err(bulwark_core::pt::PtError::OutOfFrames) => {
+                    prop_assert_eq!(&snapshot(&mem, &after), &before);
+                    prop_assert_eq!(ept.stats().table_pages, table_pages);
+                }
+                Err(e) => return Err(TestCaseError::fail(format!("{e:?}"))),
+                Ok(_) => {
+                    // Every page of the range now has the new rights.
+                    for l in after
+                        .iter()
+                        .filter(|l| l.gpa < (page + pages) * PAGE && l.gpa + l.size > page * PAGE)
+                    {
+                        prop_assert_eq!(l.perms, perms);
+                    }
+                    prop_assert_eq!(ept.stats().table_pages, mem.allocated());
+                }
+            }
+        }
+        prop_assert_eq!(mem.stray_accesses, 0);
+        prop_assert_eq!(mem.bad_frees, 0);
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("allocation failure changed the tables: {e}");
+    }
 }
