@@ -926,7 +926,10 @@ fn regressions() {
 
 // ----- allocation failure leaves tables unchanged ----------------------------------------------
 
-fn snapshot(mem: &FakePhysMem, leaves: &[Leaf]) -> (usize, Vec<(u64, u64, u64, u8, bool)>) {
+/// (gpa, size, hpa, perms, uncached) of every leaf.
+type LeafKey = (u64, u64, u64, u8, bool);
+
+fn snapshot(mem: &FakePhysMem, leaves: &[Leaf]) -> (usize, Vec<LeafKey>) {
     (
         mem.allocated(),
         leaves
