@@ -80,6 +80,8 @@ pub struct Extra {
     pub payload: Option<PathBuf>,
     /// Run without any guest.
     pub no_guest: bool,
+    /// More QEMU arguments (e.g. `-icount shift=0`).
+    pub qemu_args: Vec<String>,
 }
 
 /// `cargo xtask run --arch aarch64`: Bulwark with `--guest` (default: the test guest).
@@ -124,6 +126,7 @@ pub fn run_with(o: &RunOpts, x: &Extra) -> Result<Outcome, String> {
     if !append.trim().is_empty() {
         cmd.args(["-append", append.trim()]);
     }
+    cmd.args(&x.qemu_args);
     let log = out()?.join("qemu.log");
     util::run_emulator(Emulator {
         cmd,
@@ -150,6 +153,242 @@ fn need(out: &Outcome, needle: &str) -> Result<(), String> {
             out.tail(25)
         ))
     }
+}
+
+// ---- Debian's arm64 kernel with a busybox initramfs -------------------------------------------
+
+/// Marker the initramfs's /init prints before powering off.
+const INIT_MARKER: &str = "BULWARK-INIT-MARKER: userspace reached";
+/// CPU for the Linux runs: QEMU's IMP DEF pointer-authentication algorithm is much faster in TCG.
+const LINUX_CPU: &str = "max,pauth-impdef=on";
+const LINUX_CMDLINE: &str = "console=ttyAMA0 panic=-1";
+
+fn debian_dir() -> Result<PathBuf, String> {
+    util::out_dir("aarch64/debian")
+}
+
+/// Debian's stock arm64 kernel Image and a static busybox, fetched with apt from Debian's
+/// package archive on first use (a private apt state under target/, the machine's apt
+/// configuration and dpkg architecture list untouched) and cached.
+pub fn debian_kernel_and_busybox() -> Result<(PathBuf, PathBuf), String> {
+    let dir = debian_dir()?;
+    let kernel = dir.join("vmlinuz");
+    let busybox = dir.join("busybox");
+    if kernel.is_file() && busybox.is_file() {
+        return Ok((kernel, busybox));
+    }
+    util::need_tool("apt-get", "apt")?;
+    util::need_tool("dpkg-deb", "dpkg")?;
+    let apt = dir.join("apt");
+    for d in ["lists/partial", "cache/archives/partial", "debs"] {
+        std::fs::create_dir_all(apt.join(d)).map_err(|e| format!("{}: {e}", apt.display()))?;
+    }
+    let opts: Vec<String> = vec![
+        "-q".into(),
+        "-o".into(),
+        format!("Dir::State::Lists={}", apt.join("lists").display()),
+        "-o".into(),
+        format!("Dir::Cache={}", apt.join("cache").display()),
+        "-o".into(),
+        "APT::Architecture=arm64".into(),
+        "-o".into(),
+        "APT::Architectures::=arm64".into(),
+    ];
+    util::progress("fetching Debian's arm64 package lists (private apt state under target/)");
+    util::run_checked(
+        Command::new("apt-get").args(&opts).arg("update"),
+        "apt-get update (arm64 lists)",
+    )?;
+    // The versioned image package the metapackage points at.
+    let dep = Command::new("apt-cache")
+        .args(&opts)
+        .args(["depends", "linux-image-arm64"])
+        .output()
+        .map_err(|e| format!("apt-cache: {e}"))?;
+    let text = String::from_utf8_lossy(&dep.stdout);
+    let pkg = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Depends: "))
+        .find(|p| p.starts_with("linux-image-") && p.ends_with("-arm64"))
+        .ok_or_else(|| format!("no linux-image-*-arm64 dependency in:\n{text}"))?
+        .to_string();
+    util::progress(&format!("downloading {pkg} and busybox-static (arm64)"));
+    let debs = apt.join("debs");
+    util::run_checked(
+        Command::new("apt-get")
+            .current_dir(&debs)
+            .args(&opts)
+            .args(["download", &pkg, "busybox-static"]),
+        "apt-get download",
+    )?;
+    let x = dir.join("extracted");
+    let _ = std::fs::remove_dir_all(&x);
+    for entry in std::fs::read_dir(&debs).map_err(|e| e.to_string())? {
+        let p = entry.map_err(|e| e.to_string())?.path();
+        if p.extension().is_some_and(|e| e == "deb") {
+            util::run_checked(
+                Command::new("dpkg-deb").arg("-x").arg(&p).arg(&x),
+                "dpkg-deb -x",
+            )?;
+        }
+    }
+    let boot = x.join("boot");
+    let vmlinuz = std::fs::read_dir(&boot)
+        .map_err(|e| format!("{}: {e}", boot.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
+        })
+        .ok_or("the kernel package has no /boot/vmlinuz-*")?;
+    std::fs::copy(&vmlinuz, &kernel).map_err(|e| e.to_string())?;
+    std::fs::copy(x.join("bin/busybox"), &busybox).map_err(|e| e.to_string())?;
+    Ok((kernel, busybox))
+}
+
+/// An initramfs (cpio "newc") with /bin/busybox, /dev/console and an /init script that prints
+/// [`INIT_MARKER`] and powers off.
+pub fn busybox_initramfs(busybox: &Path) -> Result<Vec<u8>, String> {
+    let bb = std::fs::read(busybox).map_err(|e| format!("{}: {e}", busybox.display()))?;
+    let init =
+        format!("#!/bin/busybox sh\n/bin/busybox echo {INIT_MARKER}\n/bin/busybox poweroff -f\n");
+    let mut out = Vec::new();
+    let mut ino = 0u32;
+    let mut add = |name: &str, mode: u32, data: &[u8], rdev: (u32, u32)| {
+        ino += 1;
+        let fields = [
+            ino,
+            mode,
+            0,
+            0,
+            1,
+            0,
+            data.len() as u32,
+            0,
+            0,
+            rdev.0,
+            rdev.1,
+            name.len() as u32 + 1,
+            0,
+        ];
+        out.extend_from_slice(b"070701");
+        for f in fields {
+            out.extend_from_slice(format!("{f:08x}").as_bytes());
+        }
+        out.extend_from_slice(name.as_bytes());
+        out.push(0);
+        while out.len() % 4 != 0 {
+            out.push(0);
+        }
+        out.extend_from_slice(data);
+        while out.len() % 4 != 0 {
+            out.push(0);
+        }
+    };
+    add("bin", 0o040755, &[], (0, 0));
+    add("dev", 0o040755, &[], (0, 0));
+    add("proc", 0o040755, &[], (0, 0));
+    add("dev/console", 0o020600, &[], (5, 1));
+    add("bin/busybox", 0o100755, &bb, (0, 0));
+    add("init", 0o100755, init.as_bytes(), (0, 0));
+    add("TRAILER!!!", 0, &[], (0, 0));
+    while out.len() % 512 != 0 {
+        out.push(0);
+    }
+    Ok(out)
+}
+
+/// The kernel's own timestamp of "Run /init" (seconds), from its console.
+fn init_timestamp(out: &Outcome) -> Option<f64> {
+    let line = out
+        .lines
+        .iter()
+        .find(|l| l.contains("Run /init as init process"))?;
+    let inner = line.split_once('[')?.1.split_once(']')?.0;
+    inner.trim().parse().ok()
+}
+
+/// Debian's kernel bare under QEMU (no Bulwark), for the timing comparison.
+fn run_linux_bare(kernel: &Path, initrd: &Path, icount: bool) -> Result<Outcome, String> {
+    let mut cmd = Command::new(QEMU);
+    cmd.args(["-M", "virt,gic-version=3", "-cpu", LINUX_CPU, "-m", MEMORY])
+        .args(["-nographic", "-no-reboot"])
+        .arg("-kernel")
+        .arg(kernel)
+        .arg("-initrd")
+        .arg(initrd)
+        .args(["-append", LINUX_CMDLINE]);
+    if icount {
+        cmd.args(["-icount", "shift=0"]);
+    }
+    util::run_emulator(Emulator {
+        cmd,
+        serial: Serial::Stdout,
+        timeout: Duration::from_secs(120),
+        echo: false,
+        log: out()?.join("qemu-linux-bare.log"),
+    })
+}
+
+fn linux_scenario() -> Result<(), String> {
+    let (kernel, busybox) = debian_kernel_and_busybox()?;
+    let dir = debian_dir()?;
+    let initramfs = dir.join("initramfs.cpio");
+    std::fs::write(&initramfs, busybox_initramfs(&busybox)?).map_err(|e| e.to_string())?;
+    let payload = dir.join("linux-bundle.bin");
+    bundle(&kernel, &initramfs, &payload)?;
+    let o = RunOpts {
+        cpu: Some(LINUX_CPU.into()),
+        guest_cmdline: LINUX_CMDLINE.into(),
+        timeout: Some(120),
+        ..quiet()
+    };
+    let x = Extra {
+        payload: Some(payload),
+        ..Extra::default()
+    };
+    let out = run_with(&o, &x)?;
+    out.expect(0, reason::GUEST_EXIT)?;
+    let marker = out.lines.iter().position(|l| l.contains(INIT_MARKER));
+    let off = out
+        .lines
+        .iter()
+        .position(|l| l.contains("reboot: Power down"));
+    match (marker, off) {
+        (Some(m), Some(p)) if m < p => {}
+        _ => {
+            return Err(format!(
+                "expected the /init marker, then a power-off\n--- console tail ---\n{}",
+                out.tail(25)
+            ))
+        }
+    }
+    // Cost of running under Bulwark: the kernel's time to /init with QEMU's clock tied to
+    // executed instructions (-icount shift=0), bare vs under Bulwark: repeatable, unlike wall time.
+    let bare = run_linux_bare(&kernel, &initramfs, true)?;
+    let under = run_with(
+        &o,
+        &Extra {
+            qemu_args: vec!["-icount".into(), "shift=0".into()],
+            ..x
+        },
+    )?;
+    let (Some(tb), Some(tu)) = (init_timestamp(&bare), init_timestamp(&under)) else {
+        return Err("no 'Run /init' timestamp in the icount runs".into());
+    };
+    let ratio = tu / tb;
+    util::progress(&format!(
+        "    Linux to /init (icount): bare {tb:.6} s, under Bulwark {tu:.6} s ({:+.2}%); wall: under Bulwark {:.2} s",
+        (ratio - 1.0) * 100.0,
+        out.seconds
+    ));
+    if ratio > 1.05 {
+        return Err(format!(
+            "Linux under Bulwark took {:.1}% longer to reach /init than bare (limit 5%)",
+            (ratio - 1.0) * 100.0
+        ));
+    }
+    Ok(())
 }
 
 /// The arm64 rows of `cargo xtask test`.
@@ -253,6 +492,11 @@ pub fn scenarios() -> Vec<Scenario> {
                 out.expect(STATUS_GUEST_CRASH, reason::GUEST_CRASH)?;
                 need(&out, "aborts in a row")
             },
+        ),
+        Scenario::new(
+            "aarch64: Debian arm64 kernel boots to /init and powers off",
+            "qemu virt el2",
+            linux_scenario,
         ),
     ]
 }
