@@ -471,6 +471,23 @@ impl Guest {
         hc: &Hypercall,
         tr: &mut dyn GuestTranslate,
     ) -> HypercallOutcome {
+        match self.dispatch(hc, tr) {
+            // A 32-bit caller gets 32-bit results (upper halves zero), errors included.
+            HypercallOutcome::Handled { action, rederive } if hc.narrow => {
+                let action = match action {
+                    Action::AdvanceWithResult(v) => Action::AdvanceWithResult(v & 0xffff_ffff),
+                    Action::AdvanceWithResults(v) => {
+                        Action::AdvanceWithResults(v.map(|x| x & 0xffff_ffff))
+                    }
+                    other => other,
+                };
+                HypercallOutcome::Handled { action, rederive }
+            }
+            other => other,
+        }
+    }
+
+    fn dispatch(&mut self, hc: &Hypercall, tr: &mut dyn GuestTranslate) -> HypercallOutcome {
         let mask = if hc.narrow { 0xffff_ffff } else { u64::MAX };
         let nr = hc.nr & mask;
         let [a0, a1, a2, _] = hc.args.map(|a| a & mask);

@@ -18,3 +18,4 @@ pub mod physmem;
 pub mod pt;
 pub mod store;
 pub mod violation;
+pub mod fuzz;
