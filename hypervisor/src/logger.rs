@@ -23,6 +23,11 @@ impl log::Log for Logger {
         true
     }
     fn log(&self, record: &log::Record) {
+        // Violation lines have their own stable format (spec §5): no level word.
+        if record.target() == bulwark_core::violation::VIOLATION_TARGET {
+            write_fmt(format_args!("bulwark: violation {}\n", record.args()));
+            return;
+        }
         write_fmt(format_args!(
             "bulwark: {} {}\n",
             record.level(),

@@ -3,8 +3,9 @@
 //! Line: `bulwark: violation kind=K access=A gpa=0x.. gva=0x.. ip=0x.. vcpu=N action=P`
 //! optionally followed by ` suppressed=N` (violations from this `ip` that were counted but not
 //! printed since its previous line). `gva=` is `0x?` when the hardware gave no guest-virtual
-//! address. The core emits lines through `log` with target [`VIOLATION_TARGET`]; the logger
-//! prints such records as `bulwark: violation <args>` (no level word).
+//! address. The core emits lines through `log` with target [`VIOLATION_TARGET`] at level
+//! `error` (so no `log=` setting can hide them); the logger prints such records as
+//! `bulwark: violation <args>` (no level word).
 //!
 //! Rate limiting: the first `limit` violations from one `ip` are printed; after that one line is
 //! printed every [`SUPPRESSED_REPORT_EVERY`] violations, carrying the suppressed count, and
@@ -198,7 +199,7 @@ impl ViolationLog {
         }
         for l in out.iter().flatten() {
             self.printed = self.printed.saturating_add(1);
-            log::warn!(target: VIOLATION_TARGET, "{l}");
+            log::error!(target: VIOLATION_TARGET, "{l}");
         }
         out
     }
@@ -213,7 +214,7 @@ impl ViolationLog {
                     v: last,
                     suppressed: core::mem::take(&mut s.pending),
                 };
-                log::warn!(target: VIOLATION_TARGET, "{l}");
+                log::error!(target: VIOLATION_TARGET, "{l}");
                 n += 1;
             }
         }
