@@ -1,6 +1,8 @@
 //! The guest on arm64: memory plan, loading the payload, the guest device tree, stage 2, and the
 //! run loop (decode -> handle -> apply). Decisions are in docs/aarch64.md.
 
+extern crate alloc;
+
 use bulwark_aarch64::el2::{self, SPSR_EL1H_MASKED};
 use bulwark_aarch64::esr::{ec, ec_name, fsc_level, fsc_name, Esr};
 use bulwark_aarch64::image::{self, Move};
@@ -15,8 +17,14 @@ use bulwark_boot::fdt::BootDescription;
 use bulwark_boot::fdt_guest::{self, GuestDtPlan};
 use bulwark_core::addr::{GpaRange, GuestPhysAddr, GuestVirtAddr, HostPhysAddr};
 use bulwark_core::exit::{Access, Action, Exit, Hypercall, MemFault, StopReason};
+use bulwark_core::guest::{
+    Arch, FaultKind, Guest, GuestConfig, HypercallOutcome, MemRegion, RegionKind,
+};
+use bulwark_core::gwalk::arm64::{Arm64TranslationRegs, Arm64Walker};
+use bulwark_core::gwalk::{GuestMemRead, NotGuestRam, WalkTranslate};
 use bulwark_core::pt::stage2::{Stage2, Stage2Config};
-use bulwark_core::pt::{LeafAttrs, Perms, TlbFlush};
+use bulwark_core::pt::TlbFlush;
+use bulwark_core::violation::ViolationPolicy;
 
 /// Memory Bulwark keeps for itself at the bottom of the RAM range it was loaded into: the image
 /// (code, data, BSS, stack, heap, page-table pool, device-tree buffers; see linker/aarch64.ld)
@@ -57,6 +65,35 @@ impl GuestRam {
     }
 }
 
+/// Guest RAM as the core's page-table walkers read it (through the linear offset).
+struct GuestMem(GuestRam);
+
+impl GuestMem {
+    fn host(&self, gpa: GuestPhysAddr, size: u64) -> Result<u64, NotGuestRam> {
+        let a = gpa.as_u64();
+        let g = &self.0;
+        let end = a.checked_add(size).ok_or(NotGuestRam)?;
+        if a < g.ipa_base || end > g.ipa_base + g.size || !a.is_multiple_of(size) {
+            return Err(NotGuestRam);
+        }
+        Ok(g.host(a))
+    }
+}
+
+impl GuestMemRead for GuestMem {
+    fn read_u64(&self, gpa: GuestPhysAddr) -> Result<u64, NotGuestRam> {
+        let h = self.host(gpa, 8)?;
+        // SAFETY: `h` is an aligned address inside guest RAM's host range (checked above),
+        // identity-mapped at EL2; a racy value is fine for a page-table walk.
+        Ok(unsafe { core::ptr::read_volatile(h as *const u64) })
+    }
+    fn read_u32(&self, gpa: GuestPhysAddr) -> Result<u32, NotGuestRam> {
+        let h = self.host(gpa, 4)?;
+        // SAFETY: as in `read_u64`.
+        Ok(unsafe { core::ptr::read_volatile(h as *const u32) })
+    }
+}
+
 /// The stage-2 TLB maintenance used by every stage-2 edit.
 struct Stage2Tlb;
 
@@ -82,11 +119,6 @@ pub fn boot_and_run(dt: &'static [u8], desc: &BootDescription<'_>) -> ! {
         LogLevel::Debug => log::LevelFilter::Debug,
         LogLevel::Trace => log::LevelFilter::Trace,
     });
-    if !cfg.attrs.is_empty() {
-        refuse(format_args!(
-            "attr= ranges are not applied to stage 2 yet on arm64: refusing rather than running unprotected"
-        ));
-    }
     let guest_cmdline = guest_cmdline.unwrap_or("");
 
     // Memory plan.
@@ -260,78 +292,94 @@ pub fn boot_and_run(dt: &'static [u8], desc: &BootDescription<'_>) -> ! {
         log::info!("guest initrd: IPA {s:#x}..{e:#x}");
     }
 
-    // Stage 2.
+    // The guest-physical map: RAM (linear offset) and pass-through devices, minus the devices
+    // that are hidden from the guest (DMA masters). The core's per-guest state derives stage 2
+    // from it and from the attribute store (boot-time `attr=`, ROE, MMIO guard).
     let parange = (read_sysreg!("id_aa64mmfr0_el1") & 0xf) as u8;
     let s2cfg = match Stage2Config::from_parange(parange) {
         Ok(c) => c,
         Err(e) => refuse(format_args!("stage 2: {e:?}")),
     };
+    let hidden = match fdt_guest::hidden_ranges(dt) {
+        Ok(h) => h,
+        Err(e) => refuse(format_args!("device tree: {e}")),
+    };
+    let ram_end_all = desc.ram.iter().map(|r| r.end()).max().unwrap_or(ram.end());
+    let high_start = ram_end_all.div_ceil(GIB) * GIB;
+    let high_end = DEVICE_HIGH_LIMIT.min(1u64 << s2cfg.ipa_bits);
+    let mut regions = alloc::vec![MemRegion {
+        gpa: GuestPhysAddr::new(gram.ipa_base),
+        len: gram.size,
+        hpa: HostPhysAddr::new(gram.host_base),
+        kind: RegionKind::Ram,
+    }];
+    for (s, e) in [(0, ram_base), (high_start, high_end)] {
+        let mut at = s;
+        let mut holes: alloc::vec::Vec<(u64, u64)> = hidden
+            .iter()
+            .map(|r| (r.base.as_u64() & !0xfff, r.end().div_ceil(4096) * 4096))
+            .filter(|&(hs, he)| hs < e && he > s)
+            .collect();
+        holes.sort_unstable();
+        for (hs, he) in holes.into_iter().chain(core::iter::once((e, e))) {
+            if hs > at {
+                regions.push(MemRegion {
+                    gpa: GuestPhysAddr::new(at),
+                    len: hs - at,
+                    hpa: HostPhysAddr::new(at),
+                    kind: RegionKind::Device,
+                });
+            }
+            if hs < e {
+                log::info!("stage 2: {hs:#x}..{he:#x} not given to the guest (DMA master, see docs/aarch64.md)");
+            }
+            at = at.max(he);
+        }
+    }
+    for r in &regions {
+        log::info!(
+            "stage 2: {:?} IPA {:#x}..{:#x} -> PA {:#x}",
+            r.kind,
+            r.gpa,
+            r.gpa.as_u64() + r.len,
+            r.hpa
+        );
+    }
+    let mut core_guest = match Guest::new(GuestConfig {
+        arch: Arch::Aarch64,
+        regions,
+        policy: match cfg.violation {
+            cmdline::ViolationPolicy::Skip => ViolationPolicy::Skip,
+            cmdline::ViolationPolicy::Inject => ViolationPolicy::Inject,
+            cmdline::ViolationPolicy::Halt => ViolationPolicy::Halt,
+        },
+        ratelimit: cfg.ratelimit,
+        exec_only: false,
+        spp: false,
+        limits: Default::default(),
+    }) {
+        Ok(g) => g,
+        Err(e) => refuse(format_args!("guest memory map: {e:?}")),
+    };
+    for a in &cfg.attrs {
+        if let Err(e) =
+            core_guest.set_host_attributes(a.start.as_u64(), a.size, u64::from(a.perms.bits()), 0)
+        {
+            refuse(format_args!("attr {:#x}+{:#x}: {e:?}", a.start, a.size));
+        }
+        log::info!("attr: {:#x}..{:#x} {:?}", a.start, a.end(), a.perms);
+    }
     let mut pool = FramePool::new();
     let mut tlb = Stage2Tlb;
     let mut s2 = match Stage2::new_stage2(&mut pool, s2cfg) {
         Ok(t) => t,
         Err(e) => refuse(format_args!("stage 2: {e:?}")),
     };
-    let ram_end_all = desc.ram.iter().map(|r| r.end()).max().unwrap_or(ram.end());
-    let high_start = ram_end_all.div_ceil(GIB) * GIB;
-    let high_end = DEVICE_HIGH_LIMIT.min(1u64 << s2cfg.ipa_bits);
-    let mut maps: [(u64, u64, u64, LeafAttrs, &str); 3] = [
-        (
-            gram.ipa_base,
-            gram.size,
-            gram.host_base,
-            LeafAttrs::ram(Perms::RWX),
-            "guest RAM",
-        ),
-        (
-            0,
-            ram_base,
-            0,
-            LeafAttrs::mmio(Perms::RW),
-            "devices below RAM",
-        ),
-        (
-            high_start,
-            high_end.saturating_sub(high_start),
-            high_start,
-            LeafAttrs::mmio(Perms::RW),
-            "devices above RAM",
-        ),
-    ];
-    for (ipa, len, pa, attrs, what) in maps.iter_mut() {
-        if *len == 0 {
-            continue;
-        }
-        if let Err(e) = s2.map(
-            &mut pool,
-            GuestPhysAddr::new(*ipa),
-            *len,
-            HostPhysAddr::new(*pa),
-            *attrs,
-            &mut tlb,
-        ) {
-            refuse(format_args!(
-                "stage 2: mapping {what} {ipa:#x}+{len:#x}: {e:?}"
-            ));
-        }
-        log::info!(
-            "stage 2: {what}: IPA {:#x}..{:#x} -> PA {pa:#x}",
-            *ipa,
-            *ipa + *len
-        );
-    }
-    let hidden = match fdt_guest::hidden_ranges(dt) {
-        Ok(h) => h,
-        Err(e) => refuse(format_args!("device tree: {e}")),
+    let Some(full) = core_guest.full_range() else {
+        refuse(format_args!("stage 2: empty guest memory map"))
     };
-    for r in hidden.iter() {
-        let (b, e) = (r.base.as_u64() & !0xfff, r.end().div_ceil(4096) * 4096);
-        if let Err(err) = s2.unmap(&mut pool, GuestPhysAddr::new(b), e - b, &mut tlb) {
-            refuse(format_args!("stage 2: unmapping {b:#x}..{e:#x}: {err:?}"));
-        }
-        log::info!(
-            "stage 2: {b:#x}..{e:#x} not given to the guest (DMA master, see docs/aarch64.md)"
-        );
+    if let Err(e) = core_guest.sync_stage2(&mut pool, &mut s2, full, &mut tlb) {
+        refuse(format_args!("stage 2: deriving the tables: {e:?} (arm64 stage 2 cannot express write-only or execute-only pages)"));
     }
     log::info!(
         "stage 2: {}-bit IPA, root level {}, {} table pages, VMID {VMID}, VTCR_EL2 {:#x}",
@@ -344,6 +392,9 @@ pub fn boot_and_run(dt: &'static [u8], desc: &BootDescription<'_>) -> ! {
 
     let mut vm = Vm {
         regs: VcpuRegs::default(),
+        core: core_guest,
+        s2,
+        pool,
         gram,
         mpidr,
         injections_in_a_row: 0,
@@ -363,6 +414,10 @@ pub fn boot_and_run(dt: &'static [u8], desc: &BootDescription<'_>) -> ! {
 /// One guest with one vCPU (per-vCPU state lives here, on the CPU's own stack).
 struct Vm {
     regs: VcpuRegs,
+    /// The core's protection state for this guest (one vCPU: owned here, no lock needed).
+    core: Guest,
+    s2: Stage2,
+    pool: FramePool,
     gram: GuestRam,
     mpidr: u64,
     injections_in_a_row: u32,
@@ -458,6 +513,22 @@ impl Vm {
     fn handle(&mut self, d: &Decoded) -> Action {
         match d.exit {
             Exit::Hypercall(hc) => {
+                let mem = GuestMem(self.gram);
+                let walker = Arm64Walker::new(Arm64TranslationRegs {
+                    sctlr_el1: read_sysreg!("sctlr_el1"),
+                    tcr_el1: read_sysreg!("tcr_el1"),
+                    ttbr0_el1: read_sysreg!("ttbr0_el1"),
+                    ttbr1_el1: read_sysreg!("ttbr1_el1"),
+                });
+                let mut tr = WalkTranslate::new(walker, &mem);
+                if let HypercallOutcome::Handled { action, rederive } =
+                    self.core.handle_hypercall(&hc, &mut tr)
+                {
+                    return match rederive {
+                        Some(r) => self.rederive(r).unwrap_or(action),
+                        None => action,
+                    };
+                }
                 let x = [hc.nr, hc.args[0], hc.args[1], hc.args[2], hc.args[3]];
                 match smccc::dispatch(x, CallerInfo { mpidr: self.mpidr }) {
                     Outcome::Return { x0, x1_3: None } => Action::AdvanceWithResult(x0),
@@ -512,7 +583,58 @@ impl Vm {
         }
     }
 
+    /// Re-derive `range` of stage 2 from the core's state; `Some(stop)` when that fails.
+    fn rederive(&mut self, range: GpaRange) -> Option<Action> {
+        match self
+            .core
+            .sync_stage2(&mut self.pool, &mut self.s2, range, &mut Stage2Tlb)
+        {
+            Ok(_) => None,
+            Err(e) => {
+                log::error!(
+                    "stage 2: re-deriving {:#x}..{:#x} failed: {e:?}",
+                    range.start(),
+                    range.end()
+                );
+                Some(Action::Stop(StopReason {
+                    status: STATUS_BULWARK_FAILURE,
+                    reason: reason::UNHANDLED_EXIT,
+                }))
+            }
+        }
+    }
+
     fn stage2_abort(&mut self, d: &Decoded, f: &MemFault) -> Action {
+        let in_map = self
+            .core
+            .regions()
+            .iter()
+            .any(|r| f.gpa >= r.gpa && f.gpa.as_u64() < r.gpa.as_u64().saturating_add(r.len));
+        if in_map {
+            // Guest memory or a passed-through device: the core decides (protection violation,
+            // stale tables, MMIO guard).
+            let dec = self.core.handle_fault(0, f);
+            if let Some(r) = dec.rederive {
+                if let Some(stop) = self.rederive(r) {
+                    return stop;
+                }
+            }
+            return match (dec.kind, dec.action) {
+                (FaultKind::NeedsAccessSize, _) | (_, Action::EmulateStore(_)) => {
+                    log::error!(
+                        "store to a chunk-protected page at ipa={:#x} pc={:#x}: store emulation is not implemented on arm64",
+                        f.gpa,
+                        f.ip
+                    );
+                    Action::Stop(StopReason {
+                        status: STATUS_BULWARK_FAILURE,
+                        reason: reason::UNHANDLED_EXIT,
+                    })
+                }
+                (_, Action::InjectFault) => self.inject_or_stop(f),
+                (_, a) => a,
+            };
+        }
         let esr = d.esr;
         let inside_ram = f.gpa.as_u64() >= self.gram.ipa_base
             && f.gpa.as_u64() < self.gram.ipa_base + self.gram.size;
@@ -531,6 +653,11 @@ impl Vm {
             if esr.s1ptw() { ", stage-1 walk" } else { "" },
             if inside_ram { "inside guest RAM" } else { "no memory or device at this IPA" }
         );
+        self.inject_or_stop(f)
+    }
+
+    /// Inject an external abort for `f`, unless the guest is looping in its exception handling.
+    fn inject_or_stop(&mut self, f: &MemFault) -> Action {
         if self.last_vector == Some(f.ip.as_u64()) {
             log::error!(
                 "guest: abort at the exception vector {:#x} it was just sent to: exception loop",
