@@ -501,3 +501,41 @@ fn derivation_into_ept_and_sppt() {
     let (m, _) = ept.translate(&mem, GuestPhysAddr::new(0x6000)).unwrap();
     assert_eq!((m.attrs.perms, m.attrs.spp), (Perms::RX, false));
 }
+
+#[test]
+fn store_exhaustion_returns_enomem_and_protects_nothing() {
+    let mut c = cfg(Arch::X86_64, ViolationPolicy::Skip, false);
+    c.limits = StoreLimits {
+        max_runs: 4,
+        max_chunk_pages: 2,
+    };
+    let mut g = Guest::new(c).unwrap();
+    let mut t = tr();
+    const ENOMEM: u64 = (-12i64) as u64;
+    assert_eq!(
+        result(g.handle_hypercall(&hc(11, [ROE_MPROTECT_CHUNK, 0x1000, 0x1001]), &mut t)).0,
+        0x1001
+    );
+    // A third chunk page exceeds the limit: -ENOMEM, nothing recorded.
+    assert_eq!(
+        result(g.handle_hypercall(&hc(11, [ROE_MPROTECT_CHUNK, 0x5000, 1]), &mut t)),
+        (ENOMEM, None)
+    );
+    assert!(!g.store().byte_locked(GuestPhysAddr::new(0x5000)));
+    assert_eq!(g.store().chunk_pages(), 2);
+    // Scattered pages need more runs than allowed: -ENOMEM, none locked.
+    // Every second page, via a translator with a stride of two.
+    struct Stride;
+    impl GuestTranslate for Stride {
+        fn translate(&mut self, gva: GuestVirtAddr) -> Result<GuestPhysAddr, ()> {
+            Ok(GuestPhysAddr::new(0x40_0000 + gva.as_u64() * 2))
+        }
+    }
+    assert_eq!(
+        result(g.handle_hypercall(&hc(11, [ROE_MPROTECT, 0, 8]), &mut Stride)),
+        (ENOMEM, None)
+    );
+    assert!(!g.store().state(0x400).roe);
+    assert!(!g.store().state(0x402).roe);
+    assert_eq!(g.store().chunk_pages(), 2);
+}
