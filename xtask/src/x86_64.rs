@@ -65,6 +65,23 @@ fn grub_cfg(cmdline: &str, guest: bool, guest_cmdline: &str) -> String {
 
 /// Build a GRUB rescue ISO: Bulwark plus the guest (`--guest`, default the test guest).
 pub fn iso(o: &RunOpts) -> Result<PathBuf, String> {
+    iso_named(o, "bulwark")
+}
+
+/// Runs use a private ISO (several xtask processes may share the target directory).
+fn run_iso(o: &RunOpts) -> Result<PathBuf, String> {
+    iso_named(o, &format!("run-{}", std::process::id()))
+}
+
+fn remove_run_files(iso: &Path) {
+    let _ = std::fs::remove_file(iso);
+    if let Some(stem) = iso.file_stem() {
+        let _ =
+            std::fs::remove_dir_all(iso.with_file_name(format!("{}-root", stem.to_string_lossy())));
+    }
+}
+
+fn iso_named(o: &RunOpts, stem: &str) -> Result<PathBuf, String> {
     util::need_tool("grub-mkrescue", "grub-common grub-pc-bin")?;
     util::need_tool("xorriso", "xorriso")?;
     util::need_tool("mformat", "mtools")?;
@@ -84,7 +101,7 @@ pub fn iso(o: &RunOpts) -> Result<PathBuf, String> {
         }
     }
     let dir = out()?;
-    let stage = dir.join("iso-root");
+    let stage = dir.join(format!("{stem}-root"));
     let _ = std::fs::remove_dir_all(&stage);
     let bootdir = stage.join("boot");
     std::fs::create_dir_all(bootdir.join("grub"))
@@ -96,7 +113,7 @@ pub fn iso(o: &RunOpts) -> Result<PathBuf, String> {
         grub_cfg(&o.cmdline, true, &o.guest_cmdline),
     )
     .map_err(|e| format!("writing grub.cfg: {e}"))?;
-    let iso = dir.join("bulwark.iso");
+    let iso = dir.join(format!("{stem}.iso"));
     util::progress("grub-mkrescue");
     util::run_checked(
         Command::new("grub-mkrescue")
@@ -150,17 +167,22 @@ fn bochsrc(model: &str, iso: &Path, serial: &Path, log: &Path) -> String {
 
 fn run_bochs(o: &RunOpts) -> Result<Outcome, String> {
     util::need_tool("bochs", "bochs bochsbios vgabios")?;
-    let iso = iso(o)?;
+    let iso = run_iso(o)?;
     let dir = out()?;
     let model = o.cpu.as_deref().unwrap_or(DEFAULT_BOCHS_CPU);
     let tag = model.replace(|c: char| !c.is_ascii_alphanumeric() && c != '_', "-");
-    let serial = dir.join(format!("serial-{tag}.log"));
-    let blog = dir.join(format!("bochs-{tag}.log"));
+    // Per-process names while running (other xtask processes may share this directory); the
+    // files are renamed to `<name>-<model>.log` afterwards for people to read.
+    let pid = std::process::id();
+    let serial = dir.join(format!("serial-{tag}-{pid}.log"));
+    let blog = dir.join(format!("bochs-{tag}-{pid}.log"));
     let rc = dir.join(format!("bochsrc-{tag}"));
     std::fs::write(&rc, bochsrc(model, &iso, &serial, &blog))
         .map_err(|e| format!("writing {}: {e}", rc.display()))?;
     let cont = dir.join("bochs-continue.rc");
     std::fs::write(&cont, "c\n").map_err(|e| format!("writing {}: {e}", cont.display()))?;
+    let rc_run = dir.join(format!("bochsrc-{tag}-{pid}"));
+    std::fs::copy(&rc, &rc_run).map_err(|e| format!("writing {}: {e}", rc_run.display()))?;
     let mut cmd = Command::new("bochs");
     cmd.current_dir(&dir)
         .arg("-q")
@@ -183,7 +205,7 @@ fn run_bochs(o: &RunOpts) -> Result<Outcome, String> {
 
 fn run_qemu(o: &RunOpts, kvm: bool) -> Result<Outcome, String> {
     util::need_tool("qemu-system-x86_64", "qemu-system-x86")?;
-    let iso = iso(o)?;
+    let iso = run_iso(o)?;
     let dir = out()?;
     let mut cmd = Command::new("qemu-system-x86_64");
     if kvm {
@@ -206,13 +228,15 @@ fn run_qemu(o: &RunOpts, kvm: bool) -> Result<Outcome, String> {
             "isa-debug-exit,iobase=0xf4,iosize=0x04",
         ]);
     util::progress(if kvm { "qemu (kvm)" } else { "qemu (tcg)" });
-    util::run_emulator(Emulator {
+    let r = util::run_emulator(Emulator {
         cmd,
         serial: Serial::Stdout,
         timeout: Duration::from_secs(o.timeout.unwrap_or(QEMU_TIMEOUT_S)),
         echo: !o.quiet,
         log: dir.join(if kvm { "qemu-kvm.log" } else { "qemu-tcg.log" }),
-    })
+    });
+    remove_run_files(&iso);
+    r
 }
 
 /// Why QEMU/KVM cannot run Bulwark's guests here, or None when it can.
@@ -265,31 +289,176 @@ fn opts(cpu: Option<&str>, emulator: &str, guest_cmdline: &str) -> RunOpts {
     }
 }
 
+/// Load address of the generated guest (2 MiB).
+const TINY_BASE: u32 = 0x20_0000;
+
+/// A Multiboot v1 guest that is not built from this repository: 56 bytes of hand-assembled
+/// 32-bit code using the header's load addresses (flag 16, no ELF). It prints `message` on COM1
+/// and writes `status` to port 0xf4, then halts. Layout: [0, 32) Multiboot header with
+/// addresses; [32, 56) code; [56, ..) the NUL-terminated message.
+pub fn tiny_guest(message: &str, status: u8) -> Vec<u8> {
+    let flags: u32 = (1 << 16) | 0b11;
+    let magic: u32 = 0x1bad_b002;
+    let mut b = Vec::new();
+    for w in [
+        magic,
+        flags,
+        0u32.wrapping_sub(magic.wrapping_add(flags)),
+        TINY_BASE, // header_addr (header at file offset 0)
+        TINY_BASE, // load_addr
+        0,         // load_end_addr: the whole file
+        0,         // bss_end_addr: no bss
+        TINY_BASE + 32,
+    ] {
+        b.extend_from_slice(&w.to_le_bytes());
+    }
+    let msg = TINY_BASE + 56;
+    b.push(0xbe); // mov esi, msg
+    b.extend_from_slice(&msg.to_le_bytes());
+    b.extend_from_slice(&[0x66, 0xba, 0xf8, 0x03]); // mov dx, 0x3f8
+    b.push(0xac); // 41: lodsb
+    b.extend_from_slice(&[0x84, 0xc0]); // test al, al
+    b.extend_from_slice(&[0x74, 0x03]); // jz 49
+    b.push(0xee); // out dx, al
+    b.extend_from_slice(&[0xeb, 0xf8]); // jmp 41
+    b.extend_from_slice(&[0xb0, status]); // 49: mov al, status
+    b.extend_from_slice(&[0xe6, 0xf4]); // out 0xf4, al
+    b.push(0xf4); // 53: hlt
+    b.extend_from_slice(&[0xeb, 0xfd]); // jmp 53
+    debug_assert_eq!(b.len(), 56);
+    b.extend_from_slice(message.as_bytes());
+    b.push(0);
+    b
+}
+
+fn expect_lines(out: &Outcome, needles: &[&str]) -> Result<(), String> {
+    for n in needles {
+        if !out.has(n) {
+            return Err(format!(
+                "no line containing '{n}'\n--- console tail ---\n{}",
+                out.tail(25)
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// The x86 entries of `cargo xtask test`.
 pub fn scenarios() -> Vec<Scenario> {
-    let mut v = vec![Scenario::new(
-        "x86 boot in QEMU TCG: banner, VMX absent, clean refusal",
-        "qemu tcg",
-        || {
-            let out = run(&opts(None, "qemu", ""))?;
-            out.expect(STATUS_BULWARK_FAILURE, reason::REFUSED)?;
-            for needle in ["cpu: vendor=", "vmx: absent", "memory: ", "acpi: "] {
-                if !out.has(needle) {
-                    return Err(format!("no '{needle}' line\n{}", out.tail(25)));
-                }
-            }
-            Ok(())
-        },
-    )];
+    let mut v = vec![
+        Scenario::new(
+            "x86 boot: banner, VMX absent, clean refusal",
+            "qemu tcg",
+            || {
+                let out = run(&opts(None, "qemu", ""))?;
+                out.expect(STATUS_BULWARK_FAILURE, reason::REFUSED)?;
+                expect_lines(
+                    &out,
+                    &[
+                        "cpu: vendor=",
+                        "vmx: absent",
+                        "memory: [",
+                        "acpi: 1 CPU(s) in the MADT",
+                        "VMX is not available",
+                    ],
+                )
+            },
+        ),
+        Scenario::new(
+            "x86 bad Bulwark command line is refused",
+            "qemu tcg",
+            || {
+                let mut o = opts(None, "qemu", "");
+                o.cmdline = "violation=sometimes".into();
+                let out = run(&o)?;
+                out.expect(STATUS_BULWARK_FAILURE, reason::REFUSED)?;
+                expect_lines(&out, &["bad command-line token 'violation=sometimes'"])
+            },
+        ),
+    ];
     for model in ["tigerlake", "corei7_skylake_x"] {
         v.push(Scenario::new(
             "x86 test guest: environment checks",
             format!("bochs {model}"),
             move || {
                 let out = run(&opts(Some(model), "bochs", ""))?;
-                out.expect(0, reason::GUEST_EXIT)
+                out.expect(0, reason::GUEST_EXIT)?;
+                expect_lines(
+                    &out,
+                    &["guest| PASS vmcall-unknown", "guest| 0 check(s) failed"],
+                )
             },
         ));
     }
+    v.push(Scenario::new(
+        "x86 guest reading Bulwark's memory is stopped",
+        "bochs tigerlake",
+        || {
+            let out = run(&opts(None, "bochs", "scenario=read-bulwark"))?;
+            out.expect(STATUS_BULWARK_FAILURE, reason::GUEST_CRASH)?;
+            expect_lines(
+                &out,
+                &["guest access outside guest memory: access=read gpa=0x4000010"],
+            )
+        },
+    ));
+    v.push(Scenario::new(
+        "x86 guest triple fault ends the run",
+        "bochs tigerlake",
+        || {
+            let out = run(&opts(None, "bochs", "scenario=triple-fault"))?;
+            out.expect(STATUS_BULWARK_FAILURE, reason::GUEST_CRASH)?;
+            expect_lines(&out, &["guest crashed: triple fault", "guest state: rip="])
+        },
+    ));
+    v.push(Scenario::new(
+        "x86 unhandled exit (INVD) ends the run",
+        "bochs tigerlake",
+        || {
+            let out = run(&opts(None, "bochs", "scenario=unhandled-exit"))?;
+            out.expect(STATUS_BULWARK_FAILURE, reason::UNHANDLED_EXIT)?;
+            expect_lines(
+                &out,
+                &["unhandled VM exit: reason 13 (invd)", "guest state: rip="],
+            )
+        },
+    ));
+    v.push(Scenario::new(
+        "x86 guest status becomes the exit code",
+        "bochs tigerlake",
+        || {
+            let out = run(&opts(None, "bochs", "scenario=status:42"))?;
+            out.expect(42, reason::GUEST_EXIT)?;
+            if out.exit_code() != 42 {
+                return Err(format!("exit code {} instead of 42", out.exit_code()));
+            }
+            Ok(())
+        },
+    ));
+    v.push(Scenario::new(
+        "x86 --guest: a Multiboot guest not from this repo (a.out kludge, 32-bit)",
+        "bochs tigerlake",
+        || {
+            let path = out()?.join("tiny-guest.bin");
+            std::fs::write(&path, tiny_guest("hello from a hand-assembled guest\n", 7))
+                .map_err(|e| format!("writing {}: {e}", path.display()))?;
+            let mut o = opts(None, "bochs", "");
+            o.guest = Some(path);
+            let out = run(&o)?;
+            out.expect(7, reason::GUEST_EXIT)?;
+            expect_lines(&out, &["guest| hello from a hand-assembled guest"])
+        },
+    ));
+    v.push(Scenario::new(
+        "x86 --guest: a file that is not a Multiboot kernel is refused",
+        "bochs tigerlake",
+        || {
+            let mut o = opts(None, "bochs", "");
+            o.guest = Some(util::root().join("Cargo.toml"));
+            let out = run(&o)?;
+            out.expect(STATUS_BULWARK_FAILURE, reason::REFUSED)?;
+            expect_lines(&out, &["guest image rejected: no Multiboot (v1) header"])
+        },
+    ));
     v
 }
