@@ -441,8 +441,28 @@ pub fn scenarios() -> Vec<Scenario> {
             out.expect(0, reason::GUEST_EXIT)?;
             need(&out, "testguest: bootargs \"from-xtask\"")?;
             need(&out, "testguest: all checks passed")?;
-            need(&out, "bulwark: WARN stage-2 abort: ipa=0x5e000000")
+            need(&out, "bulwark: WARN stage-2 abort: ipa=0x5e000000")?;
+            need(&out, "bulwark: violation kind=roe access=write")?;
+            need(&out, "bulwark: violation kind=roe-chunk access=write")?;
+            need(
+                &out,
+                "bulwark: violation kind=mmio-guard access=read gpa=0x9010000",
+            )
         }),
+        Scenario::new(
+            "aarch64: violation=halt stops at the first ROE write",
+            emu,
+            || {
+                let o = RunOpts {
+                    cmdline: "violation=halt".into(),
+                    ..quiet()
+                };
+                let out = run(&o)?;
+                out.expect(STATUS_BULWARK_FAILURE, reason::VIOLATION_HALT)?;
+                need(&out, "bulwark: violation kind=roe access=write")?;
+                need(&out, "action=halt")
+            },
+        ),
         Scenario::new("aarch64: guest status via GUEST_EXIT", emu, || {
             let o = RunOpts {
                 guest_cmdline: "exit=42".into(),

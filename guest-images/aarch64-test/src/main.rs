@@ -272,6 +272,121 @@ fn probe(addr: u64, write: bool) -> Result<(), u64> {
     }
 }
 
+/// A page of its own for the ROE tests (nothing else lives in it).
+#[repr(C, align(4096))]
+struct Page(core::cell::UnsafeCell<[u64; 512]>);
+// SAFETY: one CPU; the pages are only touched through volatile accesses in `roe_checks`.
+unsafe impl Sync for Page {}
+static ROE_PAGE: Page = Page(core::cell::UnsafeCell::new([0x1111; 512]));
+static CHUNK_PAGE: Page = Page(core::cell::UnsafeCell::new([0; 512]));
+
+fn rd(p: u64) -> u64 {
+    // SAFETY: `p` is an 8-byte aligned address inside one of the test pages.
+    unsafe { core::ptr::read_volatile(p as *const u64) }
+}
+
+/// One `str` (so an emulated or skipped store is exactly one instruction).
+fn st(p: u64, v: u64) {
+    // SAFETY: `p` lies inside one of the test pages (identity-mapped normal memory).
+    unsafe { core::arch::asm!("str {v}, [{a}]", a = in(reg) p, v = in(reg) v, options(nostack)) }
+}
+
+fn roe(op: u64, a1: u64, a2: u64) -> u64 {
+    hvc(u64::from(ids::BULWARK_ROE), op, a1, a2)[0]
+}
+
+/// ROE on arm64 (Bulwark's vendor-hyp call; default violation policy `skip`).
+fn roe_checks(c: &mut Checks) {
+    use bulwark_abi::roe::{ROE_MPROTECT, ROE_MPROTECT_CHUNK, ROE_VERSION};
+    let einval = (-22i64) as u64;
+    c.check(
+        roe(ROE_VERSION, 0, 0) == 2,
+        format_args!("ROE_VERSION -> 2"),
+    );
+    let page = ROE_PAGE.0.get() as u64;
+    c.check(
+        roe(ROE_MPROTECT, page + 8, 1) == einval,
+        format_args!("ROE_MPROTECT unaligned -> -EINVAL"),
+    );
+    c.check(
+        roe(ROE_MPROTECT, page, 0) == einval,
+        format_args!("ROE_MPROTECT of 0 pages -> -EINVAL"),
+    );
+    let r = roe(ROE_MPROTECT, page, 1);
+    c.check(
+        r == 1,
+        format_args!("ROE_MPROTECT {page:#x}, 1 page -> {r}"),
+    );
+    let before = ABORTS.load(Ordering::Relaxed);
+    st(page + 64, 0x2222);
+    c.check(
+        rd(page + 64) == 0x1111 && ABORTS.load(Ordering::Relaxed) == before,
+        format_args!(
+            "write to the ROE page skipped, guest continues (reads {:#x})",
+            rd(page + 64)
+        ),
+    );
+    let chunk = CHUNK_PAGE.0.get() as u64;
+    for i in 0..4 {
+        st(chunk + 8 * i, 0xaaaa_aaaa_aaaa_aaaa);
+    }
+    let r = roe(ROE_MPROTECT_CHUNK, chunk + 8, 8);
+    c.check(
+        r == 8,
+        format_args!("ROE_MPROTECT_CHUNK {:#x}, 8 bytes -> {r}", chunk + 8),
+    );
+    st(chunk + 16, 0x1234);
+    c.check(
+        rd(chunk + 16) == 0x1234,
+        format_args!("store next to the chunk emulated ({:#x})", rd(chunk + 16)),
+    );
+    st(chunk + 8, 0x5555);
+    c.check(
+        rd(chunk + 8) == 0xaaaa_aaaa_aaaa_aaaa,
+        format_args!("store onto the chunk skipped"),
+    );
+    st(chunk + 4, 0);
+    c.check(
+        rd(chunk) == 0x0000_0000_aaaa_aaaa && rd(chunk + 8) == 0xaaaa_aaaa_aaaa_aaaa,
+        format_args!("store straddling the chunk start writes only the unprotected half"),
+    );
+}
+
+/// MMIO guard (seed 001 numbering). Enrolling cuts the guest off every device it has not mapped,
+/// the UART included: the UART is mapped right after enrolling, before printing again.
+fn mmio_guard_checks(c: &mut Checks) {
+    const RTC: u64 = 0x0901_0000;
+    let info = hvc(u64::from(ids::MMIO_GUARD_INFO), 0, 0, 0)[0];
+    let enroll = hvc(u64::from(ids::MMIO_GUARD_ENROLL), 0, 0, 0)[0];
+    let map_uart = hvc(u64::from(ids::MMIO_GUARD_MAP), UART as u64, 0, 0)[0];
+    c.check(
+        info == 4096 && enroll == 0 && map_uart == 0,
+        format_args!("MMIO guard: INFO {info}, ENROLL {enroll}, MAP(uart) {map_uart}"),
+    );
+    let r = probe(RTC, false);
+    let esr = r.err().unwrap_or(0);
+    c.check(
+        r.is_err() && (esr >> 26) & 0x3f == 0x25 && esr & 0x3f == 0x10,
+        format_args!("read of the unmapped RTC after enrolling -> external abort (esr {esr:#x})"),
+    );
+    let m = hvc(u64::from(ids::MMIO_GUARD_MAP), RTC, 0, 0)[0];
+    c.check(
+        m == 0 && probe(RTC, false).is_ok(),
+        format_args!("MAP(rtc) -> {m}, then the RTC reads"),
+    );
+    let u1 = hvc(u64::from(ids::MMIO_GUARD_UNMAP), RTC, 0, 0)[0];
+    let u2 = hvc(u64::from(ids::MMIO_GUARD_UNMAP), RTC, 0, 0)[0];
+    c.check(
+        u1 == 0 && u2 == NOT_SUPPORTED_REG,
+        format_args!("UNMAP(rtc) -> {u1:#x}, again -> {u2:#x}"),
+    );
+    let ram = hvc(u64::from(ids::MMIO_GUARD_MAP), RAM_BASE, 0, 0)[0];
+    c.check(
+        ram == NOT_SUPPORTED_REG,
+        format_args!("MAP(RAM) -> {ram:#x} (refused)"),
+    );
+}
+
 struct Checks {
     failed: u32,
 }
@@ -439,6 +554,9 @@ extern "C" fn guest_main(dtb: u64, el: u64) -> ! {
     let r = hvc(u64::from(ids::VENDOR_HYP_CALL_UID), 0, 0, 0);
     let uid = ids::KVM_UID.map(u64::from);
     c.check(r == uid, format_args!("vendor-hyp UID -> {:x?}", r));
+
+    roe_checks(&mut c);
+    mmio_guard_checks(&mut c);
 
     match crash {
         Some("loop") => {

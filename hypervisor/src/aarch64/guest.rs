@@ -620,9 +620,16 @@ impl Vm {
                 }
             }
             return match (dec.kind, dec.action) {
+                // A single-register store the syndrome describes (ISV): Bulwark writes the
+                // unprotected bytes itself.
+                (_, Action::EmulateStore(e))
+                    if d.esr.ec() == ec::DABT_LOWER && d.esr.isv() && !e.crosses_page =>
+                {
+                    Action::EmulateStore(e)
+                }
                 (FaultKind::NeedsAccessSize, _) | (_, Action::EmulateStore(_)) => {
                     log::error!(
-                        "store to a chunk-protected page at ipa={:#x} pc={:#x}: store emulation is not implemented on arm64",
+                        "store to a chunk-protected page at ipa={:#x} pc={:#x} that Bulwark cannot emulate on arm64 (no instruction syndrome: pair/vector/atomic store, or it crosses a page)",
                         f.gpa,
                         f.ip
                     );
@@ -697,13 +704,24 @@ impl Vm {
                 self.regs.pc = self.regs.pc.wrapping_add(d.skip);
             }
             Action::EmulateStore(e) => {
-                // Chunk protection (ROE) is not wired into the arm64 back end yet, so nothing
-                // produces this; refuse loudly rather than skip a store.
-                log::error!(
-                    "store emulation at {:#x} is not implemented on arm64",
-                    e.gpa
-                );
-                crate::finish(STATUS_BULWARK_FAILURE, reason::UNHANDLED_EXIT)
+                // Only produced for ISV stores inside one page (see `stage2_abort`): the value is
+                // register SRT; byte i is written unless bit i of `protected` is set.
+                let value = self.regs.reg(d.esr.srt());
+                for i in 0..u64::from(e.size.min(8)) {
+                    if e.protected & (1 << i) != 0 {
+                        continue;
+                    }
+                    let ipa = e.gpa.as_u64().wrapping_add(i);
+                    if ipa < self.gram.ipa_base || ipa >= self.gram.ipa_base + self.gram.size {
+                        continue;
+                    }
+                    let host = self.gram.host(ipa);
+                    // SAFETY: `host` is inside guest RAM's host range (checked just above),
+                    // identity-mapped at EL2; this is the guest's own store, minus protected bytes.
+                    unsafe { core::ptr::write_volatile(host as *mut u8, (value >> (8 * i)) as u8) };
+                }
+                el2::clean_to_poc(self.gram.host(e.gpa.as_u64()) as usize, usize::from(e.size));
+                self.regs.pc = self.regs.pc.wrapping_add(d.skip);
             }
             Action::InjectFault => {
                 let (instr, wnr, far) = match d.exit {
