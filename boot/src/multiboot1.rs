@@ -387,14 +387,11 @@ pub fn build_info(
         .map(|e| e.end.min(640 * 1024) / 1024)
         .unwrap_or(0);
     let mut upper_end = 0x10_0000u64;
-    loop {
-        match map
-            .iter()
-            .find(|e| e.typ == MMAP_RAM && e.start <= upper_end && e.end > upper_end)
-        {
-            Some(e) => upper_end = e.end,
-            None => break,
-        }
+    while let Some(e) = map
+        .iter()
+        .find(|e| e.typ == MMAP_RAM && e.start <= upper_end && e.end > upper_end)
+    {
+        upper_end = e.end;
     }
     let upper = (upper_end - 0x10_0000) / 1024;
 

@@ -177,7 +177,7 @@ fn validate_raw(b: &[u8]) -> Result<(), ParseError> {
         }
         if typ == TAG_MMAP {
             let entry_size = read_u32(b, off + 8).ok_or(ParseError::BadMemoryMap)?;
-            if size < 16 || entry_size != MMAP_ENTRY_SIZE || (size - 16) % 24 != 0 {
+            if size < 16 || entry_size != MMAP_ENTRY_SIZE || !(size - 16).is_multiple_of(24) {
                 return Err(ParseError::BadMemoryMap);
             }
         }
@@ -193,7 +193,7 @@ fn validate_raw(b: &[u8]) -> Result<(), ParseError> {
 /// header's `total_size`.
 pub fn parse(bytes: &[u8]) -> Result<BootDescription, ParseError> {
     let total = total_size(bytes).ok_or(ParseError::Truncated)?;
-    if total < 16 || total % 8 != 0 {
+    if total < 16 || !total.is_multiple_of(8) {
         return Err(ParseError::BadTotalSize);
     }
     let block = bytes.get(..total).ok_or(ParseError::Truncated)?;
@@ -201,7 +201,7 @@ pub fn parse(bytes: &[u8]) -> Result<BootDescription, ParseError> {
 
     // The crate reads through a pointer and needs 8-byte alignment: copy when unaligned.
     let mut copy: Vec<u64> = Vec::new();
-    let ptr = if (block.as_ptr() as usize) % 8 == 0 {
+    let ptr = if (block.as_ptr() as usize).is_multiple_of(8) {
         block.as_ptr()
     } else {
         copy.resize(total / 8, 0);
@@ -296,7 +296,7 @@ mod tests {
             self.0.extend_from_slice(&typ.to_le_bytes());
             self.0.extend_from_slice(&size.to_le_bytes());
             self.0.extend_from_slice(payload);
-            while self.0.len() % 8 != 0 {
+            while !self.0.len().is_multiple_of(8) {
                 self.0.push(0);
             }
             self

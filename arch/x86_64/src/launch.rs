@@ -227,7 +227,7 @@ pub fn run_guest(
         policy: policy(config.violation),
     };
     let guest = spin::Mutex::new(guest);
-    let r = if caps.ept_exec_only() {
+    if caps.ept_exec_only() {
         start::<true>(
             &root, host, &guest, &plan, features, cpu, &img, base, guest_line,
         )
@@ -235,8 +235,7 @@ pub fn run_guest(
         start::<false>(
             &root, host, &guest, &plan, features, cpu, &img, base, guest_line,
         )
-    };
-    r
+    }
 }
 
 #[allow(clippy::too_many_arguments)]

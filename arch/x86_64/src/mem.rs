@@ -46,7 +46,9 @@ impl PhysMem for HeapFrames {
     }
 
     fn read_u64(&self, addr: HostPhysAddr) -> u64 {
-        if !layout::overlaps_bulwark(addr.as_u64(), addr.as_u64() + 8) || addr.as_u64() % 8 != 0 {
+        if !layout::overlaps_bulwark(addr.as_u64(), addr.as_u64() + 8)
+            || !addr.as_u64().is_multiple_of(8)
+        {
             return 0;
         }
         // SAFETY: an aligned word inside Bulwark's identity-mapped region (a table frame).
@@ -54,7 +56,9 @@ impl PhysMem for HeapFrames {
     }
 
     fn write_u64(&mut self, addr: HostPhysAddr, value: u64) {
-        if !layout::overlaps_bulwark(addr.as_u64(), addr.as_u64() + 8) || addr.as_u64() % 8 != 0 {
+        if !layout::overlaps_bulwark(addr.as_u64(), addr.as_u64() + 8)
+            || !addr.as_u64().is_multiple_of(8)
+        {
             return;
         }
         // SAFETY: as above; one aligned 64-bit store is single-copy atomic.
@@ -255,7 +259,7 @@ impl GuestRam<'_> {
     fn read<const N: usize>(&self, gpa: GuestPhysAddr) -> Result<[u8; N], NotGuestRam> {
         let a = gpa.as_u64();
         let end = a.checked_add(N as u64).ok_or(NotGuestRam)?;
-        if !self.plan.is_ram(a, end) || end > 1 << 32 || a % N as u64 != 0 {
+        if !self.plan.is_ram(a, end) || end > 1 << 32 || !a.is_multiple_of(N as u64) {
             return Err(NotGuestRam);
         }
         let mut out = [0u8; N];

@@ -217,8 +217,7 @@ fn install_idt() {
     // SAFETY: single-threaded guest; IDT is only written here, before interrupts can occur.
     unsafe {
         let idt = &mut *core::ptr::addr_of_mut!(IDT);
-        for v in 0..32 {
-            let a = guest_exc_stubs[v];
+        for (v, &a) in guest_exc_stubs.iter().enumerate() {
             let low = (a & 0xffff) | (0x08 << 16) | (0x8e00u64 << 32) | ((a >> 16) & 0xffff) << 48;
             idt.0[2 * v] = low;
             idt.0[2 * v + 1] = a >> 32;

@@ -129,7 +129,7 @@ fn level_filter(l: bulwark_boot::cmdline::LogLevel) -> log::LevelFilter {
 }
 
 fn read_mbi(mbi: u64) -> Result<BootDescription, &'static str> {
-    if mbi == 0 || mbi % 8 != 0 || mbi >= 1 << 32 {
+    if mbi == 0 || !mbi.is_multiple_of(8) || mbi >= 1 << 32 {
         return Err("address null, unaligned or above 4 GiB");
     }
     // SAFETY: GRUB placed the MBI at `mbi` (identity mapped, below 4 GiB, 8-aligned). First
