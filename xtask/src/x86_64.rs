@@ -391,6 +391,21 @@ pub fn scenarios() -> Vec<Scenario> {
         ));
     }
     v.push(Scenario::new(
+        "x86 ROE MPROTECT: page locked, write skipped, bad arguments -EINVAL",
+        "bochs corei7_skylake_x",
+        || {
+            let out = run(&opts(Some("corei7_skylake_x"), "bochs", "scenario=roe"))?;
+            out.expect(0, reason::GUEST_EXIT)?;
+            expect_lines(
+                &out,
+                &[
+                    "bulwark: violation kind=roe access=write",
+                    "guest| 0 check(s) failed",
+                ],
+            )
+        },
+    ));
+    v.push(Scenario::new(
         "x86 guest reading Bulwark's memory is stopped",
         "bochs tigerlake",
         || {

@@ -300,6 +300,7 @@ extern "C" fn guest_main(magic: u32, info: u64) -> ! {
         s if roe::handles(s) => roe::run(s),
         "triple-fault" => triple_fault(),
         "read-bulwark" => read_bulwark(),
+        "roe" => roe(),
         "unhandled-exit" => {
             say!("executing INVD (Bulwark does not emulate it)");
             // SAFETY: INVD always exits to Bulwark in VMX non-root operation.
@@ -318,6 +319,46 @@ extern "C" fn guest_main(magic: u32, info: u64) -> ! {
             }
         },
     }
+}
+
+#[repr(C, align(4096))]
+struct PageBuf([u8; 4096]);
+
+/// A data page the `roe` scenario makes read-only (identity mapped: its address is also its
+/// guest-physical address).
+static mut ROE_PAGE: PageBuf = PageBuf([0x11; 4096]);
+
+/// ROE (spec section 1) through the core: version, MPROTECT of one page, a write to it that must
+/// not change it (default policy `skip`), and bad arguments.
+fn roe() -> ! {
+    use bulwark_abi::roe::{KVM_HC_ROE, ROE_MPROTECT, ROE_VERSION};
+    let mut c = Checks { failed: 0 };
+    let v = vmcall(KVM_HC_ROE, ROE_VERSION, 0, 0);
+    c.check("roe-version", v == 2, format_args!("{v}"));
+    let page = core::ptr::addr_of_mut!(ROE_PAGE) as u64;
+    let bad = vmcall(KVM_HC_ROE, ROE_MPROTECT, page + 1, 1) as i64;
+    c.check("roe-unaligned", bad == -22, format_args!("{bad}"));
+    let zero = vmcall(KVM_HC_ROE, ROE_MPROTECT, page, 0) as i64;
+    c.check("roe-zero-pages", zero == -22, format_args!("{zero}"));
+    let r = vmcall(KVM_HC_ROE, ROE_MPROTECT, page, 1);
+    c.check(
+        "roe-mprotect",
+        r == 1,
+        format_args!("protect {page:#x}: {r}"),
+    );
+    // SAFETY: a plain store to the guest's own page; Bulwark skips it (policy skip).
+    unsafe { core::ptr::write_volatile((page + 8) as *mut u8, 0x22) };
+    // SAFETY: reading the guest's own page.
+    let after = unsafe { core::ptr::read_volatile((page + 8) as *const u8) };
+    c.check(
+        "roe-write-skipped",
+        after == 0x11,
+        format_args!("byte after the write: {after:#x}"),
+    );
+    let again = vmcall(KVM_HC_ROE, ROE_MPROTECT, page, 1);
+    c.check("roe-idempotent", again == 1, format_args!("{again}"));
+    say!("{} check(s) failed", c.failed);
+    exit(c.failed)
 }
 
 /// Read Bulwark's memory. Bulwark must never hand out its contents: the access is refused by
