@@ -10,6 +10,7 @@
 //!   bench [--arch A]
 
 mod aarch64;
+mod bench;
 mod test;
 mod util;
 mod x86_64;
@@ -98,6 +99,7 @@ fn real_main(args: &[String]) -> Result<u8, String> {
             Ok(out.report())
         }
         "test" => test::main(rest),
+        "bench" => bench::main(rest),
         other => Err(format!("unknown command '{other}'\n{USAGE}")),
     }
 }
