@@ -25,6 +25,9 @@ use crate::pt::{
 use crate::store::{AttrStore, PageState, StoreError, StoreLimits};
 use crate::violation::{ActionWord, Violation, ViolationKind, ViolationLog, ViolationPolicy};
 
+/// Identical spurious faults (same vCPU, page, ip) in a row before the run is stopped.
+pub const SPURIOUS_LIMIT: u32 = 64;
+
 /// MMIO-guard protection granule (bytes).
 pub const MMIO_GUARD_GRANULE: u64 = PAGE_SIZE;
 
@@ -136,7 +139,9 @@ pub enum FaultKind {
     Violation(ViolationKind),
     /// A store to unprotected bytes of a chunk page: emulated, no violation.
     ChunkPassThrough,
-    /// The tables were stale (the store allows the access): re-derive and retry.
+    /// The tables were stale (the store allows the access): re-derive and retry. After
+    /// [`SPURIOUS_LIMIT`] identical ones in a row the run is stopped instead (never a silent
+    /// loop).
     Spurious,
     /// The address is not guest memory at all.
     NotGuestMemory,
@@ -195,6 +200,8 @@ pub struct Guest {
     guard: MmioGuard,
     log: ViolationLog,
     counters: Counters,
+    /// (vcpu, page, ip, count) of the current run of identical spurious faults.
+    spurious_streak: (u32, u64, u64, u32),
 }
 
 fn region_end(r: &MemRegion) -> u64 {
@@ -238,6 +245,7 @@ impl Guest {
             guard: MmioGuard::default(),
             log: ViolationLog::new(cfg.ratelimit),
             counters: Counters::default(),
+            spurious_streak: (0, u64::MAX, 0, 0),
         })
     }
 
@@ -728,6 +736,14 @@ impl Guest {
 
     /// Decide what a refused guest-physical access was and what the guest sees.
     pub fn handle_fault(&mut self, vcpu: u32, f: &MemFault) -> FaultDecision {
+        let d = self.classify_fault(vcpu, f);
+        if d.kind != FaultKind::Spurious {
+            self.spurious_streak.3 = 0;
+        }
+        d
+    }
+
+    fn classify_fault(&mut self, vcpu: u32, f: &MemFault) -> FaultDecision {
         let page = GpaRange::new(f.gpa.page_base(), PAGE_SIZE);
         let Some(region) = self.region_of(f.gpa).copied() else {
             log::error!(
@@ -750,7 +766,7 @@ impl Guest {
             if self.guard.enrolled && !self.guard.is_mapped(f.gpa.frame()) {
                 return self.violation(vcpu, f, ViolationKind::MmioGuard, None);
             }
-            return self.spurious(page);
+            return self.spurious(vcpu, f, page);
         }
         let st = self.store.state(f.gpa.frame());
         let perms = Self::ram_perms(&st);
@@ -762,7 +778,7 @@ impl Guest {
                     Perms::X
                 };
                 if perms.contains(need) {
-                    self.spurious(page)
+                    self.spurious(vcpu, f, page)
                 } else {
                     self.violation(vcpu, f, ViolationKind::Attr, None)
                 }
@@ -775,7 +791,7 @@ impl Guest {
                     return self.violation(vcpu, f, ViolationKind::Attr, None);
                 }
                 if !st.chunk {
-                    return self.spurious(page);
+                    return self.spurious(vcpu, f, page);
                 }
                 let Some(size) = f.size.filter(|s| (1..=64).contains(s)) else {
                     log::error!(
@@ -814,8 +830,35 @@ impl Guest {
         }
     }
 
-    fn spurious(&mut self, page: Option<GpaRange>) -> FaultDecision {
+    fn spurious(&mut self, vcpu: u32, f: &MemFault, page: Option<GpaRange>) -> FaultDecision {
         self.counters.spurious_faults += 1;
+        let key = (vcpu, f.gpa.frame(), f.ip.as_u64());
+        let (v, p, ip, n) = self.spurious_streak;
+        let n = if (v, p, ip) == key {
+            n.saturating_add(1)
+        } else {
+            1
+        };
+        self.spurious_streak = (key.0, key.1, key.2, n);
+        if n > SPURIOUS_LIMIT {
+            // The tables keep refusing an access the store allows: never loop silently.
+            log::error!(
+                "fault repeats although the protection state allows it: access={} gpa={:#x} ip={:#x} vcpu={} count={}",
+                f.access.as_str(),
+                f.gpa.as_u64(),
+                f.ip.as_u64(),
+                vcpu,
+                n
+            );
+            return FaultDecision {
+                kind: FaultKind::Spurious,
+                action: Action::Stop(StopReason {
+                    status: STATUS_BULWARK_FAILURE,
+                    reason: reason::UNHANDLED_EXIT,
+                }),
+                rederive: None,
+            };
+        }
         FaultDecision {
             kind: FaultKind::Spurious,
             action: Action::Retry,

@@ -539,3 +539,21 @@ fn store_exhaustion_returns_enomem_and_protects_nothing() {
     assert!(!g.store().state(0x402).roe);
     assert_eq!(g.store().chunk_pages(), 2);
 }
+
+#[test]
+fn repeated_spurious_fault_stops_instead_of_looping() {
+    let mut g = Guest::new(cfg(Arch::X86_64, ViolationPolicy::Skip, false)).unwrap();
+    let f = fault(0x8000, Access::Write, Some(1));
+    for _ in 0..SPURIOUS_LIMIT {
+        assert_eq!(g.handle_fault(0, &f).action, Action::Retry);
+    }
+    let d = g.handle_fault(0, &f);
+    assert_eq!(d.kind, FaultKind::Spurious);
+    assert!(matches!(d.action, Action::Stop(_)));
+    // Another address starts a new streak.
+    assert_eq!(
+        g.handle_fault(0, &fault(0x9000, Access::Write, Some(1)))
+            .action,
+        Action::Retry
+    );
+}
