@@ -16,3 +16,4 @@ pub mod fdt_guest;
 // boot/src/x86_64/entry.s and is included by the x86_64 binary glue.
 pub mod multiboot1;
 pub mod multiboot2_info;
+pub mod multiboot_plan;

@@ -19,7 +19,7 @@ use bulwark_core::store::StoreLimits;
 
 use crate::cpu::CpuInfo;
 use crate::host::HostCpu;
-use crate::mem::{self, GuestRam, HeapFrames, Plan};
+use crate::mem::{GuestRam, HeapFrames, Plan};
 use crate::vcpu::{InitialState, Vcpu};
 use crate::vm::Vm;
 use crate::vmx;
@@ -64,7 +64,16 @@ pub fn run_guest(
     guest_line: &dyn Fn(&str),
 ) -> Result<StopReason, Refused> {
     let caps = vmx::requirements(cpu).map_err(|r| refuse(format!("{r}")))?;
-    let plan = mem::plan(boot);
+    let plan = bulwark_boot::multiboot_plan::plan(
+        boot,
+        (crate::layout::REGION_START, crate::layout::REGION_END),
+    );
+    if plan.dropped > 0 {
+        log::warn!(
+            "memory plan: {} firmware range(s) overlapped earlier ones and were not given to the guest",
+            plan.dropped
+        );
+    }
     log::info!(
         "guest memory: {} MiB RAM in {} region(s); Bulwark's region [{:#x}, {:#x}) is not mapped",
         plan.ram_bytes() >> 20,
@@ -153,13 +162,8 @@ pub fn run_guest(
         .unwrap_or(0);
     let need = probe + module.cmdline.len() as u64 + 64 + 1;
     let top = busy.iter().map(|b| b.1).max().unwrap_or(0).div_ceil(PAGE) * PAGE;
-    let base = [INFO_PREFERRED, top]
-        .into_iter()
-        .find(|&b| {
-            plan.is_ram(b, b + need)
-                && b + need < 1 << 32
-                && busy.iter().all(|&x| !overlaps(x, (b, b + need)))
-        })
+    let base = plan
+        .place(&[INFO_PREFERRED, top], need, &busy)
         .ok_or_else(|| refuse("no room in guest RAM for the Multiboot information".into()))?;
     let info = multiboot1::build_info(
         base as u32,

@@ -1,14 +1,9 @@
-//! Guest memory: the plan (which physical ranges are guest RAM, which are passed-through
-//! device memory, what the guest's memory map says), page-table frames from Bulwark's heap for
+//! Guest memory: the plan (`bulwark_boot::multiboot_plan`, host-tested), page-table frames from Bulwark's heap for
 //! the core's EPT engine, the EPT flush hook, and guest-physical reads/writes.
 
 use alloc::alloc::{alloc_zeroed, dealloc, Layout};
-use alloc::vec::Vec;
 
-use bulwark_boot::multiboot1::{MapEntry, MMAP_ACPI, MMAP_BAD, MMAP_NVS, MMAP_RAM, MMAP_RESERVED};
-use bulwark_boot::multiboot2_info::{BootDescription, MemKind};
 use bulwark_core::addr::{GpaRange, GuestPhysAddr, HostPhysAddr, PAGE_SIZE};
-use bulwark_core::guest::{MemRegion, RegionKind};
 use bulwark_core::gwalk::{GuestMemRead, NotGuestRam};
 use bulwark_core::physmem::{OutOfFrames, PhysMem};
 use bulwark_core::pt::TlbFlush;
@@ -81,143 +76,7 @@ impl TlbFlush for EptFlush<'_> {
     }
 }
 
-/// Legacy VGA + option ROM + BIOS window, passed through as device memory (uncached).
-pub const LEGACY_HOLE: (u64, u64) = (0xa_0000, 0x10_0000);
-
-/// Which physical memory the guest gets, decided once from the firmware map.
-#[derive(Clone, Debug, Default)]
-pub struct Plan {
-    /// Regions for the core: guest RAM (identity, write-back) and device windows.
-    pub regions: Vec<MemRegion>,
-    /// The memory map the guest is told about (Bulwark's region marked reserved).
-    pub guest_map: Vec<MapEntry>,
-}
-
-impl Plan {
-    /// Whether `[start, end)` is entirely guest RAM.
-    pub fn is_ram(&self, start: u64, end: u64) -> bool {
-        if end <= start {
-            return false;
-        }
-        let mut pos = start;
-        while pos < end {
-            match self.regions.iter().find(|r| {
-                r.kind == RegionKind::Ram && r.gpa.as_u64() <= pos && pos < r.gpa.as_u64() + r.len
-            }) {
-                Some(r) => pos = r.gpa.as_u64() + r.len,
-                None => return false,
-            }
-        }
-        true
-    }
-
-    pub fn ram_bytes(&self) -> u64 {
-        self.regions
-            .iter()
-            .filter(|r| r.kind == RegionKind::Ram)
-            .map(|r| r.len)
-            .sum()
-    }
-}
-
-fn push_region(out: &mut Vec<MemRegion>, start: u64, end: u64, kind: RegionKind) {
-    // Guest RAM is page-granular: round inwards.
-    let s = start.div_ceil(PAGE_SIZE) * PAGE_SIZE;
-    let e = end / PAGE_SIZE * PAGE_SIZE;
-    if e > s {
-        out.push(MemRegion {
-            gpa: GuestPhysAddr::new(s),
-            len: e - s,
-            hpa: HostPhysAddr::new(s),
-            kind,
-        });
-    }
-}
-
-/// Split `[start, end)` around Bulwark's region; calls `f` for each remaining piece.
-fn outside_bulwark(start: u64, end: u64, mut f: impl FnMut(u64, u64)) {
-    let (bs, be) = (layout::REGION_START, layout::REGION_END);
-    if end <= bs || start >= be {
-        f(start, end);
-        return;
-    }
-    if start < bs {
-        f(start, bs);
-    }
-    if end > be {
-        f(be, end);
-    }
-}
-
-/// Build the plan: firmware RAM, ACPI tables and NVS become guest RAM (identity mapped) except
-/// Bulwark's region; the legacy hole below 1 MiB is passed through as device memory; everything
-/// else (MMIO, APIC, firmware ROM above 1 MiB) is not mapped at all.
-pub fn plan(boot: &BootDescription) -> Plan {
-    let mut ranges: Vec<_> = boot.memory.clone();
-    ranges.sort_by_key(|r| r.start);
-    let mut p = Plan::default();
-    for r in &ranges {
-        let typ = match r.kind {
-            MemKind::Ram => MMAP_RAM,
-            MemKind::AcpiReclaimable => MMAP_ACPI,
-            MemKind::AcpiNvs => MMAP_NVS,
-            MemKind::Defective => MMAP_BAD,
-            MemKind::Reserved => MMAP_RESERVED,
-        };
-        outside_bulwark(r.start, r.end, |s, e| {
-            p.guest_map.push(MapEntry {
-                start: s,
-                end: e,
-                typ,
-            });
-            if matches!(
-                r.kind,
-                MemKind::Ram | MemKind::AcpiReclaimable | MemKind::AcpiNvs
-            ) {
-                // Exclude the legacy hole (mapped below as device memory).
-                if e <= LEGACY_HOLE.0 || s >= LEGACY_HOLE.1 {
-                    push_region(&mut p.regions, s, e, RegionKind::Ram);
-                } else {
-                    if s < LEGACY_HOLE.0 {
-                        push_region(&mut p.regions, s, LEGACY_HOLE.0, RegionKind::Ram);
-                    }
-                    if e > LEGACY_HOLE.1 {
-                        push_region(&mut p.regions, LEGACY_HOLE.1, e, RegionKind::Ram);
-                    }
-                }
-            }
-        });
-    }
-    push_region(
-        &mut p.regions,
-        LEGACY_HOLE.0,
-        LEGACY_HOLE.1,
-        RegionKind::Device,
-    );
-    p.guest_map.push(MapEntry {
-        start: layout::REGION_START,
-        end: layout::REGION_END,
-        typ: MMAP_RESERVED,
-    });
-    p.guest_map.sort_by_key(|e| e.start);
-    p.regions.sort_by_key(|r| r.gpa);
-    // Firmware maps may overlap; drop any region that overlaps its predecessor rather than
-    // guess (the core refuses overlaps).
-    let mut clean: Vec<MemRegion> = Vec::new();
-    for r in p.regions.drain(..) {
-        match clean.last() {
-            Some(last) if last.gpa.as_u64() + last.len > r.gpa.as_u64() => {
-                log::warn!(
-                    "memory plan: firmware range at {:#x} overlaps the previous one; ignored",
-                    r.gpa.as_u64()
-                );
-            }
-            _ => clean.push(r),
-        }
-    }
-    p.regions = clean;
-    p
-}
+pub use bulwark_boot::multiboot_plan::{Plan, LEGACY_HOLE};
 
 /// Guest RAM as Bulwark reads it (identity: guest-physical = host-physical outside Bulwark).
 pub struct GuestRam<'a> {
