@@ -64,7 +64,8 @@ pub mod exit_kind {
     pub const IRQ: u64 = 1;
     pub const FIQ: u64 = 2;
     pub const SERROR: u64 = 3;
-    /// Same four for an AArch32 lower EL (never expected: HCR_EL2.RW = 1).
+    /// Synchronous exception from an AArch32 lower EL: EL1 is AArch64 (HCR_EL2.RW = 1) but EL0
+    /// may run 32-bit processes. 5..7 are the AArch32 IRQ/FIQ/SError slots (never routed here).
     pub const AARCH32: u64 = 4;
 }
 

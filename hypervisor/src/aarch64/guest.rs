@@ -446,7 +446,9 @@ impl Vm {
     /// ESR_EL2 (+ FAR/HPFAR) -> the arch-neutral exit.
     fn decode(&self, kind: u64) -> Decoded {
         let esr = Esr(read_sysreg!("esr_el2"));
-        if kind != exit_kind::SYNC {
+        // Synchronous exceptions from an AArch32 EL0 (32-bit user processes) arrive through the
+        // AArch32 vector slot with the same ESR encodings (stage-2 aborts): same path.
+        if kind != exit_kind::SYNC && kind != exit_kind::AARCH32 {
             return Decoded {
                 exit: Exit::Fatal {
                     reason: "unexpected asynchronous exception routed to EL2",
