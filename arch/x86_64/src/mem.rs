@@ -115,6 +115,21 @@ impl GuestRam<'_> {
         Ok(())
     }
 
+    /// One byte of guest RAM.
+    pub fn read_byte(&self, gpa: u64) -> Result<u8, NotGuestRam> {
+        let end = gpa.checked_add(1).ok_or(NotGuestRam)?;
+        if !self.plan.is_ram(gpa, end) || end > 1 << 32 {
+            return Err(NotGuestRam);
+        }
+        // SAFETY: one byte of guest RAM below 4 GiB (identity mapped), never Bulwark's.
+        Ok(unsafe { core::ptr::read_volatile(gpa as *const u8) })
+    }
+
+    /// Store one byte into guest RAM (the caller checked the guest may write it).
+    pub fn write_byte(&self, gpa: u64, v: u8) -> Result<(), NotGuestRam> {
+        self.write(gpa, &[v])
+    }
+
     fn read<const N: usize>(&self, gpa: GuestPhysAddr) -> Result<[u8; N], NotGuestRam> {
         let a = gpa.as_u64();
         let end = a.checked_add(N as u64).ok_or(NotGuestRam)?;

@@ -176,6 +176,14 @@ impl GuestTranslate for Translator<'_> {
 
 const GUEST_PDPTE0: u32 = 0x280a;
 
+fn size_mask(size: u8) -> u64 {
+    match size {
+        1 => 0xff,
+        2 => 0xffff,
+        _ => 0xffff_ffff,
+    }
+}
+
 impl<'a, const XO: bool> Vm<'a, XO> {
     #[allow(clippy::too_many_arguments)]
     pub fn new(
@@ -226,6 +234,16 @@ impl<'a, const XO: bool> Vm<'a, XO> {
 
     fn finish(&mut self, r: StopReason) -> StopReason {
         self.uart.flush(self.guest_line);
+        let c = self.guest.lock().counters();
+        log::info!(
+            "counters exits={} hypercalls={} violations={} emulated_stores={} spurious_faults={} table_pages={}",
+            self.exits,
+            c.hypercalls,
+            c.violations.iter().sum::<u64>(),
+            c.emulated_stores,
+            c.spurious_faults,
+            self.ept.stats().table_pages
+        );
         log::info!(
             "guest stopped after {} VM exits: status={} reason={}",
             self.exits,
@@ -583,44 +601,141 @@ impl<'a, const XO: bool> Vm<'a, XO> {
         let q = vmr(vmcs::EXIT_QUALIFICATION);
         let size = (q & 7) as u8 + 1;
         let is_in = q & (1 << 3) != 0;
-        let string = q & (1 << 4) != 0;
         let port = (q >> 16) as u16;
-        if string {
-            log::error!("string I/O (INS/OUTS) to port {port:#x} is not emulated; use IN/OUT");
-            self.dump_state();
-            return stop(STATUS_BULWARK_FAILURE, reason::UNHANDLED_EXIT);
+        if q & (1 << 4) != 0 {
+            return self.string_io(port, size, is_in, q & (1 << 5) != 0);
         }
-        let mask: u64 = match size {
-            1 => 0xff,
-            2 => 0xffff,
-            _ => 0xffff_ffff,
-        };
         if is_in {
-            let v: u64 = if (GUEST_COM1..GUEST_COM1 + 8).contains(&port) {
-                u64::from(self.uart.read(port - GUEST_COM1))
-            } else {
-                self.note_unknown_port(port, "in");
-                mask // no device: the bus floats high
-            };
+            let v = self.port_in(port, size);
             // IN to AL/AX keeps the rest of RAX; IN to EAX zero-extends.
+            let mask = size_mask(size);
             let rax = self.vcpu.regs.rax;
             self.vcpu.regs.rax = if size == 4 {
                 v
             } else {
                 (rax & !mask) | (v & mask)
             };
+            Step::Do(Action::Advance)
         } else {
-            let v = self.vcpu.regs.rax & mask;
-            if (GUEST_COM1..GUEST_COM1 + 8).contains(&port) {
-                let out = self.guest_line;
-                self.uart.write(port - GUEST_COM1, v as u8, out);
-            } else if port == DEBUG_EXIT_PORT {
-                return self.decide(Exit::GuestStatus(v as u32));
+            let v = self.vcpu.regs.rax & size_mask(size);
+            self.port_out(port, size, v)
+                .unwrap_or(Step::Do(Action::Advance))
+        }
+    }
+
+    /// The value a port read returns (emulated COM1, else "no device": all ones).
+    fn port_in(&mut self, port: u16, size: u8) -> u64 {
+        if (GUEST_COM1..GUEST_COM1 + 8).contains(&port) {
+            u64::from(self.uart.read(port - GUEST_COM1))
+        } else {
+            self.note_unknown_port(port, "in");
+            size_mask(size)
+        }
+    }
+
+    /// Perform a port write; `Some(step)` when it ends the run (port 0xf4).
+    fn port_out(&mut self, port: u16, _size: u8, v: u64) -> Option<Step> {
+        if (GUEST_COM1..GUEST_COM1 + 8).contains(&port) {
+            let out = self.guest_line;
+            self.uart.write(port - GUEST_COM1, v as u8, out);
+            None
+        } else if port == DEBUG_EXIT_PORT {
+            Some(self.decide(Exit::GuestStatus(v as u32)))
+        } else {
+            self.note_unknown_port(port, "out");
+            None
+        }
+    }
+
+    /// INS/OUTS (with or without REP): elements move between the port and guest memory at
+    /// segment:RSI (OUTS) or ES:RDI (INS), translated through the guest's paging. At most
+    /// `STRING_IO_CHUNK` elements per exit; an unfinished REP re-executes (RIP unchanged).
+    /// Guest memory the guest itself may not read/write (ROE, attributes) is refused with #GP.
+    fn string_io(&mut self, port: u16, size: u8, is_in: bool, rep: bool) -> Step {
+        const STRING_IO_CHUNK: u64 = 4096;
+        let info = vmr(vmcs::EXIT_INSTRUCTION_INFO);
+        let addr_mask: u64 = match (info >> 7) & 7 {
+            0 => 0xffff,
+            1 => 0xffff_ffff,
+            _ => u64::MAX,
+        };
+        let long = self.long_mode_code();
+        let seg = if is_in { 0 } else { (info >> 15) & 7 };
+        // In 64-bit mode only FS and GS have bases.
+        let base = if long && seg < 4 {
+            0
+        } else {
+            vmr(vmcs::GUEST_ES_BASE + 2 * seg as u32)
+        };
+        let down = vmr(vmcs::GUEST_RFLAGS) & (1 << 10) != 0;
+        let mut count = if rep {
+            self.vcpu.regs.rcx & addr_mask
+        } else {
+            1
+        };
+        let reg = if is_in { 7 } else { 6 }; // RDI or RSI
+        let walker = X86Walker::new(self.paging_state());
+        let ram = GuestRam { plan: self.plan };
+        let mut done = 0u64;
+        while count > 0 && done < STRING_IO_CHUNK {
+            let offset = self.vcpu.regs.get(reg) & addr_mask;
+            let mut bytes = [0u8; 4];
+            let value = if is_in { self.port_in(port, size) } else { 0 };
+            for (i, b) in bytes.iter_mut().enumerate().take(usize::from(size)) {
+                let lin = base.wrapping_add((offset.wrapping_add(i as u64)) & addr_mask);
+                let lin = if long { lin } else { lin & 0xffff_ffff };
+                let Ok(t) = walker.translate(&ram, GuestVirtAddr::new(lin)) else {
+                    log::debug!("string I/O: linear {lin:#x} does not translate: #GP");
+                    return gp();
+                };
+                let gpa = t.gpa.as_u64();
+                let st = self.guest.lock().store().state(t.gpa.frame());
+                if is_in {
+                    if st.write_protected() {
+                        log::warn!("INS into write-protected guest memory gpa={gpa:#x}: #GP");
+                        return gp();
+                    }
+                    if ram.write_byte(gpa, (value >> (8 * i)) as u8).is_err() {
+                        return gp();
+                    }
+                } else {
+                    if !st.allowed.read() {
+                        return gp();
+                    }
+                    match ram.read_byte(gpa) {
+                        Ok(v) => *b = v,
+                        Err(_) => return gp(),
+                    }
+                }
+            }
+            if !is_in {
+                let v = u64::from(u32::from_le_bytes(bytes));
+                if let Some(step) = self.port_out(port, size, v) {
+                    return step;
+                }
+            }
+            let step = u64::from(size);
+            let next = if down {
+                offset.wrapping_sub(step)
             } else {
-                self.note_unknown_port(port, "out");
+                offset.wrapping_add(step)
+            };
+            let full = self.vcpu.regs.get(reg);
+            self.vcpu
+                .regs
+                .set(reg, (full & !addr_mask) | (next & addr_mask));
+            count -= 1;
+            done += 1;
+            if rep {
+                let rcx = self.vcpu.regs.rcx;
+                self.vcpu.regs.rcx = (rcx & !addr_mask) | (count & addr_mask);
             }
         }
-        Step::Do(Action::Advance)
+        if count > 0 {
+            Step::Do(Action::Retry)
+        } else {
+            Step::Do(Action::Advance)
+        }
     }
 
     fn note_unknown_port(&mut self, port: u16, dir: &str) {

@@ -69,6 +69,7 @@ macro_rules! say {
     ($($t:tt)*) => {{ let _ = writeln!(Com1, $($t)*); }};
 }
 
+mod bench;
 mod roe;
 
 fn exit(status: u32) -> ! {
@@ -298,6 +299,7 @@ extern "C" fn guest_main(magic: u32, info: u64) -> ! {
     match scenario {
         "checks" => checks(info, flags, cmdline),
         s if roe::handles(s) => roe::run(s),
+        s if bench::handles(s) => bench::run(s),
         "triple-fault" => triple_fault(),
         "read-bulwark" => read_bulwark(),
         "roe" => roe(),
@@ -579,6 +581,37 @@ fn checks(info: u64, flags: u32, cmdline: &str) -> ! {
         "absent-port",
         v == 0xff,
         format_args!("inb(0x2ff) = {v:#x}"),
+    );
+
+    // String I/O: REP OUTSB to COM1 (xtask looks for the line), REP INSB from an absent port.
+    let msg = b"string I/O: rep outsb reached the console\n";
+    // SAFETY: reads `msg` (RSI, RCX bytes) and writes them to COM1.
+    unsafe {
+        core::arch::asm!(
+            "cld",
+            "rep outsb",
+            in("dx") COM1,
+            inout("rsi") msg.as_ptr() => _,
+            inout("rcx") msg.len() => _,
+            options(nostack)
+        );
+    }
+    let mut buf = [0u8; 16];
+    // SAFETY: writes 16 bytes into `buf` (RDI, RCX) from an absent port.
+    unsafe {
+        core::arch::asm!(
+            "cld",
+            "rep insb",
+            in("dx") 0x2f8u16 + 7,
+            inout("rdi") buf.as_mut_ptr() => _,
+            inout("rcx") buf.len() => _,
+            options(nostack)
+        );
+    }
+    c.check(
+        "rep-insb",
+        buf.iter().all(|&b| b == 0xff),
+        format_args!("{:x?}", &buf[..4]),
     );
 
     c.check(
