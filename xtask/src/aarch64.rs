@@ -82,6 +82,8 @@ pub struct Extra {
     pub no_guest: bool,
     /// More QEMU arguments (e.g. `-icount shift=0`).
     pub qemu_args: Vec<String>,
+    /// Boot Bulwark as firmware (`-bios`, `secure=on`): entered at EL3 at address 0.
+    pub as_firmware: bool,
 }
 
 /// `cargo xtask run --arch aarch64`: Bulwark with `--guest` (default: the test guest).
@@ -110,6 +112,8 @@ pub fn run_with(o: &RunOpts, x: &Extra) -> Result<Outcome, String> {
     };
     let machine = if x.no_el2 {
         "virt,gic-version=3"
+    } else if x.as_firmware {
+        "virt,secure=on,virtualization=on,gic-version=3"
     } else {
         "virt,virtualization=on,gic-version=3"
     };
@@ -118,7 +122,7 @@ pub fn run_with(o: &RunOpts, x: &Extra) -> Result<Outcome, String> {
         .args(["-cpu", o.cpu.as_deref().unwrap_or("max")])
         .args(["-m", MEMORY])
         .args(["-nographic", "-no-reboot", "-semihosting"])
-        .arg("-kernel")
+        .arg(if x.as_firmware { "-bios" } else { "-kernel" })
         .arg(&bulwark);
     if let Some(g) = &guest {
         cmd.arg("-initrd").arg(g);
@@ -421,6 +425,25 @@ pub fn scenarios() -> Vec<Scenario> {
                 )?;
                 out.expect(STATUS_BULWARK_FAILURE, reason::REFUSED)?;
                 need(&out, "entered at EL1")
+            },
+        ),
+        Scenario::new(
+            "aarch64: loaded as firmware (EL3, address 0) is refused",
+            "qemu virt el3",
+            || {
+                let out = run_with(
+                    &RunOpts {
+                        timeout: Some(10),
+                        ..quiet()
+                    },
+                    &Extra {
+                        as_firmware: true,
+                        no_guest: true,
+                        ..Extra::default()
+                    },
+                )?;
+                out.expect(STATUS_BULWARK_FAILURE, reason::REFUSED)?;
+                need(&out, "not running at its link address")
             },
         ),
         Scenario::new("aarch64: bad Bulwark command line is refused", emu, || {

@@ -41,11 +41,13 @@ _start:
     mrs     x20, CurrentEL
     ubfx    x20, x20, #2, #2        // x20 = current EL
 
-    /* Running where we were linked? Otherwise every absolute address is wrong: park. */
+    /* Running where we were linked? Otherwise every absolute address is wrong: say so with
+       position-independent code on QEMU virt's PL011 (the only console known without the device
+       tree), then park. */
     adr     x1, _start
     ldr     x2, =_start
     cmp     x1, x2
-    b.ne    __park
+    b.ne    __wrong_address
 
     cmp     x20, #2
     b.eq    2f
@@ -136,6 +138,19 @@ __zero_bss:
     stp     xzr, xzr, [x1], #16
     b       9b
 10: ret
+
+__wrong_address:
+    ldr     x1, =0x09000000
+    adr     x2, __wrong_address_msg
+11: ldrb    w3, [x2], #1
+    cbz     w3, __park
+    str     w3, [x1]
+    b       11b
+__wrong_address_msg:
+    .ascii  "bulwark: ERROR Bulwark is not running at its link address 0x40080000: load it as an "
+    .ascii  "arm64 Image (RAM base 0x40000000 + text_offset 0x80000) and enter it at EL2\r\n"
+    .asciz  "bulwark: result status=176 reason=refused\r\n"
+    .balign 4
 
     .global __park
 __park:
