@@ -33,54 +33,16 @@ impl ViolationPolicy {
     }
 }
 
-/// R/W/X permission bits, KVM's attribute bit layout (bits 0-2).
-#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
-pub struct Perms(u8);
+/// R/W/X permission bits (KVM's attribute layout: R=1, W=2, X=4): the core's type, so a parsed range
+/// feeds the attribute store without conversion.
+pub use bulwark_core::pt::Perms;
 
-impl Perms {
-    pub const R: u8 = 1;
-    pub const W: u8 = 2;
-    pub const X: u8 = 4;
-    pub const ALL: Perms = Perms(7);
-
-    /// Only defined bits are accepted.
-    pub const fn from_bits(bits: u64) -> Option<Perms> {
-        if bits & !7 != 0 {
-            None
-        } else {
-            Some(Perms(bits as u8))
-        }
-    }
-    pub const fn bits(self) -> u8 {
-        self.0
-    }
-    pub const fn read(self) -> bool {
-        self.0 & Self::R != 0
-    }
-    pub const fn write(self) -> bool {
-        self.0 & Self::W != 0
-    }
-    pub const fn exec(self) -> bool {
-        self.0 & Self::X != 0
-    }
-}
-
-impl fmt::Debug for Perms {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
-
-impl fmt::Display for Perms {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let c = |set: bool, ch: char| if set { ch } else { '-' };
-        write!(
-            f,
-            "{}{}{}",
-            c(self.read(), 'r'),
-            c(self.write(), 'w'),
-            c(self.exec(), 'x')
-        )
+/// Perms from a number, refusing bits other than R, W, X.
+fn perms_from_bits(bits: u64) -> Option<Perms> {
+    if bits & !7 != 0 {
+        None
+    } else {
+        Some(Perms::from_bits_truncate(bits as u8))
     }
 }
 
@@ -347,13 +309,13 @@ fn parse_perms(s: &str) -> Result<Perms, String> {
             }
             let bits =
                 (u8::from(*r == b'r')) | (u8::from(*w == b'w') << 1) | (u8::from(*x == b'x') << 2);
-            return Ok(Perms(bits));
+            return Ok(Perms::from_bits_truncate(bits));
         }
     }
     let n = parse_number(s).map_err(|_| {
         alloc::format!("permissions '{s}' must be like r-x or a number with bits R=1 W=2 X=4")
     })?;
-    Perms::from_bits(n).ok_or_else(|| {
+    perms_from_bits(n).ok_or_else(|| {
         alloc::format!(
             "unknown attribute bits {:#x} (only R=1 W=2 X=4 exist)",
             n & !7
@@ -437,25 +399,25 @@ mod tests {
                 AttrRange {
                     start: GuestPhysAddr::new(0x200000),
                     size: 0x200000,
-                    perms: Perms(5)
+                    perms: Perms::RX
                 },
                 AttrRange {
                     start: GuestPhysAddr::new(0x400000),
                     size: 0x200000,
-                    perms: Perms(3)
+                    perms: Perms::RW
                 },
                 AttrRange {
                     start: GuestPhysAddr::new(1 << 30),
                     size: 4096,
-                    perms: Perms(0)
+                    perms: Perms::NONE
                 },
             ]
         );
         assert_eq!(
             parse("attr=0x1000+0x1000:7:0").unwrap().attrs[0].perms,
-            Perms::ALL
+            Perms::RWX
         );
-        assert_eq!(alloc::format!("{}", Perms(5)), "r-x");
+        assert_eq!(alloc::format!("{:?}", Perms::RX), "r-x");
         assert_eq!(parse("attr=4_096+4k:--x").unwrap().attrs[0].perms.bits(), 4);
     }
 
