@@ -161,40 +161,13 @@ pub fn inject_sync_external_abort(
     wnr: bool,
     far: u64,
 ) -> u64 {
-    let mode = regs.pstate & 0x1f;
-    let from_el0 = mode == 0b00000;
-    let ec: u64 = match (instruction, from_el0) {
-        (false, false) => 0x25,
-        (false, true) => 0x24,
-        (true, false) => 0x21,
-        (true, true) => 0x20,
-    };
-    let mut esr = (ec << 26) | (1 << 25) | 0x10;
-    if wnr && !instruction {
-        esr |= 1 << 6;
-    }
-    let offset = match mode {
-        0b00100 => 0x000,                          // EL1t
-        0b00101 => 0x200,                          // EL1h
-        _ if regs.pstate & (1 << 4) != 0 => 0x600, // AArch32 EL0
-        _ => 0x400,                                // AArch64 EL0
-    };
-    write_sysreg!("esr_el1", esr);
+    let i =
+        crate::inject::abort_injection(regs.pstate, instruction, wnr, read_sysreg!("sctlr_el1"));
+    write_sysreg!("esr_el1", i.esr);
     write_sysreg!("far_el1", far);
     write_sysreg!("elr_el1", regs.pc);
     write_sysreg!("spsr_el1", regs.pstate);
-    let sctlr = read_sysreg!("sctlr_el1");
-    // New PSTATE: EL1h, DAIF masked, PAN set when SCTLR_EL1.SPAN == 0, SSBS = SCTLR_EL1.DSSBS.
-    let mut pstate = SPSR_EL1H_MASKED;
-    if sctlr & (1 << 23) == 0 {
-        pstate |= 1 << 22;
-    } else {
-        pstate |= regs.pstate & (1 << 22);
-    }
-    if sctlr & (1 << 44) != 0 {
-        pstate |= 1 << 12;
-    }
-    regs.pstate = pstate;
-    regs.pc = read_sysreg!("vbar_el1").wrapping_add(offset);
+    regs.pstate = i.pstate;
+    regs.pc = read_sysreg!("vbar_el1").wrapping_add(i.vector_offset);
     regs.pc
 }

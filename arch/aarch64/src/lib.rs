@@ -6,6 +6,7 @@
 
 pub mod esr;
 pub mod image;
+pub mod inject;
 pub mod smccc;
 
 #[cfg(target_arch = "aarch64")]
