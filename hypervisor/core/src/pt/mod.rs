@@ -87,6 +87,13 @@ impl core::fmt::Debug for Perms {
     }
 }
 
+impl core::fmt::Display for Perms {
+    /// `r-x` style, as Bulwark's command line writes permissions.
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        core::fmt::Debug::fmt(self, f)
+    }
+}
+
 /// Memory type of a mapping.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
 pub enum MemType {
