@@ -406,6 +406,28 @@ pub fn scenarios() -> Vec<Scenario> {
         },
     ));
     v.push(Scenario::new(
+        "x86 ROE with violation=inject: the write raises #GP(0)",
+        "bochs tigerlake",
+        || {
+            let mut o = opts(None, "bochs", "scenario=roe");
+            o.cmdline = "violation=inject".into();
+            let out = run(&o)?;
+            out.expect(0, reason::GUEST_EXIT)?;
+            expect_lines(&out, &["action=inject", "guest| PASS roe-write-inject"])
+        },
+    ));
+    v.push(Scenario::new(
+        "x86 ROE with violation=halt: the run stops",
+        "bochs tigerlake",
+        || {
+            let mut o = opts(None, "bochs", "scenario=roe");
+            o.cmdline = "violation=halt".into();
+            let out = run(&o)?;
+            out.expect(STATUS_BULWARK_FAILURE, reason::VIOLATION_HALT)?;
+            expect_lines(&out, &["action=halt"])
+        },
+    ));
+    v.push(Scenario::new(
         "x86 guest reading Bulwark's memory is stopped",
         "bochs tigerlake",
         || {

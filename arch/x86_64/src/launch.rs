@@ -212,7 +212,7 @@ pub fn run_guest(
             .set_host_attributes(a.start.as_u64(), a.size, u64::from(a.perms.bits()), 0)
             .map_err(|e| {
                 refuse(format!(
-                    "attr={:#x}+{:#x}:{}: {e:?}",
+                    "attr={:#x}+{:#x}:{:?}: {e:?}",
                     a.start.as_u64(),
                     a.size,
                     a.perms

@@ -131,6 +131,28 @@ static GP_RESUME: AtomicU64 = AtomicU64::new(0);
 static GP_SEEN: AtomicU64 = AtomicU64::new(0);
 static GP_CODE: AtomicU64 = AtomicU64::new(u64::MAX);
 
+/// Run `insn` (one instruction, operands fixed by the caller's registers) expecting #GP; returns
+/// whether it raised #GP. The exception handler resumes right after it.
+macro_rules! expect_gp {
+    ($insn:literal $(, $($op:tt)*)?) => {{
+        GP_SEEN.store(0, Ordering::SeqCst);
+        // SAFETY: the instruction may raise #GP; the handler resumes at label 2.
+        unsafe {
+            core::arch::asm!(
+                "lea {r}, [rip + 2f]",
+                "mov [{resume}], {r}",
+                $insn,
+                "2:",
+                r = out(reg) _,
+                resume = in(reg) GP_RESUME.as_ptr(),
+                $($($op)*)?
+            );
+        }
+        GP_RESUME.store(0, Ordering::SeqCst);
+        GP_SEEN.load(Ordering::SeqCst) == 1 && GP_CODE.load(Ordering::SeqCst) == 0
+    }};
+}
+
 #[no_mangle]
 extern "C" fn guest_exception(f: &mut Frame) {
     if f.vector == 13 {
@@ -348,12 +370,31 @@ fn roe() -> ! {
         r == 1,
         format_args!("protect {page:#x}: {r}"),
     );
-    // SAFETY: a plain store to the guest's own page; Bulwark skips it (policy skip).
-    unsafe { core::ptr::write_volatile((page + 8) as *mut u8, 0x22) };
+    // What a violating write does depends on Bulwark's policy (CPUID leaf 0x40000001).
+    let policy = cpuid::Features::decode(cpuid(cpuid::LEAF_FEATURES, 0))
+        .map(|f| f.policy)
+        .unwrap_or(bulwark_abi::policy::ViolationPolicy::Skip);
+    let target = page + 8;
+    match policy {
+        bulwark_abi::policy::ViolationPolicy::Inject => {
+            let gp = expect_gp!("mov byte ptr [{t}], 0x22", t = in(reg) target, options(nostack));
+            c.check(
+                "roe-write-inject",
+                gp,
+                format_args!("write to the protected page raised #GP: {gp}"),
+            );
+        }
+        p => {
+            say!("writing to the protected page (policy {})", p.as_str());
+            // SAFETY: a plain store to the guest's own page; Bulwark skips it (policy skip) or
+            // stops the run (policy halt).
+            unsafe { core::ptr::write_volatile(target as *mut u8, 0x22) };
+        }
+    }
     // SAFETY: reading the guest's own page.
-    let after = unsafe { core::ptr::read_volatile((page + 8) as *const u8) };
+    let after = unsafe { core::ptr::read_volatile(target as *const u8) };
     c.check(
-        "roe-write-skipped",
+        "roe-write-refused",
         after == 0x11,
         format_args!("byte after the write: {after:#x}"),
     );
@@ -373,28 +414,6 @@ fn read_bulwark() -> ! {
     let v = unsafe { core::ptr::read_volatile(target as *const u32) };
     say!("FAIL: read {v:#x} from Bulwark's memory");
     exit(0xf8)
-}
-
-/// Run `insn` (one instruction, operands fixed by the caller's registers) expecting #GP; returns
-/// whether it raised #GP. The exception handler resumes right after it.
-macro_rules! expect_gp {
-    ($insn:literal $(, $($op:tt)*)?) => {{
-        GP_SEEN.store(0, Ordering::SeqCst);
-        // SAFETY: the instruction may raise #GP; the handler resumes at label 2.
-        unsafe {
-            core::arch::asm!(
-                "lea {r}, [rip + 2f]",
-                "mov [{resume}], {r}",
-                $insn,
-                "2:",
-                r = out(reg) _,
-                resume = in(reg) GP_RESUME.as_ptr(),
-                $($($op)*)?
-            );
-        }
-        GP_RESUME.store(0, Ordering::SeqCst);
-        GP_SEEN.load(Ordering::SeqCst) == 1 && GP_CODE.load(Ordering::SeqCst) == 0
-    }};
 }
 
 fn rdmsr(index: u32) -> u64 {
