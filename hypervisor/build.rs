@@ -7,7 +7,10 @@ fn main() {
     let arch = std::env::var("CARGO_CFG_TARGET_ARCH").unwrap_or_default();
     let os = std::env::var("CARGO_CFG_TARGET_OS").unwrap_or_default();
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap_or_default());
-    let script = manifest.join("..").join("linker").join(format!("{arch}.ld"));
+    let script = manifest
+        .join("..")
+        .join("linker")
+        .join(format!("{arch}.ld"));
     println!("cargo:rerun-if-changed={}", script.display());
     if os == "none" && script.exists() {
         println!("cargo:rustc-link-arg-bins=-T{}", script.display());

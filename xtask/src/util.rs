@@ -26,12 +26,6 @@ impl Arch {
             _ => Err(format!("unknown --arch '{s}' (expected x86_64 or aarch64)")),
         }
     }
-    pub fn name(self) -> &'static str {
-        match self {
-            Arch::X86_64 => "x86_64",
-            Arch::Aarch64 => "aarch64",
-        }
-    }
 }
 
 /// Options shared by build/iso/run/qemu.
@@ -226,10 +220,7 @@ impl Outcome {
     pub fn exit_code(&self) -> u8 {
         match self.status {
             Some(0) => 0,
-            Some(s) => match u8::try_from(s) {
-                Ok(v) => v,
-                Err(_) => 1,
-            },
+            Some(s) => u8::try_from(s).unwrap_or(1),
             None if self.timed_out => 124,
             None => 3,
         }
