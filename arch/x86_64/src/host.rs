@@ -93,8 +93,12 @@ macro_rules! stubs {
         core::arch::global_asm!(
             $(
                 concat!(".section .text\n.balign 16\nbulwark_exc_", $v, ":\n"),
+                // An NMI that arrives while Bulwark runs (VM exits are short, interrupts are
+                // off) carries nothing Bulwark must act on: return from it. Everything else
+                // prints and stops.
+                concat!(".if ", $v, " == 2\n iretq\n .else\n"),
                 concat!(".if ", $err, " == 0\n push 0\n .endif\n"),
-                concat!("push ", $v, "\njmp bulwark_exception_common\n"),
+                concat!("push ", $v, "\njmp bulwark_exception_common\n.endif\n"),
             )*
             ".section .rodata\n.balign 8\n.global bulwark_exception_stubs\nbulwark_exception_stubs:\n",
             $( concat!(".quad bulwark_exc_", $v, "\n"), )*
