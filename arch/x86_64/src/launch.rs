@@ -14,6 +14,7 @@ use bulwark_boot::multiboot2_info::BootDescription;
 use bulwark_core::exit::StopReason;
 use bulwark_core::guest::{Arch, Guest, GuestConfig};
 use bulwark_core::pt::ept::Ept;
+use bulwark_core::pt::sppt::Sppt;
 use bulwark_core::pt::RecordingFlush;
 use bulwark_core::store::StoreLimits;
 
@@ -203,7 +204,8 @@ pub fn run_guest(
         policy: policy(config.violation),
         ratelimit: config.ratelimit,
         exec_only: caps.ept_exec_only(),
-        spp: false,
+        // SPP exactly when the CPU enumerates it (docs/x86_64-spp.md).
+        spp: crate::spp::available(&caps),
         limits: StoreLimits::default(),
     })
     .map_err(|e| refuse(format!("guest memory configuration refused: {e:?}")))?;
@@ -227,7 +229,7 @@ pub fn run_guest(
         roe_mprotect: true,
         // Chunk protection needs store emulation, not yet implemented on x86.
         roe_chunk: false,
-        chunk_spp: false,
+        chunk_spp: crate::spp::available(&caps),
         policy: policy(config.violation),
     };
     let guest = spin::Mutex::new(guest);
@@ -264,10 +266,21 @@ fn start<const XO: bool>(
         .ok_or_else(|| refuse("guest has no memory".into()))?;
     // No hardware uses the tables yet: nothing to invalidate.
     let mut none = RecordingFlush::default();
-    guest
-        .lock()
-        .sync_ept(&mut frames, &mut ept, None, full, &mut none)
-        .map_err(|e| refuse(format!("building the EPT failed: {e:?}")))?;
+    // The SPP table: from Bulwark's own frames, only when the CPU enumerates SPP.
+    let mut sppt = if crate::spp::available(&caps) {
+        Some(Sppt::new(&mut frames).map_err(|e| refuse(format!("SPPT root: {e:?}")))?)
+    } else {
+        None
+    };
+    crate::spp::sync_ept(
+        &guest.lock(),
+        &mut frames,
+        &mut ept,
+        sppt.as_mut(),
+        full,
+        &mut none,
+    )
+    .map_err(|e| refuse(format!("building the EPT failed: {e:?}")))?;
     log::info!(
         "EPT: {} table page(s) for guest memory, largest pages {}; RAM write-back, legacy hole uncached; eptp={:#x}",
         ept.stats().table_pages,
@@ -286,6 +299,19 @@ fn start<const XO: bool>(
         },
     )
     .map_err(|e| refuse(format!("{e}")))?;
+    match &sppt {
+        Some(s) => {
+            crate::spp::enable_in_vmcs(&caps, s)
+                .map_err(|e| refuse(format!("turning SPP on failed: {e:?}")))?;
+            log::info!(
+                "SPP: on (SPPTP={:#x}; chunk-protected 4 KiB pages get EPT bit 61 and sub-page vectors: stores to 128-byte sub-pages without protected bytes cause no exit)",
+                s.spptp()
+            );
+        }
+        None => log::info!(
+            "SPP: off (not enumerated: IA32_VMX_PROCBASED_CTLS2 allowed-1 bit 23 clear); chunk-protected pages exit on every store"
+        ),
+    }
     log::info!(
         "vCPU 0: VMCS at {:#x}, VPID {}, entering the guest at {:#x}",
         vcpu.vmcs_phys(),
@@ -303,5 +329,6 @@ fn start<const XO: bool>(
         cpu.max_phys_bits,
         guest_line,
     );
+    vm.sppt = sppt;
     Ok(vm.run())
 }

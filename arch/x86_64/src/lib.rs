@@ -13,6 +13,7 @@ pub mod launch;
 pub mod layout;
 pub mod mem;
 pub mod serial;
+pub mod spp;
 pub mod vcpu;
 pub mod vm;
 pub mod vmcs;

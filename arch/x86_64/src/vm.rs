@@ -15,6 +15,7 @@ use bulwark_core::guest::{Guest, GuestTranslate, HypercallOutcome};
 use bulwark_core::gwalk::x86::{X86PagingState, X86Walker};
 use bulwark_core::gwalk::GuestWalker;
 use bulwark_core::pt::ept::Ept;
+use bulwark_core::pt::sppt::Sppt;
 
 use crate::cpu::{msr, rdmsr, VmxCaps};
 use crate::mem::{EptFlush, GuestRam, HeapFrames, Plan};
@@ -128,6 +129,11 @@ pub struct Vm<'a, const XO: bool> {
     /// Unknown ports already reported (first few only, to keep the console readable).
     unknown_ports_logged: u32,
     pub exits: u64,
+    /// EPT-violation exits (exit 48) this run: with SPP, stores to unprotected sub-pages of a
+    /// chunk page never add to it (docs/x86_64-spp.md).
+    pub ept_violations: u64,
+    /// The SPP table, when the CPU enumerates SPP and Bulwark turned it on (`crate::spp`).
+    pub sppt: Option<Sppt>,
 }
 
 /// What the exit handler decided, before it is applied.
@@ -210,6 +216,8 @@ impl<'a, const XO: bool> Vm<'a, XO> {
             guest_line,
             unknown_ports_logged: 0,
             exits: 0,
+            ept_violations: 0,
+            sppt: None,
         }
     }
 
@@ -243,6 +251,12 @@ impl<'a, const XO: bool> Vm<'a, XO> {
             c.emulated_stores,
             c.spurious_faults,
             self.ept.stats().table_pages
+        );
+        log::info!(
+            "exit counts: total={} ept-violation={} spp={}",
+            self.exits,
+            self.ept_violations,
+            if self.sppt.is_some() { "on" } else { "off" }
         );
         log::info!(
             "guest stopped after {} VM exits: status={} reason={}",
@@ -399,6 +413,7 @@ impl<'a, const XO: bool> Vm<'a, XO> {
             er::CR_ACCESS => self.cr_access(),
             er::XSETBV => self.xsetbv(),
             er::EPT_VIOLATION => {
+                self.ept_violations += 1;
                 let q = vmr(vmcs::EXIT_QUALIFICATION);
                 let access = if q & 4 != 0 {
                     Access::Exec
@@ -435,6 +450,7 @@ impl<'a, const XO: bool> Vm<'a, XO> {
                 self.dump_state();
                 stop(STATUS_BULWARK_FAILURE, reason::UNHANDLED_EXIT)
             }
+            er::SPP_EVENT => self.spp_event(),
             er::TRIPLE_FAULT => self.decide(Exit::Fatal {
                 reason: "triple fault",
                 code: u64::from(basic),
@@ -533,10 +549,14 @@ impl<'a, const XO: bool> Vm<'a, XO> {
             eptp,
             flushes: 0,
         };
-        let r =
-            self.guest
-                .lock()
-                .sync_ept(&mut self.frames, &mut self.ept, None, range, &mut flush);
+        let r = crate::spp::sync_ept(
+            &self.guest.lock(),
+            &mut self.frames,
+            &mut self.ept,
+            self.sppt.as_mut(),
+            range,
+            &mut flush,
+        );
         match r {
             Ok(_) => None,
             Err(e) => {
@@ -544,6 +564,32 @@ impl<'a, const XO: bool> Vm<'a, XO> {
                 Some(stop(STATUS_BULWARK_FAILURE, reason::UNHANDLED_EXIT))
             }
         }
+    }
+
+    /// Exit 66: Bulwark builds every SPPT path before the EPT leaf that needs it and never sets
+    /// a reserved bit, so an SPPT miss or misconfiguration is a Bulwark bug: log it with what
+    /// the SPPT holds for the page and stop the run (never retry).
+    fn spp_event(&mut self) -> Step {
+        let q = vmr(vmcs::EXIT_QUALIFICATION);
+        let gpa = vmr(vmcs::GUEST_PHYSICAL_ADDRESS);
+        let entry: alloc::string::String = match &self.sppt {
+            None => "no SPPT".into(),
+            Some(s) => match s.get(&self.frames, GuestPhysAddr::new(gpa & !0xfff)) {
+                None => "path missing".into(),
+                Some(v) => alloc::format!("{:#018x}", v.raw()),
+            },
+        };
+        log::error!(
+            "SPP event (a Bulwark bug): {} reason={} qualification={:#x} gpa={:#x} ip={:#x} sppt-entry={}",
+            crate::spp::event_kind(q),
+            er::SPP_EVENT,
+            q,
+            gpa,
+            vmr(vmcs::GUEST_RIP),
+            entry
+        );
+        self.dump_state();
+        stop(STATUS_BULWARK_FAILURE, reason::UNHANDLED_EXIT)
     }
 
     fn paging_state(&self) -> X86PagingState {
