@@ -147,6 +147,11 @@ pub enum FaultKind {
     NotGuestMemory,
     /// A write to a chunk page arrived without an access size: the back end must decode it.
     NeedsAccessSize,
+    /// Shadow-step back ends only ([`Guest::enable_shadow_step`]): a write without an access
+    /// size hit an **unprotected** byte of a chunk page. Nothing is decided yet: the back end
+    /// runs the instruction once against a private copy of the page (action `Retry`) and then
+    /// reports what it changed through [`Guest::shadow_step_done`], which decides.
+    ShadowStep,
 }
 
 /// The decision for a [`MemFault`].
@@ -202,6 +207,9 @@ pub struct Guest {
     counters: Counters,
     /// (vcpu, page, ip, count) of the current run of identical spurious faults.
     spurious_streak: (u32, u64, u64, u32),
+    /// The back end completes unsized writes to chunk pages by single-stepping the
+    /// instruction against a shadow copy (x86: EPT violations carry no access size).
+    shadow_step: bool,
 }
 
 fn region_end(r: &MemRegion) -> u64 {
@@ -246,6 +254,7 @@ impl Guest {
             log: ViolationLog::new(cfg.ratelimit),
             counters: Counters::default(),
             spurious_streak: (0, u64::MAX, 0, 0),
+            shadow_step: false,
         })
     }
 
@@ -317,6 +326,31 @@ impl Guest {
             }
         }
         true
+    }
+
+    /// Declare that this back end completes writes without an access size by running the
+    /// instruction once against a shadow copy of each page it writes (x86: one MTF step), and
+    /// reports the result through [`Guest::shadow_step_done`]. From then on
+    /// [`Guest::handle_fault`] answers such a write to a chunk page with
+    /// [`FaultKind::ShadowStep`] (unprotected faulting byte) or a `roe-chunk` violation
+    /// (protected faulting byte) instead of [`FaultKind::NeedsAccessSize`]. For a write
+    /// violation without a size, `Action::Advance` (skip) then means "complete the instruction
+    /// with its protected bytes dropped", which is what the shadow step does.
+    pub fn enable_shadow_step(&mut self) {
+        self.shadow_step = true;
+    }
+
+    /// The protected bytes of page `frame` as 4096 bits (bit `i % 64` of word `i / 64` = byte
+    /// `i`): every byte of a ROE page, the recorded bytes of a chunk page, none otherwise.
+    pub fn protected_page(&self, frame: u64) -> [u64; 64] {
+        let st = self.store.state(frame);
+        if st.roe {
+            return [u64::MAX; 64];
+        }
+        match self.store.chunk_bits(frame) {
+            Some(bits) if st.chunk => *bits,
+            _ => [0; 64],
+        }
     }
 
     /// Bit i set = byte `gpa + i` (i < n <= 64) is protected against writes by ROE. Bytes of
@@ -425,6 +459,43 @@ impl Guest {
             }
         }
         let layout = Derived { guest: self, spp };
+        ept.sync(mem, range, &layout, tlb)
+    }
+
+    /// Point the 4 KiB guest page `page` at `shadow` (a frame the back end owns, never guest
+    /// RAM) with the page's derived rights **plus write** and no SPP, for a shadow step: the
+    /// guest's next instruction writes the copy instead of the page. Only the leaf of `page`
+    /// changes (a large leaf around it is split). [`Guest::sync_ept`] over the page afterwards
+    /// restores the derived mapping (and merges the split back where possible). Refused
+    /// (tables unchanged) unless `page` is RAM whose host attributes allow read and write.
+    pub fn sync_ept_shadow<const XO: bool>(
+        &self,
+        mem: &mut dyn PhysMem,
+        ept: &mut PageTable<EptFormat<XO>>,
+        page: GuestPhysAddr,
+        shadow: HostPhysAddr,
+        tlb: &mut dyn TlbFlush,
+    ) -> Result<Invalidation, PtError> {
+        let page = page.page_base();
+        let st = self.store.state(page.frame());
+        if !self.is_ram(page) || !st.allowed.read() || !st.allowed.write() {
+            return Err(PtError::Unrepresentable(LeafAttrs::ram(st.allowed)));
+        }
+        if !shadow.is_aligned(PAGE_SIZE) {
+            return Err(PtError::BadOutput(shadow));
+        }
+        let range = GpaRange::new(page, PAGE_SIZE).ok_or(PtError::OutOfRange)?;
+        let layout = Shadowed {
+            inner: Derived {
+                guest: self,
+                spp: false,
+            },
+            page,
+            target: Mapping {
+                hpa: shadow,
+                attrs: LeafAttrs::ram(Self::ram_perms(&st).union(Perms::W)),
+            },
+        };
         ept.sync(mem, range, &layout, tlb)
     }
 
@@ -793,6 +864,16 @@ impl Guest {
                 if !st.chunk {
                     return self.spurious(vcpu, f, page);
                 }
+                if f.size.is_none() && self.shadow_step {
+                    if self.store.byte_locked(f.gpa) {
+                        return self.violation(vcpu, f, ViolationKind::RoeChunk, None);
+                    }
+                    return FaultDecision {
+                        kind: FaultKind::ShadowStep,
+                        action: Action::Retry,
+                        rederive: None,
+                    };
+                }
                 let Some(size) = f.size.filter(|s| (1..=64).contains(s)) else {
                     log::error!(
                         "write to chunk page gpa={:#x} ip={:#x} without a usable access size",
@@ -828,6 +909,41 @@ impl Guest {
                 }
             }
         }
+    }
+
+    /// The end of a shadow step that began with [`FaultKind::ShadowStep`] (`f`: that fault).
+    /// `changed`: the first protected byte the instruction changed in its shadow copies, if
+    /// any. None: the write touched unprotected bytes only (counted as an emulated store; the
+    /// back end copies them and lets the instruction stand: `Advance`). Some: a `roe-chunk`
+    /// (or `roe`) violation at that byte, logged, with the policy's action (`Advance` under
+    /// skip: keep the unprotected bytes and the instruction's register effects).
+    pub fn shadow_step_done(
+        &mut self,
+        vcpu: u32,
+        f: &MemFault,
+        changed: Option<GuestPhysAddr>,
+    ) -> FaultDecision {
+        self.spurious_streak.3 = 0;
+        let Some(gpa) = changed else {
+            self.counters.emulated_stores += 1;
+            return FaultDecision {
+                kind: FaultKind::ChunkPassThrough,
+                action: Action::Advance,
+                rederive: None,
+            };
+        };
+        // The reported guest-virtual address follows the byte when it is on the same page.
+        let gva = f.gva.and_then(|v| {
+            let same = gpa.page_base() == f.gpa.page_base();
+            same.then(|| GuestVirtAddr::new((v.as_u64() & !(PAGE_SIZE - 1)) | gpa.page_offset()))
+        });
+        let kind = if self.store.state(gpa.frame()).roe {
+            ViolationKind::Roe
+        } else {
+            ViolationKind::RoeChunk
+        };
+        let at = MemFault { gpa, gva, ..*f };
+        self.violation(vcpu, &at, kind, None)
     }
 
     fn spurious(&mut self, vcpu: u32, f: &MemFault, page: Option<GpaRange>) -> FaultDecision {
@@ -942,6 +1058,30 @@ struct Derived<'a> {
 impl Layout for Derived<'_> {
     fn lookup(&self, gpa: GuestPhysAddr) -> Run {
         self.guest.lookup(gpa, self.spp)
+    }
+}
+
+/// The derivation with one page pointed elsewhere (a shadow step's copy).
+struct Shadowed<'a> {
+    inner: Derived<'a>,
+    page: GuestPhysAddr,
+    target: Mapping,
+}
+
+impl Layout for Shadowed<'_> {
+    fn lookup(&self, gpa: GuestPhysAddr) -> Run {
+        let (a, p) = (gpa.as_u64(), self.page.as_u64());
+        if a == p {
+            return Run {
+                target: Some(self.target),
+                len: PAGE_SIZE,
+            };
+        }
+        let mut r = self.inner.lookup(gpa);
+        if a < p {
+            r.len = r.len.min(p - a);
+        }
+        r
     }
 }
 

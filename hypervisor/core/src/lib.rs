@@ -17,5 +17,6 @@ pub mod guest;
 pub mod gwalk;
 pub mod physmem;
 pub mod pt;
+pub mod shadow;
 pub mod store;
 pub mod violation;

@@ -557,3 +557,163 @@ fn repeated_spurious_fault_stops_instead_of_looping() {
         Action::Retry
     );
 }
+
+#[test]
+fn shadow_step_decisions_per_policy() {
+    for policy in [
+        ViolationPolicy::Skip,
+        ViolationPolicy::Inject,
+        ViolationPolicy::Halt,
+    ] {
+        let mut g = Guest::new(cfg(Arch::X86_64, policy, false)).unwrap();
+        let mut t = tr();
+        g.handle_hypercall(&hc(11, [ROE_MPROTECT, 0x5000, 1]), &mut t);
+        g.handle_hypercall(&hc(11, [ROE_MPROTECT_CHUNK, 0x6008, 4]), &mut t);
+        let viol_action = match policy {
+            ViolationPolicy::Skip => Action::Advance,
+            ViolationPolicy::Inject => Action::InjectFault,
+            ViolationPolicy::Halt => Action::Stop(StopReason {
+                status: STATUS_BULWARK_FAILURE,
+                reason: reason::VIOLATION_HALT,
+            }),
+        };
+        // Without the opt-in an unsized chunk write is never guessed.
+        let d = g.handle_fault(0, &fault(0x6000, Access::Write, None));
+        assert_eq!(d.kind, FaultKind::NeedsAccessSize);
+        g.enable_shadow_step();
+        // Unprotected faulting byte: step first, decide afterwards.
+        let f = fault(0x6004, Access::Write, None);
+        let d = g.handle_fault(0, &f);
+        assert_eq!((d.kind, d.action), (FaultKind::ShadowStep, Action::Retry));
+        assert_eq!(g.counters().violations, [0, 0, 0, 0]);
+        // Nothing protected changed: an emulated store, no violation.
+        let d = g.shadow_step_done(0, &f, None);
+        assert_eq!(
+            (d.kind, d.action),
+            (FaultKind::ChunkPassThrough, Action::Advance)
+        );
+        assert_eq!(g.counters().emulated_stores, 1);
+        // A protected byte changed: a roe-chunk violation at that byte, per policy.
+        let d = g.shadow_step_done(0, &f, Some(GuestPhysAddr::new(0x6009)));
+        assert_eq!(d.kind, FaultKind::Violation(ViolationKind::RoeChunk));
+        assert_eq!(d.action, viol_action);
+        // ... or a roe violation when the changed byte is on a ROE page (a straddling store).
+        let d = g.shadow_step_done(0, &f, Some(GuestPhysAddr::new(0x5000)));
+        assert_eq!(d.kind, FaultKind::Violation(ViolationKind::Roe));
+        // Protected faulting byte: a violation at once (skip: step with the bytes dropped).
+        let d = g.handle_fault(0, &fault(0x600b, Access::Write, None));
+        assert_eq!(d.kind, FaultKind::Violation(ViolationKind::RoeChunk));
+        assert_eq!(d.action, viol_action);
+        // ROE page: unchanged decision.
+        let d = g.handle_fault(0, &fault(0x5ff8, Access::Write, None));
+        assert_eq!(d.kind, FaultKind::Violation(ViolationKind::Roe));
+        assert_eq!(d.action, viol_action);
+        assert_eq!(g.counters().violations, [2, 2, 0, 0]);
+        // Masks: whole ROE page, exact chunk bytes, nothing elsewhere.
+        assert_eq!(g.protected_page(5), [u64::MAX; 64]);
+        let m = g.protected_page(6);
+        assert_eq!(m[0], 0xf00);
+        assert!(m[1..].iter().all(|w| *w == 0));
+        assert_eq!(g.protected_page(7), [0; 64]);
+    }
+}
+
+#[test]
+fn shadow_mapping_and_restore() {
+    let mut g = Guest::new(cfg(Arch::X86_64, ViolationPolicy::Skip, true)).unwrap();
+    let mut mem = FakePhysMem::new();
+    let mut tlb = RecordingFlush::default();
+    let mut ept = Ept::<false>::new_ept(&mut mem, true).unwrap();
+    let mut sppt = Sppt::new(&mut mem).unwrap();
+    let full = g.full_range().unwrap();
+    g.sync_ept(&mut mem, &mut ept, Some(&mut sppt), full, &mut tlb)
+        .unwrap();
+    let pages0 = ept.stats().table_pages;
+    let mut t = tr();
+    g.handle_hypercall(&hc(11, [ROE_MPROTECT_CHUNK, 0x6080, 1]), &mut t);
+    g.handle_hypercall(&hc(11, [ROE_MPROTECT, 0x0020_0000, 1]), &mut t);
+    g.set_host_attributes(0x9000, 0x1000, 1, 0).unwrap();
+    let r = GpaRange::new(GuestPhysAddr::new(0), 4 * MIB).unwrap();
+    g.sync_ept(&mut mem, &mut ept, Some(&mut sppt), r, &mut tlb)
+        .unwrap();
+    let before: Vec<_> = (0..1024u64)
+        .map(|p| ept.translate(&mem, GuestPhysAddr::new(p * 4096)))
+        .collect();
+    let shadow = HostPhysAddr::new(0x7777_0000);
+    for page in [0x6000u64, 0x0020_0000, 0x0030_0000] {
+        let gpa = GuestPhysAddr::new(page);
+        let inv = g
+            .sync_ept_shadow(
+                &mut mem,
+                &mut ept,
+                GuestPhysAddr::new(page + 0x123),
+                shadow,
+                &mut tlb,
+            )
+            .unwrap();
+        assert!(inv.is_needed(), "a valid leaf changed: flushed");
+        let (m, level) = ept.translate(&mem, gpa).unwrap();
+        assert_eq!(
+            (m.hpa, m.attrs.perms, m.attrs.spp, level),
+            (shadow, Perms::RWX, false, 0)
+        );
+        // Every other page is unchanged.
+        for p in 0..1024u64 {
+            if p * 4096 != page {
+                let now = ept.translate(&mem, GuestPhysAddr::new(p * 4096));
+                assert_eq!(
+                    now.map(|x| x.0),
+                    before[p as usize].map(|x| x.0),
+                    "page {p:#x}"
+                );
+            }
+        }
+        // Restored through the ordinary derivation (a split large page merges back).
+        g.sync_ept(
+            &mut mem,
+            &mut ept,
+            Some(&mut sppt),
+            GpaRange::new(gpa, 4096).unwrap(),
+            &mut tlb,
+        )
+        .unwrap();
+        for p in 0..1024u64 {
+            assert_eq!(
+                ept.translate(&mem, GuestPhysAddr::new(p * 4096)),
+                before[p as usize]
+            );
+        }
+    }
+    // Refused, tables unchanged: a page the host attributes make read-only, not RAM,
+    // an unaligned shadow.
+    let t0 = ept.stats().table_pages;
+    assert!(g
+        .sync_ept_shadow(
+            &mut mem,
+            &mut ept,
+            GuestPhysAddr::new(0x9000),
+            shadow,
+            &mut tlb
+        )
+        .is_err());
+    assert!(g
+        .sync_ept_shadow(
+            &mut mem,
+            &mut ept,
+            GuestPhysAddr::new(17 * MIB),
+            shadow,
+            &mut tlb
+        )
+        .is_err());
+    assert!(g
+        .sync_ept_shadow(
+            &mut mem,
+            &mut ept,
+            GuestPhysAddr::new(0x6000),
+            HostPhysAddr::new(0x7777_0008),
+            &mut tlb
+        )
+        .is_err());
+    assert_eq!(ept.stats().table_pages, t0);
+    assert!(t0 >= pages0);
+}
