@@ -739,7 +739,18 @@ impl Vm {
                 self.last_vector = Some(vector);
                 return;
             }
-            Action::Stop(r) => crate::finish(r.status, r.reason),
+            Action::Stop(r) => {
+                let c = self.core.counters();
+                log::info!(
+                    "counters hypercalls={} violations={} emulated_stores={} spurious_faults={} table_pages={}",
+                    c.hypercalls,
+                    c.violations.iter().sum::<u64>(),
+                    c.emulated_stores,
+                    c.spurious_faults,
+                    self.pool.in_use
+                );
+                crate::finish(r.status, r.reason)
+            }
         }
         self.injections_in_a_row = 0;
         self.last_vector = None;

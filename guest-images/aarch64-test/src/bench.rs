@@ -1,0 +1,234 @@
+//! `scenario=bench:ROW` in the bootargs: one benchmark row of `cargo xtask bench`
+//! (docs/bench.md). Same protocol as the x86 guest's bench module: one row per run, one result
+//! line, raw counter ticks that xtask converts to instructions with the calibration.
+//!
+//! Time is CNTVCT_EL0: QEMU with `-icount shift=0` advances it with executed instructions. The
+//! calibration is a `subs`/`b.ne` loop of 1,000,000 instructions.
+//!
+//! Output: `bench: row=NAME calib=C n=N s=T0,..,T4 ops=O setup=S bare=B` (see the x86 module).
+//! Bare (QEMU without `virtualization=on`, no Bulwark): the vendor-hyp UID call is undefined
+//! there (no EL2) or does not answer Bulwark's UID; rows that need Bulwark are refused.
+
+use crate::Uart;
+use bulwark_abi::roe::{ROE_MPROTECT, ROE_MPROTECT_CHUNK, ROE_VERSION};
+use bulwark_abi::smccc as ids;
+use core::fmt::Write;
+use core::sync::atomic::Ordering;
+
+const CALIB_ITERS: u64 = 500_000;
+const SAMPLES: usize = 5;
+
+/// Guest RAM (IPA) the rows use; the image sits at 0x40080000, the device tree at the top.
+const WRITE_PAGE: u64 = 0x4100_0000;
+const CHUNK_PAGE: u64 = 0x4100_1000;
+const WORK_BUF: u64 = 0x4110_0000;
+const SMALL_BASE: u64 = 0x4200_0000;
+const BIG_BASE: u64 = 0x4800_0000;
+const BIG_PAGES: u64 = 262_144;
+
+fn cntvct() -> u64 {
+    let v: u64;
+    // SAFETY: reading the virtual counter (after an ISB so earlier instructions are done).
+    unsafe { core::arch::asm!("isb", "mrs {}, cntvct_el0", out(reg) v, options(nomem, nostack)) };
+    v
+}
+
+/// Wait for the counter's next tick (62.5 MHz on QEMU virt: one tick is 16 instructions), so
+/// a measurement starts at the same phase of the tick in every run.
+fn tick_edge() -> u64 {
+    let t = cntvct();
+    loop {
+        let u = cntvct();
+        if u != t {
+            return u;
+        }
+    }
+}
+
+fn calibrate() -> u64 {
+    let t0 = tick_edge();
+    // SAFETY: a register-only loop.
+    unsafe {
+        core::arch::asm!("2:", "subs {n}, {n}, #1", "b.ne 2b", n = inout(reg) CALIB_ITERS => _, options(nomem, nostack));
+    }
+    cntvct() - t0
+}
+
+/// True without Bulwark: the UID call either traps as undefined (no EL2: the exception handler
+/// skips it) or returns something other than Bulwark's UID.
+fn bare() -> bool {
+    crate::EXPECT_ABORT.store(true, Ordering::Release);
+    let r = crate::hvc(u64::from(ids::VENDOR_HYP_CALL_UID), 0, 0, 0);
+    let trapped = !crate::EXPECT_ABORT.swap(false, Ordering::AcqRel);
+    trapped || r != ids::KVM_UID.map(u64::from)
+}
+
+fn finish(bare: bool, status: u32) -> ! {
+    if status == 0 || bare {
+        crate::system_off()
+    }
+    crate::guest_exit(status)
+}
+
+/// One `str` of a register (a single-register store, so Bulwark can emulate it).
+fn st(p: u64, v: u64) {
+    // SAFETY: `p` is identity-mapped guest RAM reserved for the benchmark (constants above).
+    unsafe { core::arch::asm!("str {v}, [{a}]", a = in(reg) p, v = in(reg) v, options(nostack)) }
+}
+
+fn roe(op: u64, a1: u64, a2: u64) -> u64 {
+    crate::hvc(u64::from(ids::BULWARK_ROE), op, a1, a2)[0]
+}
+
+fn samples(mut f: impl FnMut(usize)) -> [u64; SAMPLES] {
+    f(0);
+    let mut s = [0; SAMPLES];
+    for (i, v) in s.iter_mut().enumerate() {
+        let t0 = tick_edge();
+        f(i + 1);
+        *v = cntvct() - t0;
+    }
+    s
+}
+
+/// The compute-and-memory workload (same as the x86 guest's): an LCG drives reads and writes
+/// over a 1 MiB buffer.
+fn workload() -> u64 {
+    let mut x: u64 = 0x1234_5678;
+    let mut acc: u64 = 0;
+    for _ in 0..200_000u32 {
+        x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+        let p = WORK_BUF + ((x >> 33) & 0xf_fff8);
+        // SAFETY: inside the 1 MiB workload buffer (identity-mapped guest RAM).
+        let v = unsafe { core::ptr::read_volatile(p as *const u64) };
+        acc = acc.rotate_left(7) ^ v ^ x;
+        // SAFETY: as above.
+        unsafe { core::ptr::write_volatile(p as *mut u64, acc) };
+    }
+    acc
+}
+
+pub fn run(row: &str) -> ! {
+    let bare = bare();
+    let calib = calibrate();
+    let mut ops = 0u64;
+    let mut setup = 0u64;
+    let mut n = 0u64;
+    let mut s = [0u64; SAMPLES];
+    if bare && !matches!(row, "none" | "workload") {
+        say!("bench: row {row} needs Bulwark (running bare)");
+        finish(bare, 2)
+    }
+    let reps = SAMPLES as u64 + 1;
+    match row {
+        "none" => {}
+        "hypercall" | "uid" => {
+            let (nr, a) = if row == "uid" {
+                (u64::from(ids::VENDOR_HYP_CALL_UID), 0)
+            } else {
+                (u64::from(ids::BULWARK_ROE), ROE_VERSION)
+            };
+            n = 1000;
+            s = samples(|_| {
+                for _ in 0..n {
+                    core::hint::black_box(crate::hvc(nr, a, 0, 0));
+                }
+            });
+            ops = n * reps;
+        }
+        "write-skip" => {
+            setup = 1;
+            if roe(ROE_MPROTECT, WRITE_PAGE, 1) != 1 {
+                say!("bench: ROE_MPROTECT of the write page failed");
+                finish(bare, 3)
+            }
+            n = 100;
+            s = samples(|_| {
+                for i in 0..n {
+                    st(WRITE_PAGE + 8, i);
+                }
+            });
+            ops = n * reps;
+        }
+        "mprotect-1" | "mprotect-512" => {
+            n = if row == "mprotect-1" { 1 } else { 512 };
+            let mut bad = 0u64;
+            s = samples(|k| {
+                if roe(ROE_MPROTECT, SMALL_BASE + (k as u64) * (2 << 20), n) != n {
+                    bad += 1;
+                }
+            });
+            if bad != 0 {
+                say!("bench: {bad} ROE_MPROTECT call(s) failed");
+                finish(bare, 3)
+            }
+            ops = reps;
+        }
+        "mprotect-262144" => {
+            n = BIG_PAGES;
+            let t0 = tick_edge();
+            let r = roe(ROE_MPROTECT, BIG_BASE, BIG_PAGES);
+            let t = cntvct() - t0;
+            if r != BIG_PAGES {
+                say!(
+                    "bench: ROE_MPROTECT of {BIG_PAGES} pages returned {}",
+                    r as i64
+                );
+                finish(bare, 3)
+            }
+            s = [t; SAMPLES];
+            ops = 1;
+        }
+        "chunk-clean" | "chunk-mixed" => {
+            for i in 0..512 {
+                st(CHUNK_PAGE + 8 * i, 0);
+            }
+            setup = 1;
+            if roe(ROE_MPROTECT_CHUNK, CHUNK_PAGE, 8) != 8 {
+                say!("bench: ROE_MPROTECT_CHUNK failed");
+                finish(bare, 3)
+            }
+            let at = CHUNK_PAGE + if row == "chunk-clean" { 2048 } else { 64 };
+            n = 100;
+            s = samples(|_| {
+                for i in 0..n {
+                    st(at, i);
+                }
+            });
+            ops = n * reps;
+        }
+        "footprint" => {
+            // The protections of the rows above except the 1 GiB one, for the page-table count.
+            let mut bad = u64::from(roe(ROE_MPROTECT, WRITE_PAGE, 1) != 1);
+            for k in 0..6u64 {
+                bad += u64::from(roe(ROE_MPROTECT, SMALL_BASE + k * (2 << 20), 512) != 512);
+            }
+            bad += u64::from(roe(ROE_MPROTECT_CHUNK, CHUNK_PAGE, 8) != 8);
+            setup = 8;
+            if bad != 0 {
+                say!("bench: {bad} protection call(s) failed");
+                finish(bare, 3)
+            }
+        }
+        "workload" => {
+            n = 1;
+            s = samples(|_| {
+                core::hint::black_box(workload());
+            });
+        }
+        other => {
+            say!("bench: unknown row {other:?}");
+            finish(bare, 4)
+        }
+    }
+    say!(
+        "bench: row={row:<16} calib={calib:020} n={n:020} s={:020},{:020},{:020},{:020},{:020} ops={ops:020} setup={setup:020} bare={}",
+        s[0],
+        s[1],
+        s[2],
+        s[3],
+        s[4],
+        u8::from(bare)
+    );
+    finish(bare, 0)
+}
