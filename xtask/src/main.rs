@@ -15,6 +15,7 @@ mod test;
 mod util;
 mod x86_64;
 mod x86_64_roe;
+mod x86_64_spp;
 
 use std::process::ExitCode;
 use util::{Arch, RunOpts};

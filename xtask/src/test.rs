@@ -85,6 +85,7 @@ pub fn main(args: &[String]) -> Result<u8, String> {
     }
     all.extend(crate::x86_64::scenarios());
     all.extend(crate::x86_64_roe::scenarios());
+    all.extend(crate::x86_64_spp::scenarios());
     all.extend(crate::aarch64::scenarios());
     let selected: Vec<Scenario> = all
         .into_iter()

@@ -71,6 +71,7 @@ macro_rules! say {
 
 mod bench;
 mod roe;
+mod spp;
 
 fn exit(status: u32) -> ! {
     outl(DEBUG_EXIT, status);
@@ -321,6 +322,7 @@ extern "C" fn guest_main(magic: u32, info: u64) -> ! {
     match scenario {
         "checks" => checks(info, flags, cmdline),
         s if roe::handles(s) => roe::run(s),
+        s if spp::handles(s) => spp::run(s),
         s if bench::handles(s) => bench::run(s),
         "triple-fault" => triple_fault(),
         "read-bulwark" => read_bulwark(),

@@ -1,0 +1,240 @@
+//! `scenario=spp-subpage` (run with `violation=skip`): the SPP exit-count scenario
+//! (docs/x86_64-spp.md, `cargo xtask test spp`).
+//!
+//! 1. ROE_MPROTECT a page of its own and store once into it: under `skip` the store is dropped
+//!    by Bulwark after exactly **one** EPT-violation exit. That exit is the counter's sanity
+//!    check: Bulwark's `exit counts: ... ept-violation=N` line must then say 1 on an SPP CPU.
+//! 2. ROE_MPROTECT_CHUNK [`PROT_START`, +[`PROT_LEN`]) of another page (sub-pages 2 and 3),
+//!    then [`ROUNDS`] x 30 quadword stores, one into each of the other 30 sub-pages, and check
+//!    every one took effect and no protected byte changed. With SPP these stores cause no exit at
+//!    all; without SPP each one goes through Bulwark's software path (one exit or more each).
+//! 3. Print `spp-subpage: stores=N ...` (the xtask reads N) and the TSC cost of a store to the
+//!    chunk page and to an unprotected page, and the number of failed checks so far.
+//! 4. Store one byte into a protected byte: it must exit (so the chunk page really is
+//!    write-protected in the EPT and the zero count of step 2 is SPP's doing) and change
+//!    nothing. Without the x86 chunk software path Bulwark stops the run there; with it the
+//!    guest checks the byte and exits with the number of failed checks.
+
+use core::arch::asm;
+use core::fmt::Write as _;
+
+use bulwark_abi::cpuid;
+use bulwark_abi::roe::{KVM_HC_ROE, ROE_MPROTECT, ROE_MPROTECT_CHUNK};
+
+use super::{exit, Com1};
+
+/// First protected byte and length on the chunk page: bytes 0x123..0x1a8, i.e. sub-pages 2
+/// (0x100..0x180) and 3 (0x180..0x200) hold protected bytes; the other 30 do not.
+pub const PROT_START: u64 = 0x123;
+pub const PROT_LEN: u64 = 0x85;
+/// Rounds of one store per unprotected sub-page.
+pub const ROUNDS: u64 = 8;
+const SUBPAGE: u64 = 128;
+
+#[repr(C, align(4096))]
+struct Page([u8; 4096]);
+
+static mut CHUNK_PAGE: Page = Page([0; 4096]);
+static mut ROE_PAGE: Page = Page([0; 4096]);
+static mut PLAIN_PAGE: Page = Page([0; 4096]);
+
+/// Is `s` this module's scenario?
+pub fn handles(s: &str) -> bool {
+    s == "spp-subpage"
+}
+
+fn roe(op: u64, a1: u64, a2: u64) -> i64 {
+    let ret: u64;
+    // SAFETY: VMCALL traps to Bulwark, which answers in RAX. RBX is swapped because the
+    // compiler reserves it.
+    unsafe {
+        asm!(
+            "xchg rbx, {op}",
+            "vmcall",
+            "xchg rbx, {op}",
+            op = inout(reg) op => _,
+            inout("rax") KVM_HC_ROE => ret,
+            in("rcx") a1,
+            in("rdx") a2,
+        );
+    }
+    ret as i64
+}
+
+fn chunk_spp() -> bool {
+    let r = core::arch::x86_64::__cpuid_count(cpuid::LEAF_SIGNATURE, 0);
+    if !cpuid::is_bulwark(r.ebx, r.ecx, r.edx) {
+        return false;
+    }
+    let f = core::arch::x86_64::__cpuid_count(cpuid::LEAF_FEATURES, 0);
+    cpuid::Features::decode([f.eax, f.ebx, f.ecx, f.edx])
+        .map(|f| f.chunk_spp)
+        .unwrap_or(false)
+}
+
+fn rdtsc() -> u64 {
+    let (lo, hi): (u32, u32);
+    // SAFETY: RDTSC reads the time-stamp counter (Bochs `clock: sync=none`: instructions).
+    unsafe { asm!("lfence", "rdtsc", "lfence", out("eax") lo, out("edx") hi, options(nostack)) };
+    (u64::from(hi) << 32) | u64::from(lo)
+}
+
+fn rd8(a: u64) -> u8 {
+    // SAFETY: `a` lies in one of this module's static pages (identity mapped).
+    unsafe { core::ptr::read_volatile(a as *const u8) }
+}
+
+fn rd64(a: u64) -> u64 {
+    // SAFETY: as above, 8-byte aligned.
+    unsafe { core::ptr::read_volatile(a as *const u64) }
+}
+
+fn wr8(a: u64, v: u8) {
+    // SAFETY: as above.
+    unsafe { core::ptr::write_volatile(a as *mut u8, v) }
+}
+
+fn wr64(a: u64, v: u64) {
+    // SAFETY: as above, 8-byte aligned.
+    unsafe { core::ptr::write_volatile(a as *mut u64, v) }
+}
+
+fn pattern(o: u64) -> u8 {
+    (o as u8).wrapping_mul(13) ^ 0xa5
+}
+
+/// The quadword stored in round `r` at sub-page `sp`.
+fn value(r: u64, sp: u64) -> u64 {
+    0x5350_5000_0000_0000 | (r << 16) | sp
+}
+
+fn protected_subpage(sp: u64) -> bool {
+    let (s, e) = (sp * SUBPAGE, (sp + 1) * SUBPAGE);
+    s < PROT_START + PROT_LEN && PROT_START < e
+}
+
+/// Cost of one quadword store at `a`, in TSC ticks (the best of 4).
+fn store_cost(a: u64) -> u64 {
+    (0..4)
+        .map(|i| {
+            let t0 = rdtsc();
+            wr64(a, i);
+            rdtsc() - t0
+        })
+        .min()
+        .unwrap_or(0)
+}
+
+struct T {
+    failed: u32,
+}
+
+impl T {
+    fn check(&mut self, name: &str, ok: bool, detail: core::fmt::Arguments) {
+        if ok {
+            say!("PASS {name}");
+        } else {
+            self.failed += 1;
+            say!("FAIL {name}: {detail}");
+        }
+    }
+}
+
+/// Run the scenario; never returns.
+pub fn run(_s: &str) -> ! {
+    let mut t = T { failed: 0 };
+    let spp = chunk_spp();
+    say!(
+        "spp-subpage: CPUID 0x40000001 chunk-spp={}",
+        if spp { 1 } else { 0 }
+    );
+
+    // 1. One store to a ROE page: exactly one EPT-violation exit (the counter's sanity check).
+    let roe_page = core::ptr::addr_of_mut!(ROE_PAGE) as u64;
+    wr8(roe_page + 8, 0x11);
+    let r = roe(ROE_MPROTECT, roe_page, 1);
+    t.check("mprotect", r == 1, format_args!("returned {r}, expected 1"));
+    wr8(roe_page + 8, 0x22);
+    let v = rd8(roe_page + 8);
+    t.check(
+        "roe-store-dropped",
+        v == 0x11,
+        format_args!("byte is {v:#x}, expected 0x11"),
+    );
+
+    // 2. Chunk page: protect sub-pages 2 and 3 (partly), store into every other sub-page.
+    let page = core::ptr::addr_of_mut!(CHUNK_PAGE) as u64;
+    for o in 0..4096 {
+        wr8(page + o, pattern(o));
+    }
+    let r = roe(ROE_MPROTECT_CHUNK, page + PROT_START, PROT_LEN);
+    t.check(
+        "chunk-protect",
+        r == PROT_LEN as i64,
+        format_args!("returned {r}, expected {PROT_LEN}"),
+    );
+    let mut stores = 0u64;
+    let t0 = rdtsc();
+    for round in 0..ROUNDS {
+        for sp in (0..32).filter(|&sp| !protected_subpage(sp)) {
+            // A different quadword of the sub-page each round.
+            let a = page + sp * SUBPAGE + (round * 8) % SUBPAGE;
+            wr64(a, value(round, sp));
+            stores += 1;
+        }
+    }
+    let ticks = rdtsc() - t0;
+    let mut bad = None;
+    for round in 0..ROUNDS {
+        for sp in (0..32).filter(|&sp| !protected_subpage(sp)) {
+            let a = page + sp * SUBPAGE + (round * 8) % SUBPAGE;
+            if rd64(a) != value(round, sp) && bad.is_none() {
+                bad = Some(a);
+            }
+        }
+    }
+    t.check(
+        "unprotected-subpage-stores-took-effect",
+        bad.is_none(),
+        format_args!("quadword at {:#x} not written", bad.unwrap_or(0)),
+    );
+    let changed = (PROT_START..PROT_START + PROT_LEN).find(|&o| rd8(page + o) != pattern(o));
+    t.check(
+        "protected-bytes-unchanged",
+        changed.is_none(),
+        format_args!("offset {:#x} changed", changed.unwrap_or(0)),
+    );
+
+    // 3. Timing (path length under Bochs): a chunk-page sub-page vs a plain page.
+    let plain = core::ptr::addr_of_mut!(PLAIN_PAGE) as u64;
+    let base = store_cost(plain + 0x800);
+    let chunk = store_cost(page + 0x800);
+    say!(
+        "spp-subpage: stores={stores} ticks={ticks} store-cost plain={base} chunk-subpage={chunk}"
+    );
+    if spp {
+        t.check(
+            "spp-no-exit-timing",
+            chunk <= 4 * base + 100,
+            format_args!("a store to an unprotected sub-page cost {chunk} ticks vs {base}"),
+        );
+    }
+    say!(
+        "spp-subpage: {} check(s) failed before the protected store",
+        t.failed
+    );
+
+    // 4. The chunk page really is write-protected: one byte store into a protected byte must
+    //    exit (Bulwark's `ept-violation` count goes up by one) and change nothing. Until the x86
+    //    software path for chunk pages exists, Bulwark stops the run at this store.
+    say!("spp-subpage: storing into a protected byte (must exit)");
+    wr8(page + PROT_START + 0x10, 0xee);
+    let v = rd8(page + PROT_START + 0x10);
+    t.check(
+        "protected-store-dropped",
+        v == pattern(PROT_START + 0x10),
+        format_args!("protected byte is {v:#x}"),
+    );
+    say!("spp-subpage: {} check(s) failed", t.failed);
+    exit(t.failed)
+}
