@@ -10,6 +10,8 @@ use alloc::vec::Vec;
 use core::fmt;
 
 use bulwark_core::addr::{GuestPhysAddr, PAGE_SIZE};
+use bulwark_core::guest::ConfigError;
+use bulwark_core::store::StoreError;
 
 /// What a guest sees when it violates a protection (spec §1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -81,6 +83,18 @@ pub struct Config {
     pub ratelimit: u32,
     /// Boot-time attributes, sorted by start, never overlapping.
     pub attrs: Vec<AttrRange>,
+    /// Where each range of `attrs` came from (same order), for errors found when a back end
+    /// applies it ([`Config::attr_refused`]).
+    pub attr_origins: Vec<AttrOrigin>,
+}
+
+/// The command-line text an `attr=` range came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttrOrigin {
+    /// The whole `attr=...` token as typed.
+    pub token: String,
+    /// The one range of it, as typed (`START+SIZE:PERMS[:FLAGS]`).
+    pub spec: String,
 }
 
 impl Default for Config {
@@ -90,6 +104,7 @@ impl Default for Config {
             log_level: LogLevel::Info,
             ratelimit: DEFAULT_RATELIMIT,
             attrs: Vec::new(),
+            attr_origins: Vec::new(),
         }
     }
 }
@@ -144,7 +159,7 @@ pub fn split_guest(cmdline: &str) -> (&str, Option<&str>) {
 pub fn parse(cmdline: &str) -> Result<Config, CmdlineError> {
     let mut cfg = Config::default();
     // Remember which token each range came from, to name both sides of an overlap.
-    let mut origin: Vec<(AttrRange, &str)> = Vec::new();
+    let mut origin: Vec<(AttrRange, &str, &str)> = Vec::new();
     let mut seen_violation = false;
     let mut seen_log = false;
     let mut seen_ratelimit = false;
@@ -193,9 +208,9 @@ pub fn parse(cmdline: &str) -> Result<Config, CmdlineError> {
                             alloc::format!("more than {MAX_ATTR_RANGES} attr ranges"),
                         ));
                     }
-                    if let Some((other, other_tok)) = origin
+                    if let Some((other, other_tok, _)) = origin
                         .iter()
-                        .find(|(o, _)| o.start.as_u64() < r.end() && r.start.as_u64() < o.end())
+                        .find(|(o, _, _)| o.start.as_u64() < r.end() && r.start.as_u64() < o.end())
                     {
                         return Err(err(
                             token,
@@ -209,7 +224,7 @@ pub fn parse(cmdline: &str) -> Result<Config, CmdlineError> {
                             ),
                         ));
                     }
-                    origin.push((r, token));
+                    origin.push((r, token, spec));
                 }
             }
             _ => {
@@ -220,9 +235,59 @@ pub fn parse(cmdline: &str) -> Result<Config, CmdlineError> {
             }
         }
     }
-    cfg.attrs = origin.into_iter().map(|(r, _)| r).collect();
-    cfg.attrs.sort_by_key(|r| r.start);
+    origin.sort_by_key(|(r, _, _)| r.start);
+    cfg.attrs = origin.iter().map(|(r, _, _)| *r).collect();
+    cfg.attr_origins = origin
+        .iter()
+        .map(|(_, token, spec)| AttrOrigin {
+            token: token.to_string(),
+            spec: spec.to_string(),
+        })
+        .collect();
     Ok(cfg)
+}
+
+impl Config {
+    /// The error for an `attr=` range that the back end refused to apply (`e` from
+    /// `Guest::set_host_attributes`): it names the token as typed and says why, in the same form
+    /// as a parse error. Rules that depend on the machine are only known there: a range outside
+    /// guest RAM, a combination the hardware cannot express.
+    pub fn attr_refused(&self, r: &AttrRange, e: &ConfigError) -> CmdlineError {
+        let (token, spec) = self
+            .attrs
+            .iter()
+            .position(|a| a == r)
+            .and_then(|i| self.attr_origins.get(i))
+            .map(|o| (o.token.clone(), o.spec.clone()))
+            .unwrap_or_else(|| {
+                let s = alloc::format!("{:#x}+{:#x}:{:?}", r.start.as_u64(), r.size, r.perms);
+                (alloc::format!("attr={s}"), s)
+            });
+        let why = match e {
+            ConfigError::AttrOutsideRam { address, size } => alloc::format!(
+                "{address:#x}..{:#x} is not guest RAM (attributes apply to guest RAM only; the guest's memory map is logged above)",
+                address.saturating_add(*size)
+            ),
+            ConfigError::Attr(StoreError::Unsupported(p)) if p.write() && !p.read() => {
+                alloc::format!(
+                    "{p:?}: write without read cannot be expressed by the hardware (EPT: a misconfiguration; stage 2: no write-only encoding); refused rather than weakened"
+                )
+            }
+            ConfigError::Attr(StoreError::Unsupported(p)) => alloc::format!(
+                "{p:?}: execute-only cannot be expressed here ({}); refused rather than weakened",
+                if cfg!(target_arch = "aarch64") {
+                    "Bulwark does not use stage-2 execute-only on arm64"
+                } else {
+                    "this CPU's EPT has no execute-only translations, IA32_VMX_EPT_VPID_CAP bit 0"
+                }
+            ),
+            ConfigError::Attr(StoreError::NoMem) => {
+                "the attribute store could not reserve room for this range".into()
+            }
+            other => alloc::format!("refused: {other:?}"),
+        };
+        err(&token, alloc::format!("'{spec}': {why}"))
+    }
 }
 
 fn once(seen: &mut bool, token: &str) -> Result<(), CmdlineError> {
@@ -467,6 +532,34 @@ mod tests {
             parse("attr=0x0+4K:r--,0x1000+4K:r--").unwrap().attrs.len(),
             2
         );
+    }
+
+    #[test]
+    fn apply_time_refusals_name_the_token_as_typed() {
+        let c = parse("violation=inject attr=0x2000+4K:-w-,0x0+4K:r-x attr=1G+8K:r--").unwrap();
+        assert_eq!(c.attr_origins.len(), 3);
+        assert_eq!(c.attr_origins[0].spec, "0x0+4K:r-x");
+        let x = c.attr_refused(
+            &c.attrs[1],
+            &ConfigError::Attr(StoreError::Unsupported(Perms::W)),
+        );
+        assert_eq!(x.token, "attr=0x2000+4K:-w-,0x0+4K:r-x");
+        assert!(x.why.starts_with("'0x2000+4K:-w-': -w-: write without read"));
+        let x = c.attr_refused(
+            &c.attrs[2],
+            &ConfigError::AttrOutsideRam {
+                address: 1 << 30,
+                size: 8192,
+            },
+        );
+        assert_eq!(x.token, "attr=1G+8K:r--");
+        assert!(x.why.contains("0x40000000..0x40002000 is not guest RAM"));
+        let x = c.attr_refused(
+            &c.attrs[0],
+            &ConfigError::Attr(StoreError::Unsupported(Perms::X)),
+        );
+        assert!(x.why.contains("execute-only cannot be expressed"));
+        assert!(alloc::format!("{x}").starts_with("bad command-line token 'attr=0x2000+4K:-w-,0x0+4K:r-x': '0x0+4K:r-x'"));
     }
 
     #[test]

@@ -212,14 +212,7 @@ pub fn run_guest(
     for a in &config.attrs {
         guest
             .set_host_attributes(a.start.as_u64(), a.size, u64::from(a.perms.bits()), 0)
-            .map_err(|e| {
-                refuse(format!(
-                    "attr={:#x}+{:#x}:{:?}: {e:?}",
-                    a.start.as_u64(),
-                    a.size,
-                    a.perms
-                ))
-            })?;
+            .map_err(|e| refuse(format!("{}", config.attr_refused(a, &e))))?;
     }
 
     let root = vmx::enable(caps, cpu.xsave).map_err(|r| refuse(format!("{r}")))?;
@@ -227,8 +220,9 @@ pub fn run_guest(
     let features = Features {
         roe_version: bulwark_abi::roe::ROE_IMPL_VERSION as u8,
         roe_mprotect: true,
-        // Chunk protection needs store emulation, not yet implemented on x86.
-        roe_chunk: false,
+        // Chunk stores go through the software path (swpath.rs: shadow page + one single
+        // step, by MTF or RFLAGS.TF); SPP only accelerates it.
+        roe_chunk: true,
         chunk_spp: crate::spp::available(&caps),
         policy: policy(config.violation),
     };

@@ -11,17 +11,21 @@ use bulwark_abi::cpuid as bcpuid;
 use bulwark_core::addr::GpaRange;
 use bulwark_core::addr::{GuestPhysAddr, GuestVirtAddr};
 use bulwark_core::exit::{Access, Action, Exit, Hypercall, MemFault, StopReason};
-use bulwark_core::guest::{Guest, GuestTranslate, HypercallOutcome};
+use bulwark_core::guest::{FaultKind, Guest, GuestTranslate, HypercallOutcome};
 use bulwark_core::gwalk::x86::{X86PagingState, X86Walker};
 use bulwark_core::gwalk::GuestWalker;
 use bulwark_core::pt::ept::Ept;
 use bulwark_core::pt::sppt::Sppt;
+use bulwark_core::violation::ViolationKind;
 
 use crate::cpu::{msr, rdmsr, VmxCaps};
 use crate::mem::{EptFlush, GuestRam, HeapFrames, Plan};
 use crate::vcpu::Vcpu;
 use crate::vmcs::{self, reason as er};
 use crate::vmx::{self, vmr, vmwrite};
+
+#[path = "swpath.rs"]
+mod swpath;
 
 /// The guest's COM1 as Bulwark emulates it: transmitted bytes are collected into whole lines
 /// and printed as `guest| <line>`; the transmitter always reads as empty.
@@ -134,6 +138,8 @@ pub struct Vm<'a, const XO: bool> {
     pub ept_violations: u64,
     /// The SPP table, when the CPU enumerates SPP and Bulwark turned it on (`crate::spp`).
     pub sppt: Option<Sppt>,
+    /// The software path for stores to pages with protected bytes (`swpath`).
+    sw: swpath::SwPath,
 }
 
 /// What the exit handler decided, before it is applied.
@@ -198,11 +204,24 @@ impl<'a, const XO: bool> Vm<'a, XO> {
         guest: &'a spin::Mutex<Guest>,
         plan: &'a Plan,
         ept: Ept<XO>,
-        frames: HeapFrames,
+        mut frames: HeapFrames,
         features: bcpuid::Features,
         max_phys_bits: u8,
         guest_line: &'a dyn Fn(&str),
     ) -> Self {
+        let sw = swpath::SwPath::new(&mut frames, caps.procbased);
+        if sw.available() {
+            guest.lock().enable_shadow_step();
+            log::info!(
+                "software path: {} shadow frames, single-step by {}",
+                swpath::MAX_SHADOWS,
+                sw.mode()
+            );
+        } else {
+            log::warn!(
+                "software path unavailable (no scratch frames): stores to chunk pages stop the run"
+            );
+        }
         Vm {
             vcpu,
             caps,
@@ -218,6 +237,7 @@ impl<'a, const XO: bool> Vm<'a, XO> {
             exits: 0,
             ept_violations: 0,
             sppt: None,
+            sw,
         }
     }
 
@@ -412,6 +432,8 @@ impl<'a, const XO: bool> Vm<'a, XO> {
             er::WRMSR => self.wrmsr(),
             er::CR_ACCESS => self.cr_access(),
             er::XSETBV => self.xsetbv(),
+            swpath::EXIT_MTF => self.sw_mtf(),
+            er::EXCEPTION_OR_NMI if self.sw.stepping() => self.sw_exception(),
             er::EPT_VIOLATION => {
                 self.ept_violations += 1;
                 let q = vmr(vmcs::EXIT_QUALIFICATION);
@@ -513,6 +535,26 @@ impl<'a, const XO: bool> Vm<'a, XO> {
                         f.access.as_str()
                     );
                     self.dump_state();
+                }
+                // Stores to pages with protected bytes: the software path (swpath) completes
+                // the instruction against shadow copies; EPT violations carry no length to
+                // skip it by.
+                if f.access == Access::Write {
+                    let logged = match (d.kind, d.action) {
+                        (FaultKind::ShadowStep, _) => Some(false),
+                        (
+                            FaultKind::Violation(ViolationKind::Roe | ViolationKind::RoeChunk),
+                            Action::Advance,
+                        ) => Some(true),
+                        _ => None,
+                    };
+                    if let Some(logged) = logged {
+                        return self.sw_fault(&f, logged);
+                    }
+                }
+                if self.sw.stepping() && matches!(d.action, Action::InjectFault | Action::Stop(_)) {
+                    // A later page of the instruction decided: nothing of it is written.
+                    self.sw_abort();
                 }
                 Step::Do(d.action)
             }

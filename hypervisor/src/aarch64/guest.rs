@@ -365,7 +365,7 @@ pub fn boot_and_run(dt: &'static [u8], desc: &BootDescription<'_>) -> ! {
         if let Err(e) =
             core_guest.set_host_attributes(a.start.as_u64(), a.size, u64::from(a.perms.bits()), 0)
         {
-            refuse(format_args!("attr {:#x}+{:#x}: {e:?}", a.start, a.size));
+            refuse(format_args!("{}", cfg.attr_refused(a, &e)));
         }
         log::info!("attr: {:#x}..{:#x} {:?}", a.start, a.end(), a.perms);
     }

@@ -1,0 +1,398 @@
+//! The x86 software path for stores to pages with protected bytes (ROE pages under `skip`,
+//! chunk pages): **shadow page + one MTF single-step**, no instruction decoder.
+//!
+//! On an EPT write violation the core classifies (`Guest::handle_fault`): a `roe`/`roe-chunk`
+//! violation whose skip action is `Advance`, or `FaultKind::ShadowStep` (an unprotected byte
+//! of a chunk page). Bulwark then snapshots the registers, copies the page P into a scratch
+//! frame S of its own (allocated at VM creation from Bulwark's heap, never guest-reachable),
+//! points gpa(P) at S writable through the core (`Guest::sync_ept_shadow`, one INVEPT), sets
+//! the monitor-trap flag and re-enters. The instruction runs against S (more pages are
+//! shadowed if it faults on them too: straddling stores, `rep` crossing pages). On the MTF
+//! exit S is compared with P under the page's protected-byte mask: only unprotected bytes are
+//! ever copied back, so no protected byte of P changes, not even for one instruction. Then
+//! gpa(P) is re-derived (back to P, read-only), INVEPT, MTF cleared.
+//! See `docs/x86_64-software-path.md`.
+//!
+//! A child module of `vm` (it uses `Vm`'s private helpers); the guest's RIP still moves only in
+//! `Vm::apply`.
+
+use bulwark_abi::console::{reason, STATUS_BULWARK_FAILURE};
+use bulwark_core::addr::{GpaRange, GuestPhysAddr, HostPhysAddr, PAGE_SIZE};
+use bulwark_core::exit::{Action, MemFault};
+use bulwark_core::physmem::PhysMem;
+use bulwark_core::shadow::{self, PAGE};
+
+use super::{stop, Step, Vm};
+use crate::mem::EptFlush;
+use crate::vcpu::GuestRegs;
+use crate::vmcs;
+use crate::vmx::{vmr, vmwrite};
+
+/// Pages one instruction may write through the software path (a straddling store needs 2, a
+/// `rep movs` between two chunk pages crossing a boundary 3-4).
+pub const MAX_SHADOWS: usize = 4;
+/// Basic exit reason of a monitor-trap-flag VM exit.
+pub const EXIT_MTF: u16 = 37;
+/// Primary processor-based control: monitor trap flag.
+const MONITOR_TRAP_FLAG: u64 = 1 << 27;
+/// RFLAGS.TF: the single-step fallback where the CPU lacks the monitor-trap flag.
+const RFLAGS_TF: u64 = 1 << 8;
+/// Exception vector of a debug exception.
+const VECTOR_DB: u64 = 1;
+
+/// Registers the instruction may change, for the rollback under `inject`.
+#[derive(Clone, Copy, Default)]
+struct Snapshot {
+    regs: GuestRegs,
+    rip: u64,
+    rsp: u64,
+    rflags: u64,
+    interruptibility: u64,
+}
+
+/// One shadowed page: guest page base and the scratch frame that backs it now.
+#[derive(Clone, Copy)]
+struct Shadowed {
+    page: GuestPhysAddr,
+    slot: usize,
+}
+
+/// The step in progress.
+struct Stepping {
+    snapshot: Snapshot,
+    /// The first fault of the step (the core's `shadow_step_done` reports against it).
+    first: MemFault,
+    /// A violation was already logged for this step (protected faulting byte, skip).
+    violation_logged: bool,
+    shadows: [Option<Shadowed>; MAX_SHADOWS],
+    /// Exception bitmap before the step (TF mode intercepts every exception during it).
+    exception_bitmap: u64,
+}
+
+/// Per-vCPU software-path state.
+pub struct SwPath {
+    frames: [Option<HostPhysAddr>; MAX_SHADOWS],
+    step: Option<Stepping>,
+    /// Step with the monitor-trap flag; without it (Bochs `corei7_skylake_x` does not offer
+    /// it), with RFLAGS.TF and a #DB intercept.
+    mtf_allowed: bool,
+    /// Completed steps, for the end-of-run counters.
+    pub steps: u64,
+}
+
+impl SwPath {
+    /// Allocate the scratch frames (from Bulwark's own heap). Missing frames or a CPU without
+    /// the monitor-trap flag leave the path unavailable: a store that needs it stops the run.
+    pub fn new(frames: &mut dyn PhysMem, procbased_cap: u64) -> Self {
+        let mut f = [None; MAX_SHADOWS];
+        for slot in f.iter_mut() {
+            *slot = frames.alloc_frame().ok();
+        }
+        SwPath {
+            frames: f,
+            step: None,
+            mtf_allowed: (procbased_cap >> 32) & MONITOR_TRAP_FLAG != 0,
+            steps: 0,
+        }
+    }
+
+    pub fn available(&self) -> bool {
+        self.frames.iter().all(Option::is_some)
+    }
+
+    /// How this CPU single-steps ("MTF" or "TF").
+    pub fn mode(&self) -> &'static str {
+        if self.mtf_allowed {
+            "MTF"
+        } else {
+            "TF"
+        }
+    }
+
+    pub fn stepping(&self) -> bool {
+        self.step.is_some()
+    }
+}
+
+/// A 4 KiB page of guest RAM or a scratch frame, by its (identity-mapped) physical address.
+///
+/// # Safety
+/// `addr` must be a page-aligned, identity-mapped 4 KiB frame that no other live reference
+/// covers (guest RAM while the only vCPU is stopped in Bulwark, or one of Bulwark's scratch
+/// frames).
+unsafe fn page_ref<'x>(addr: u64) -> &'x [u8; PAGE] {
+    // SAFETY: the caller's contract.
+    unsafe { &*(addr as *const [u8; PAGE]) }
+}
+
+/// # Safety
+/// As [`page_ref`], and nothing else reads or writes the frame while the reference lives.
+unsafe fn page_mut<'x>(addr: u64) -> &'x mut [u8; PAGE] {
+    // SAFETY: the caller's contract.
+    unsafe { &mut *(addr as *mut [u8; PAGE]) }
+}
+
+/// Arm the single step for the next instruction: the monitor-trap flag, or RFLAGS.TF with
+/// every exception intercepted (the #DB trap ends the step; any other exception ends it too
+/// and is delivered to the guest afterwards).
+fn arm(mtf: bool) {
+    if mtf {
+        set_mtf(true);
+    } else {
+        let f = vmr(vmcs::GUEST_RFLAGS);
+        let _ = vmwrite(vmcs::GUEST_RFLAGS, f | RFLAGS_TF);
+        let _ = vmwrite(vmcs::EXCEPTION_BITMAP, 0xffff_ffff);
+    }
+}
+
+/// Undo [`arm`]: the guest's own TF comes back from the snapshot; every other flag stays as
+/// the instruction left it.
+fn disarm(mtf: bool, st: &Stepping) {
+    if mtf {
+        set_mtf(false);
+    } else {
+        let f = vmr(vmcs::GUEST_RFLAGS);
+        let _ = vmwrite(
+            vmcs::GUEST_RFLAGS,
+            (f & !RFLAGS_TF) | (st.snapshot.rflags & RFLAGS_TF),
+        );
+        let _ = vmwrite(vmcs::EXCEPTION_BITMAP, st.exception_bitmap);
+    }
+}
+
+fn set_mtf(on: bool) {
+    let p = vmr(vmcs::PRIMARY_PROC_CONTROLS);
+    let v = if on {
+        p | MONITOR_TRAP_FLAG
+    } else {
+        p & !MONITOR_TRAP_FLAG
+    };
+    if v != p {
+        let _ = vmwrite(vmcs::PRIMARY_PROC_CONTROLS, v);
+    }
+}
+
+fn fail(why: &str) -> Step {
+    log::error!("software path: {why}");
+    stop(STATUS_BULWARK_FAILURE, reason::UNHANDLED_EXIT)
+}
+
+impl<const XO: bool> Vm<'_, XO> {
+    /// A write fault the software path completes (see the module docs). `violation_logged`:
+    /// the core already logged a violation for it (skip). Shadows the page and re-enters with
+    /// the monitor-trap flag set.
+    pub(super) fn sw_fault(&mut self, f: &MemFault, violation_logged: bool) -> Step {
+        if !self.sw.available() {
+            return fail("its scratch frames could not be allocated");
+        }
+        let page = f.gpa.page_base();
+        let end = page.as_u64().saturating_add(PAGE_SIZE);
+        if !self.plan.is_ram(page.as_u64(), end) || end > 1 << 32 {
+            return fail("the faulting page is not guest RAM Bulwark can reach");
+        }
+        if self.sw.step.is_none() {
+            let snapshot = Snapshot {
+                regs: self.vcpu.regs,
+                rip: vmr(vmcs::GUEST_RIP),
+                rsp: vmr(vmcs::GUEST_RSP),
+                rflags: vmr(vmcs::GUEST_RFLAGS),
+                interruptibility: vmr(vmcs::GUEST_INTERRUPTIBILITY),
+            };
+            self.sw.step = Some(Stepping {
+                snapshot,
+                first: *f,
+                violation_logged: false,
+                shadows: [None; MAX_SHADOWS],
+                exception_bitmap: vmr(vmcs::EXCEPTION_BITMAP),
+            });
+            arm(self.sw.mtf_allowed);
+        }
+        let frames = self.sw.frames;
+        let Some(st) = self.sw.step.as_mut() else {
+            return fail("lost the step state");
+        };
+        st.violation_logged |= violation_logged;
+        if st.shadows.iter().flatten().any(|s| s.page == page) {
+            // The shadow is writable: a second write fault on it means the tables disagree.
+            self.sw_abort();
+            return fail("write fault on a page that is already shadowed");
+        }
+        let used: [bool; MAX_SHADOWS] =
+            core::array::from_fn(|i| st.shadows.iter().flatten().any(|s| s.slot == i));
+        let Some(slot) = (0..MAX_SHADOWS).find(|i| !used.get(*i).copied().unwrap_or(true)) else {
+            self.sw_abort();
+            return fail("one instruction writes more pages with protected bytes than the software path shadows");
+        };
+        let Some(Some(hpa)) = frames.get(slot).copied() else {
+            self.sw_abort();
+            return fail("scratch frame missing");
+        };
+        let Some(entry) = st.shadows.iter_mut().find(|s| s.is_none()) else {
+            self.sw_abort();
+            return fail("no free shadow entry");
+        };
+        *entry = Some(Shadowed { page, slot });
+        // SAFETY: `page` is 4 KiB of guest RAM below 4 GiB (checked above; identity mapped) and
+        // the only vCPU is stopped; `hpa` is one of Bulwark's scratch frames, which nothing
+        // else references (the guest reaches it only through the EPT leaf set below).
+        unsafe { page_mut(hpa.as_u64()).copy_from_slice(page_ref(page.as_u64())) };
+        let mut flush = EptFlush {
+            caps: &self.caps,
+            eptp: self.ept.eptp(),
+            flushes: 0,
+        };
+        let r = self.guest.lock().sync_ept_shadow(
+            &mut self.frames,
+            &mut self.ept,
+            page,
+            hpa,
+            &mut flush,
+        );
+        if let Err(e) = r {
+            log::error!(
+                "software path: shadowing gpa={:#x} failed: {e:?}",
+                page.as_u64()
+            );
+            self.sw_abort();
+            return stop(STATUS_BULWARK_FAILURE, reason::UNHANDLED_EXIT);
+        }
+        log::trace!(
+            "software path: gpa={:#x} shadowed by {:#x} (slot {slot}), stepping",
+            page.as_u64(),
+            hpa.as_u64()
+        );
+        // Retry also re-delivers an event whose delivery faulted.
+        Step::Do(Action::Retry)
+    }
+
+    /// An exception exit (TF mode intercepts them all during a step): the #DB single-step
+    /// trap ends the step like an MTF exit; any other exception means the instruction did not
+    /// complete (or an earlier `rep` iteration did): end the step the same way (merging is
+    /// still correct: only unprotected bytes), then deliver the exception to the guest.
+    pub(super) fn sw_exception(&mut self) -> Step {
+        let info = vmr(vmcs::EXIT_INTERRUPTION_INFO);
+        let vector = info & 0xff;
+        let kind = (info >> 8) & 7;
+        let single_step =
+            vector == VECTOR_DB && kind == 3 && vmr(vmcs::EXIT_QUALIFICATION) & (1 << 14) != 0;
+        let done = self.sw_mtf();
+        if single_step || !matches!(done, Step::Do(Action::Retry)) {
+            return done;
+        }
+        // Re-deliver the exception the guest raised (CR2 for #PF: a VM exit does not load it).
+        if vector == 14 {
+            let cr2 = vmr(vmcs::EXIT_QUALIFICATION);
+            // SAFETY: CR2 only holds the last page-fault address; Bulwark never reads it, and the
+            // guest sees it as the address of the #PF delivered on this entry.
+            unsafe { core::arch::asm!("mov cr2, {}", in(reg) cr2) };
+        }
+        let error = (info & (1 << 11) != 0).then(|| vmr(vmcs::EXIT_INTERRUPTION_ERROR_CODE) as u32);
+        if kind == 3 {
+            return Step::Exception {
+                vector: vector as u8,
+                error,
+            };
+        }
+        // Software exceptions (INT3, INTO) and the rest: re-inject as reported.
+        let _ = vmwrite(vmcs::ENTRY_INTERRUPTION_INFO, info & 0x8000_0fff);
+        if let Some(e) = error {
+            let _ = vmwrite(vmcs::ENTRY_EXCEPTION_ERROR_CODE, u64::from(e));
+        }
+        let _ = vmwrite(
+            vmcs::ENTRY_INSTRUCTION_LENGTH,
+            vmr(vmcs::EXIT_INSTRUCTION_LENGTH),
+        );
+        Step::Do(Action::Retry)
+    }
+
+    /// The end of a step (MTF exit, or the #DB trap in TF mode): decide, merge, restore.
+    pub(super) fn sw_mtf(&mut self) -> Step {
+        let Some(st) = self.sw.step.take() else {
+            set_mtf(false);
+            log::warn!("monitor-trap-flag exit without a software-path step: ignored");
+            return Step::Do(Action::Retry);
+        };
+        disarm(self.sw.mtf_allowed, &st);
+        self.sw.steps += 1;
+        // The first protected byte the instruction changed, over every shadowed page.
+        let mut changed = None;
+        for s in st.shadows.iter().flatten() {
+            let Some(Some(hpa)) = self.sw.frames.get(s.slot).copied() else {
+                continue;
+            };
+            let mask = self.guest.lock().protected_page(s.page.frame());
+            // SAFETY: as in `sw_fault`: guest RAM page (checked there) and Bulwark's frame.
+            let (p, c) = unsafe { (page_ref(s.page.as_u64()), page_ref(hpa.as_u64())) };
+            if let Some(off) = shadow::first_changed_protected(p, c, &mask) {
+                changed = Some(GuestPhysAddr::new(s.page.as_u64() + off as u64));
+                break;
+            }
+        }
+        let action = if st.violation_logged {
+            // Only skip gets here (inject and halt end the step at the fault).
+            Action::Advance
+        } else {
+            let d = self
+                .guest
+                .lock()
+                .shadow_step_done(self.vcpu.id, &st.first, changed);
+            d.action
+        };
+        match action {
+            Action::Advance => {
+                for s in st.shadows.iter().flatten() {
+                    let Some(Some(hpa)) = self.sw.frames.get(s.slot).copied() else {
+                        continue;
+                    };
+                    let mask = self.guest.lock().protected_page(s.page.frame());
+                    // SAFETY: as above; the vCPU is stopped, so this is the only access.
+                    let (p, c) = unsafe { (page_mut(s.page.as_u64()), page_ref(hpa.as_u64())) };
+                    shadow::merge_unprotected(p, c, &mask);
+                }
+                if let Some(s) = self.sw_unshadow(&st) {
+                    return s;
+                }
+                // The instruction has completed: its register effects stand, RIP is already
+                // past it. Re-enter where the guest is now.
+                Step::Do(Action::Retry)
+            }
+            other => {
+                self.sw_restore(&st);
+                if let Some(s) = self.sw_unshadow(&st) {
+                    return s;
+                }
+                Step::Do(other)
+            }
+        }
+    }
+
+    /// End a step without merging anything (inject/halt, or an error): registers back to the
+    /// snapshot, every shadowed page back to its own frame.
+    pub(super) fn sw_abort(&mut self) {
+        if let Some(st) = self.sw.step.take() {
+            disarm(self.sw.mtf_allowed, &st);
+            self.sw_restore(&st);
+            let _ = self.sw_unshadow(&st);
+        }
+    }
+
+    fn sw_restore(&mut self, st: &Stepping) {
+        let s = &st.snapshot;
+        self.vcpu.regs = s.regs;
+        let _ = vmwrite(vmcs::GUEST_RIP, s.rip);
+        let _ = vmwrite(vmcs::GUEST_RSP, s.rsp);
+        let _ = vmwrite(vmcs::GUEST_RFLAGS, s.rflags);
+        let _ = vmwrite(vmcs::GUEST_INTERRUPTIBILITY, s.interruptibility);
+    }
+
+    /// Point every shadowed page back at its own frame with the derived rights.
+    fn sw_unshadow(&mut self, st: &Stepping) -> Option<Step> {
+        for s in st.shadows.iter().flatten() {
+            let range = GpaRange::new(s.page, PAGE_SIZE)?;
+            if let Some(step) = self.rederive(range) {
+                return Some(step);
+            }
+        }
+        None
+    }
+}
