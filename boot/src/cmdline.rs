@@ -544,7 +544,9 @@ mod tests {
             &ConfigError::Attr(StoreError::Unsupported(Perms::W)),
         );
         assert_eq!(x.token, "attr=0x2000+4K:-w-,0x0+4K:r-x");
-        assert!(x.why.starts_with("'0x2000+4K:-w-': -w-: write without read"));
+        assert!(x
+            .why
+            .starts_with("'0x2000+4K:-w-': -w-: write without read"));
         let x = c.attr_refused(
             &c.attrs[2],
             &ConfigError::AttrOutsideRam {
@@ -559,7 +561,8 @@ mod tests {
             &ConfigError::Attr(StoreError::Unsupported(Perms::X)),
         );
         assert!(x.why.contains("execute-only cannot be expressed"));
-        assert!(alloc::format!("{x}").starts_with("bad command-line token 'attr=0x2000+4K:-w-,0x0+4K:r-x': '0x0+4K:r-x'"));
+        assert!(alloc::format!("{x}")
+            .starts_with("bad command-line token 'attr=0x2000+4K:-w-,0x0+4K:r-x': '0x0+4K:r-x'"));
     }
 
     #[test]
