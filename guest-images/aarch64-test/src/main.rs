@@ -180,6 +180,8 @@ macro_rules! say {
     }};
 }
 
+mod attr;
+
 fn read_esr_far() -> (u64, u64) {
     let (esr, far): (u64, u64);
     // SAFETY: reading EL1 syndrome registers has no side effects.
@@ -458,6 +460,12 @@ extern "C" fn guest_main(dtb: u64, el: u64) -> ! {
         }
     }
     say!("testguest: bootargs \"{bootargs}\"");
+    if let Some(s) = bootargs
+        .split_ascii_whitespace()
+        .find_map(|t| t.strip_prefix("scenario=attr"))
+    {
+        attr::run(s)
+    }
     let (img_s, img_e) = (
         core::ptr::addr_of!(__image_start) as u64,
         core::ptr::addr_of!(__image_end) as u64,

@@ -69,6 +69,7 @@ macro_rules! say {
     ($($t:tt)*) => {{ let _ = writeln!(Com1, $($t)*); }};
 }
 
+mod attr;
 mod bench;
 mod roe;
 mod spp;
@@ -322,6 +323,7 @@ extern "C" fn guest_main(magic: u32, info: u64) -> ! {
     match scenario {
         "checks" => checks(info, flags, cmdline),
         s if roe::handles(s) => roe::run(s),
+        s if attr::handles(s) => attr::run(s, cmdline),
         s if spp::handles(s) => spp::run(s),
         s if bench::handles(s) => bench::run(s),
         "triple-fault" => triple_fault(),
