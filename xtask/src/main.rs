@@ -10,6 +10,7 @@
 //!   bench [--arch A]
 
 mod aarch64;
+mod attr_tests;
 mod bench;
 mod test;
 mod util;
