@@ -7,6 +7,7 @@
 pub mod esr;
 pub mod image;
 pub mod inject;
+pub mod insn;
 pub mod smccc;
 
 #[cfg(target_arch = "aarch64")]

@@ -22,6 +22,7 @@ use bulwark_core::guest::{
 };
 use bulwark_core::gwalk::arm64::{Arm64TranslationRegs, Arm64Walker};
 use bulwark_core::gwalk::{GuestMemRead, NotGuestRam, WalkTranslate};
+use bulwark_core::physmem::PhysMem;
 use bulwark_core::pt::stage2::{Stage2, Stage2Config};
 use bulwark_core::pt::TlbFlush;
 use bulwark_core::violation::ViolationPolicy;
@@ -49,6 +50,29 @@ const MAX_CONSECUTIVE_INJECTIONS: u32 = 32;
 fn refuse(args: core::fmt::Arguments<'_>) -> ! {
     log::error!("{args}");
     crate::finish(STATUS_BULWARK_FAILURE, reason::REFUSED)
+}
+
+mod swstore;
+
+/// Exits and software-path work of a run, printed in the end-of-run counters line.
+#[derive(Clone, Copy, Debug, Default)]
+struct ExitStats {
+    exits: u64,
+    hvc: u64,
+    smc: u64,
+    dabt: u64,
+    iabt: u64,
+    wfi: u64,
+    exit_step: u64,
+    other: u64,
+    /// HVC/SMC traps from EL0 (architecturally impossible; refused with -1000).
+    el0_calls: u64,
+    /// Software steps started (stores without a usable syndrome to chunk pages).
+    sw_steps: u64,
+    /// Stores completed through the software path (steps merged, exclusives emulated).
+    sw_writes: u64,
+    /// Store-exclusives completed by Bulwark.
+    sw_exclusive: u64,
 }
 
 /// Linear map of guest RAM: IPA `[ipa_base, ipa_base + size)` is host `[host_base, ...)`.
@@ -390,6 +414,16 @@ pub fn boot_and_run(dt: &'static [u8], desc: &BootDescription<'_>) -> ! {
     );
     el2::prepare(s2cfg.vtcr(), s2.vttbr(VMID));
 
+    // Two scratch frames for the software path (swstore.rs): a store touches at most two pages.
+    let mut scratch = [0u64; swstore::STEP_PAGES];
+    for s in scratch.iter_mut() {
+        match pool.alloc_frame() {
+            Ok(f) => *s = f.as_u64(),
+            Err(_) => refuse(format_args!(
+                "no frame left for the software-store scratch pages"
+            )),
+        }
+    }
     let mut vm = Vm {
         regs: VcpuRegs::default(),
         core: core_guest,
@@ -399,6 +433,9 @@ pub fn boot_and_run(dt: &'static [u8], desc: &BootDescription<'_>) -> ! {
         mpidr,
         injections_in_a_row: 0,
         last_vector: None,
+        step: None,
+        scratch,
+        stats: ExitStats::default(),
     };
     vm.regs.x[0] = place.dtb;
     vm.regs.pc = place.kernel;
@@ -423,6 +460,11 @@ struct Vm {
     injections_in_a_row: u32,
     /// Vector address the last injected abort sent the guest to.
     last_vector: Option<u64>,
+    /// A software step in progress (swstore.rs).
+    step: Option<swstore::Step>,
+    /// Scratch frames (host addresses) the software step redirects pages to.
+    scratch: [u64; swstore::STEP_PAGES],
+    stats: ExitStats,
 }
 
 /// A decoded exit and how many bytes `Advance` skips (SMC traps with ELR at the SMC itself;
@@ -437,8 +479,13 @@ impl Vm {
     fn run(&mut self) -> ! {
         loop {
             let kind = vcpu::enter_guest(&mut self.regs);
-            let d = self.decode(kind);
-            let action = self.handle(&d);
+            let mut d = self.decode(kind);
+            self.count_exit(&d);
+            let action = if self.step.is_some() {
+                self.step_exit(&mut d)
+            } else {
+                self.handle(&d)
+            };
             self.apply(&d, action);
         }
     }
@@ -468,8 +515,9 @@ impl Vm {
                     Exit::Hypercall(Hypercall {
                         nr,
                         args: [r.x[1], r.x[2], r.x[3], r.x[4]],
-                        // HVC/SMC are undefined at EL0: a trapped call always comes from EL1.
-                        from_user: false,
+                        // HVC/SMC are undefined at EL0, so a trapped call comes from EL1;
+                        // should one ever arrive from EL0 (M[3:2] = 0), it is refused.
+                        from_user: r.pstate & 0b1100 == 0,
                         narrow: false,
                     })
                 }
@@ -514,6 +562,15 @@ impl Vm {
     /// external abort, WFI waits at EL2.
     fn handle(&mut self, d: &Decoded) -> Action {
         match d.exit {
+            Exit::Hypercall(hc) if hc.from_user => {
+                self.stats.el0_calls += 1;
+                log::warn!(
+                    "guest: HVC/SMC {:#x} from EL0 at pc {:#x} refused (-1000)",
+                    hc.nr,
+                    self.regs.pc
+                );
+                Action::AdvanceWithResult(bulwark_abi::errno::Errno::NoSys.to_reg(false))
+            }
             Exit::Hypercall(hc) => {
                 let mem = GuestMem(self.gram);
                 let walker = Arm64Walker::new(Arm64TranslationRegs {
@@ -523,9 +580,18 @@ impl Vm {
                     ttbr1_el1: read_sysreg!("ttbr1_el1"),
                 });
                 let mut tr = WalkTranslate::new(walker, &mem);
-                if let HypercallOutcome::Handled { action, rederive } =
-                    self.core.handle_hypercall(&hc, &mut tr)
-                {
+                let outcome = self.core.handle_hypercall(&hc, &mut tr);
+                if let Some(e) = tr.last_error {
+                    log::warn!(
+                        "guest: a ROE address did not translate through the guest's stage-1 tables: {e:?}{}",
+                        if matches!(e, bulwark_core::gwalk::WalkError::UnsupportedGranule { .. }) {
+                            " (Bulwark walks 4 KiB-granule tables only; 16 and 64 KiB granules get -EINVAL)"
+                        } else {
+                            ""
+                        }
+                    );
+                }
+                if let HypercallOutcome::Handled { action, rederive } = outcome {
                     return match rederive {
                         Some(r) => self.rederive(r).unwrap_or(action),
                         None => action,
@@ -545,7 +611,12 @@ impl Vm {
                         })
                     }
                     Outcome::SystemReset => {
-                        log::warn!("guest: PSCI SYSTEM_RESET (Bulwark does not reboot guests)");
+                        let g = self.core.mmio_guard();
+                        log::warn!(
+                            "guest: PSCI SYSTEM_RESET (Bulwark does not reboot guests; MMIO guard enrolment {} with {} mapped granule(s) ends with the run)",
+                            if g.enrolled() { "on" } else { "off" },
+                            g.mapped_count()
+                        );
                         Action::Stop(StopReason {
                             status: STATUS_GUEST_RESET,
                             reason: "guest-reset",
@@ -613,6 +684,11 @@ impl Vm {
             .iter()
             .any(|r| f.gpa >= r.gpa && f.gpa.as_u64() < r.gpa.as_u64().saturating_add(r.len));
         if in_map {
+            // A store the syndrome cannot complete to a page with protected bytes: software
+            // path (swstore.rs: software step, or emulated store-exclusive).
+            if self.needs_software_store(d, f) {
+                return self.software_store(d, f);
+            }
             // Guest memory or a passed-through device: the core decides (protection violation,
             // stale tables, MMIO guard).
             let dec = self.core.handle_fault(0, f);
@@ -740,20 +816,62 @@ impl Vm {
                 return;
             }
             Action::Stop(r) => {
-                let c = self.core.counters();
-                log::info!(
-                    "counters hypercalls={} violations={} emulated_stores={} spurious_faults={} table_pages={}",
-                    c.hypercalls,
-                    c.violations.iter().sum::<u64>(),
-                    c.emulated_stores,
-                    c.spurious_faults,
-                    self.pool.in_use
-                );
+                self.print_counters();
                 crate::finish(r.status, r.reason)
             }
         }
         self.injections_in_a_row = 0;
         self.last_vector = None;
+    }
+
+    /// Count an exit by reason.
+    fn count_exit(&mut self, d: &Decoded) {
+        let st = &mut self.stats;
+        st.exits += 1;
+        match d.esr.ec() {
+            ec::HVC64 => st.hvc += 1,
+            ec::SMC64 => st.smc += 1,
+            ec::DABT_LOWER => st.dabt += 1,
+            ec::IABT_LOWER => st.iabt += 1,
+            ec::WFX => st.wfi += 1,
+            swstore::EC_SOFTSTEP_LOWER => {}
+            _ => st.other += 1,
+        }
+    }
+
+    /// The end-of-run counters line (`bulwark: INFO counters key=value ...`): exits by reason,
+    /// violations by kind, software-path writes. Pending rate-limited violation counts first.
+    fn print_counters(&mut self) {
+        self.core.violation_log().flush();
+        let c = self.core.counters();
+        let s = self.stats;
+        let [roe, chunk, guard, attr] = c.violations;
+        log::info!(
+            "counters exits={} exit_hvc={} exit_smc={} exit_dabt={} exit_iabt={} exit_wfi={} exit_sstep={} exit_other={} \
+             hypercalls={} hypercall_errors={} el0_calls_refused={} violations={} violations_roe={roe} violations_roe_chunk={chunk} \
+             violations_mmio_guard={guard} violations_attr={attr} emulated_stores={} sw_steps={} sw_writes={} sw_exclusive={} \
+             spurious_faults={} mmio_maps={} mmio_unmaps={} table_pages={}",
+            s.exits,
+            s.hvc,
+            s.smc,
+            s.dabt,
+            s.iabt,
+            s.wfi,
+            s.exit_step,
+            s.other,
+            c.hypercalls,
+            c.hypercall_errors,
+            s.el0_calls,
+            c.violations.iter().sum::<u64>(),
+            c.emulated_stores,
+            s.sw_steps,
+            s.sw_writes,
+            s.sw_exclusive,
+            c.spurious_faults,
+            c.mmio_maps,
+            c.mmio_unmaps,
+            self.pool.in_use
+        );
     }
 
     fn dump(&self) {

@@ -1,0 +1,422 @@
+//! Stores the abort syndrome cannot describe, to pages holding ROE-protected bytes (chunk pages):
+//! pairs (STP/STNP), SIMD (STR Q, ST1..ST4), atomics (SWP, LDADD, CAS, ...), DC ZVA, and any
+//! store that crosses a page end. Design and decisions: docs/aarch64.md ("Chunk stores without
+//! a syndrome").
+//!
+//! * **Software step**: the faulting page P is copied into a scratch frame S that Bulwark owns,
+//!   stage 2 points ipa(P) at S (writable) through the core's engine (`Stage2::map`), and the
+//!   guest executes the one instruction under the architectural software step (MDCR_EL2.TDE = 1,
+//!   the guest's MDSCR_EL1.SS = 1, SPSR_EL2.SS = 1; guest A/I/F masked for the step). The step
+//!   ends with a Software Step exception (EC 0x32) at EL2. A second faulting page of the same
+//!   instruction (a store crossing into another protected page) gets the second scratch frame and
+//!   the instruction is stepped again. Then S is compared with P under the protected-byte mask:
+//!   unprotected changes are copied to P; a changed protected byte, or a protected faulting byte,
+//!   is a violation decided by the core (`skip`: keep the instruction's register effects, drop the
+//!   protected bytes; `inject`: registers and PC restored, synchronous external abort; `halt`).
+//!   Stage 2 is re-derived from the core afterwards (one TLB function for every edit).
+//! * **Exclusives** (STXR/STLXR/STXP/STLXP) are not stepped: the exit clears the exclusive
+//!   monitor, the stepped STXR would fail, and the guest's LDXR/STXR loop would retry forever.
+//!   Bulwark decodes them and completes them as a **successful** store-exclusive (status register
+//!   0), writing only unprotected bytes. One vCPU and no emulated DMA: no other observer can have
+//!   written the location between the guest's LDXR and its STXR.
+
+use super::{Decoded, GuestMem, Stage2Tlb, Vm};
+use bulwark_aarch64::esr::ec;
+use bulwark_aarch64::insn::{decode_exclusive, Exclusive};
+use bulwark_aarch64::read_sysreg;
+use bulwark_aarch64::vcpu::VcpuRegs;
+use bulwark_aarch64::write_sysreg;
+use bulwark_abi::console::{reason, STATUS_BULWARK_FAILURE};
+use bulwark_core::addr::{GpaRange, GuestPhysAddr, GuestVirtAddr, HostPhysAddr, PAGE_SIZE};
+use bulwark_core::exit::{Access, Action, Exit, MemFault, StopReason};
+use bulwark_core::guest::GuestTranslate;
+use bulwark_core::gwalk::arm64::{Arm64TranslationRegs, Arm64Walker};
+use bulwark_core::gwalk::{GuestMemRead, WalkTranslate};
+use bulwark_core::pt::{LeafAttrs, Perms};
+
+/// EC of a Software Step exception from a lower exception level.
+pub const EC_SOFTSTEP_LOWER: u8 = 0x32;
+/// MDSCR_EL1.SS: software step enable.
+const MDSCR_SS: u64 = 1;
+/// MDCR_EL2.TDE: debug exceptions from EL1/EL0 are taken to EL2.
+const MDCR_TDE: u64 = 1 << 8;
+/// SPSR.SS: the step is active-not-pending on exception return.
+const PSTATE_SS: u64 = 1 << 21;
+/// SPSR A, I, F: SError, IRQ and FIQ masked for the stepped instruction.
+const PSTATE_AIF: u64 = 0b111 << 6;
+/// Bytes in a page.
+const PAGE: usize = PAGE_SIZE as usize;
+/// Pages one instruction may write (the widest store, 64 bytes, touches at most two).
+pub const STEP_PAGES: usize = 2;
+
+/// One page redirected to a scratch frame for a step.
+#[derive(Clone, Copy, Debug)]
+pub struct StepPage {
+    /// Page base (IPA).
+    ipa: GuestPhysAddr,
+    /// Page base (guest VA), when the fault gave one.
+    va: Option<u64>,
+}
+
+/// A software step in progress.
+#[derive(Clone, Debug)]
+pub struct Step {
+    /// The fault that started it.
+    fault: MemFault,
+    /// The guest's registers before the instruction (restored when the store is refused).
+    saved: VcpuRegs,
+    pages: [Option<StepPage>; STEP_PAGES],
+    /// The guest's own MDSCR_EL1 and Bulwark's MDCR_EL2 before the step.
+    mdscr: u64,
+    mdcr: u64,
+}
+
+/// Clean and invalidate `[addr, addr+len)` to the point of coherency (a guest running with its
+/// MMU off reads and writes memory uncached).
+fn clean_inval(addr: u64, len: u64) {
+    let line = 4u64 << ((read_sysreg!("ctr_el0") >> 16) & 0xf);
+    let mut a = addr & !(line - 1);
+    let end = addr.saturating_add(len);
+    while a < end {
+        // SAFETY: `a` lies in a scratch frame or guest RAM (identity-mapped at EL2); DC CIVAC
+        // writes dirty lines back and drops them, it changes no data.
+        unsafe { core::arch::asm!("dc civac, {}", in(reg) a, options(nostack)) }
+        a += line;
+    }
+    bulwark_aarch64::sysreg::dsb_ish();
+}
+
+impl Vm {
+    fn is_ram(&self, gpa: GuestPhysAddr) -> bool {
+        let a = gpa.as_u64();
+        a >= self.gram.ipa_base && a - self.gram.ipa_base < self.gram.size
+    }
+
+    /// A write to a page with protected bytes (chunk or ROE page) that the syndrome cannot
+    /// complete: no ISV (pair, SIMD, atomic, exclusive, DC ZVA) or a store crossing the page end.
+    pub(super) fn needs_software_store(&self, d: &Decoded, f: &MemFault) -> bool {
+        if f.access != Access::Write || !self.is_ram(f.gpa) || d.esr.s1ptw() {
+            return false;
+        }
+        // Chunk pages, and ROE pages too: skipping an unsized store there must keep the
+        // instruction's register effects (writeback, the value an atomic loads).
+        let st = self.core.store().state(f.gpa.frame());
+        if !(st.chunk || st.roe) || !st.allowed.write() {
+            return false;
+        }
+        let isv = d.esr.ec() == ec::DABT_LOWER && d.esr.isv();
+        match f.size {
+            Some(n) if isv => f.gpa.page_offset() + u64::from(n) > PAGE_SIZE,
+            _ => true,
+        }
+    }
+
+    /// The instruction word at the guest's PC (through its stage-1 tables).
+    fn insn_at_pc(&self) -> Option<u32> {
+        let mem = GuestMem(self.gram);
+        let walker = Arm64Walker::new(Arm64TranslationRegs {
+            sctlr_el1: read_sysreg!("sctlr_el1"),
+            tcr_el1: read_sysreg!("tcr_el1"),
+            ttbr0_el1: read_sysreg!("ttbr0_el1"),
+            ttbr1_el1: read_sysreg!("ttbr1_el1"),
+        });
+        let mut tr = WalkTranslate::new(walker, &mem);
+        let gpa = tr.translate(GuestVirtAddr::new(self.regs.pc)).ok()?;
+        mem.read_u32(gpa).ok()
+    }
+
+    /// Start the software path for `f` (see the module docs).
+    pub(super) fn software_store(&mut self, d: &Decoded, f: &MemFault) -> Action {
+        if let Some(x) = self.insn_at_pc().and_then(decode_exclusive) {
+            return self.emulate_exclusive(f, x);
+        }
+        let mut step = Step {
+            fault: *f,
+            saved: self.regs.clone(),
+            pages: [None; STEP_PAGES],
+            mdscr: read_sysreg!("mdscr_el1"),
+            mdcr: read_sysreg!("mdcr_el2"),
+        };
+        if let Err(a) = self.redirect(&mut step, 0, f) {
+            return a;
+        }
+        // Arm the step: debug exceptions to EL2, the guest's step bit, and the step state on
+        // return; the instruction runs with A/I/F masked (an interrupt taken first would be
+        // stepped instead of the store).
+        write_sysreg!("mdcr_el2", step.mdcr | MDCR_TDE);
+        write_sysreg!("mdscr_el1", step.mdscr | MDSCR_SS);
+        bulwark_aarch64::sysreg::isb();
+        self.regs.pstate |= PSTATE_SS | PSTATE_AIF;
+        self.step = Some(step);
+        self.stats.sw_steps += 1;
+        let _ = d;
+        Action::Retry
+    }
+
+    /// Point the page of `f` at scratch frame `slot` (a copy of the page).
+    fn redirect(&mut self, step: &mut Step, slot: usize, f: &MemFault) -> Result<(), Action> {
+        let page = f.gpa.page_base();
+        let (Some(&scratch), true) = (self.scratch.get(slot), self.is_ram(page)) else {
+            return Err(self.sw_fail(f, "no scratch frame"));
+        };
+        let st = self.core.store().state(page.frame());
+        let host = self.gram.host(page.as_u64());
+        // SAFETY: `host` is a guest RAM page (checked), `scratch` a pool frame only this path
+        // uses; both identity-mapped at EL2, 4 KiB each, disjoint.
+        unsafe { core::ptr::copy_nonoverlapping(host as *const u8, scratch as *mut u8, PAGE) };
+        clean_inval(scratch, PAGE_SIZE);
+        let attrs = LeafAttrs::ram(st.allowed.union(Perms::RW));
+        if let Err(e) = self.s2.map(
+            &mut self.pool,
+            page,
+            PAGE_SIZE,
+            HostPhysAddr::new(scratch),
+            attrs,
+            &mut Stage2Tlb,
+        ) {
+            log::error!("software store: redirecting ipa={page:#x} failed: {e:?}");
+            return Err(self.sw_fail(f, "stage-2 edit failed"));
+        }
+        if let Some(p) = step.pages.get_mut(slot) {
+            *p = Some(StepPage {
+                ipa: page,
+                va: f.gva.map(|v| v.as_u64() & !(PAGE_SIZE - 1)),
+            });
+        }
+        Ok(())
+    }
+
+    fn sw_fail(&mut self, f: &MemFault, why: &str) -> Action {
+        log::error!(
+            "store to a chunk-protected page at ipa={:#x} pc={:#x} cannot be completed safely ({why}); stopping",
+            f.gpa,
+            f.ip
+        );
+        Action::Stop(StopReason {
+            status: STATUS_BULWARK_FAILURE,
+            reason: reason::UNHANDLED_EXIT,
+        })
+    }
+
+    /// Undo the hardware side of a step: stage 2 re-derived for the redirected pages, the
+    /// guest's MDSCR_EL1, MDCR_EL2, PSTATE.SS cleared and A/I/F as before the step (unless the
+    /// instruction took an exception, whose entry set them).
+    fn step_teardown(&mut self, step: &Step) -> Option<Action> {
+        write_sysreg!("mdscr_el1", step.mdscr);
+        write_sysreg!("mdcr_el2", step.mdcr);
+        bulwark_aarch64::sysreg::isb();
+        self.regs.pstate &= !PSTATE_SS;
+        if self.regs.pc == step.saved.pc || self.regs.pc == step.saved.pc.wrapping_add(4) {
+            self.regs.pstate = (self.regs.pstate & !PSTATE_AIF) | (step.saved.pstate & PSTATE_AIF);
+        }
+        for p in step.pages.iter().flatten() {
+            if let Some(r) = GpaRange::new(p.ipa, PAGE_SIZE) {
+                if let Some(stop) = self.rederive(r) {
+                    return Some(stop);
+                }
+            }
+        }
+        None
+    }
+
+    /// An exit while a step is in progress.
+    pub(super) fn step_exit(&mut self, d: &mut Decoded) -> Action {
+        let Some(mut step) = self.step.take() else {
+            return self.handle(d);
+        };
+        if d.esr.ec() == EC_SOFTSTEP_LOWER {
+            self.stats.exit_step += 1;
+            return self.finish_step(d, step);
+        }
+        // The instruction also writes another protected page: give it the second frame and
+        // step again (nothing was written: the instruction aborted).
+        if let Exit::MemFault(f) = d.exit {
+            let page = f.gpa.page_base();
+            let st = self.core.store().state(page.frame());
+            let free = step.pages.iter().position(|p| p.is_none());
+            let known = step.pages.iter().flatten().any(|p| p.ipa == page);
+            if f.access == Access::Write
+                && self.is_ram(page)
+                && (st.chunk || st.roe)
+                && st.allowed.write()
+                && !known
+            {
+                if let Some(slot) = free {
+                    if let Err(a) = self.redirect(&mut step, slot, &f) {
+                        let _ = self.step_teardown(&step);
+                        return a;
+                    }
+                    self.regs.pstate |= PSTATE_SS | PSTATE_AIF;
+                    self.step = Some(step);
+                    return Action::Retry;
+                }
+            }
+        }
+        // Anything else: abandon the step and handle the exit as usual.
+        if let Some(stop) = self.step_teardown(&step) {
+            return stop;
+        }
+        self.handle(d)
+    }
+
+    /// The step completed: compare, merge, decide.
+    fn finish_step(&mut self, d: &mut Decoded, step: Step) -> Action {
+        // The first protected byte the instruction changed (or the protected faulting byte).
+        let mut hit: Option<(GuestPhysAddr, Option<u64>)> = None;
+        if self.core.store().byte_locked(step.fault.gpa) {
+            hit = Some((step.fault.gpa, step.fault.gva.map(|v| v.as_u64())));
+        }
+        let mut masks = [[0u64; 64]; STEP_PAGES];
+        for (i, p) in step.pages.iter().enumerate() {
+            let (Some(p), Some(&scratch), Some(mask)) = (p, self.scratch.get(i), masks.get_mut(i))
+            else {
+                continue;
+            };
+            for (w, m) in mask.iter_mut().enumerate() {
+                *m = self
+                    .core
+                    .protected_mask(GuestPhysAddr::new(p.ipa.as_u64() + 64 * w as u64), 64);
+            }
+            clean_inval(scratch, PAGE_SIZE);
+            let host = self.gram.host(p.ipa.as_u64());
+            // SAFETY: a guest RAM page and a scratch frame, identity-mapped, 4 KiB each; read
+            // only here.
+            let (page, copy) = unsafe {
+                (
+                    core::slice::from_raw_parts(host as *const u8, PAGE),
+                    core::slice::from_raw_parts(scratch as *const u8, PAGE),
+                )
+            };
+            if hit.is_none() {
+                let first = page
+                    .iter()
+                    .zip(copy)
+                    .enumerate()
+                    .find(|&(j, (a, b))| a != b && mask[j / 64] & (1 << (j % 64)) != 0);
+                if let Some((j, _)) = first {
+                    hit = Some((
+                        GuestPhysAddr::new(p.ipa.as_u64() + j as u64),
+                        p.va.map(|v| v + j as u64),
+                    ));
+                }
+            }
+        }
+        let merge = |vm: &mut Vm| {
+            for (i, p) in step.pages.iter().enumerate() {
+                let (Some(p), Some(&scratch), Some(mask)) = (p, vm.scratch.get(i), masks.get(i))
+                else {
+                    continue;
+                };
+                let host = vm.gram.host(p.ipa.as_u64());
+                // SAFETY: as above; the guest RAM page is written from EL2 (the guest cannot
+                // write it: its stage-2 leaf is read-only or points at the scratch frame).
+                let (page, copy) = unsafe {
+                    (
+                        core::slice::from_raw_parts_mut(host as *mut u8, PAGE),
+                        core::slice::from_raw_parts(scratch as *const u8, PAGE),
+                    )
+                };
+                for (j, (a, b)) in page.iter_mut().zip(copy).enumerate() {
+                    if *a != *b && mask[j / 64] & (1 << (j % 64)) == 0 {
+                        *a = *b;
+                    }
+                }
+                clean_inval(host, PAGE_SIZE);
+            }
+        };
+        let action = match hit {
+            None => {
+                merge(self);
+                self.stats.sw_writes += 1;
+                Action::Retry
+            }
+            Some((gpa, gva)) => {
+                let at = MemFault {
+                    gpa,
+                    gva: gva.map(GuestVirtAddr::new),
+                    size: Some(1),
+                    ..step.fault
+                };
+                match self.core.handle_fault(0, &at).action {
+                    // skip: the instruction stands, its protected bytes dropped.
+                    Action::Advance | Action::EmulateStore(_) => {
+                        merge(self);
+                        self.stats.sw_writes += 1;
+                        Action::Retry
+                    }
+                    Action::InjectFault => {
+                        let s = &step.saved;
+                        self.regs.x = s.x;
+                        self.regs.pc = s.pc;
+                        self.regs.pstate = s.pstate;
+                        self.regs.v = s.v;
+                        self.regs.fpsr = s.fpsr;
+                        self.regs.fpcr = s.fpcr;
+                        d.exit = Exit::MemFault(step.fault);
+                        Action::InjectFault
+                    }
+                    other => other,
+                }
+            }
+        };
+        if let Some(stop) = self.step_teardown(&step) {
+            return stop;
+        }
+        if action == Action::InjectFault {
+            return self.inject_or_stop(&step.fault);
+        }
+        action
+    }
+
+    /// Complete a store-exclusive to a chunk page as a successful one, minus protected bytes.
+    fn emulate_exclusive(&mut self, f: &MemFault, x: Exclusive) -> Action {
+        let size = x.size();
+        if f.gpa.page_offset() + u64::from(size) > PAGE_SIZE {
+            return self.sw_fail(f, "store-exclusive crossing a page");
+        }
+        let mut bytes = [0u8; 16];
+        let lo = self.regs.reg(x.rt).to_le_bytes();
+        let hi = x.rt2.map_or(0, |r| self.regs.reg(r)).to_le_bytes();
+        let e = usize::from(x.elem);
+        for (i, b) in bytes.iter_mut().enumerate().take(usize::from(size)) {
+            *b = if i < e {
+                lo.get(i).copied().unwrap_or(0)
+            } else {
+                hi.get(i - e).copied().unwrap_or(0)
+            };
+        }
+        let mask = self.core.protected_mask(f.gpa, size);
+        let action = if mask == 0 {
+            Action::Advance
+        } else {
+            let first = u64::from(mask.trailing_zeros());
+            let at = MemFault {
+                gpa: GuestPhysAddr::new(f.gpa.as_u64() + first),
+                gva: f
+                    .gva
+                    .map(|v| GuestVirtAddr::new(v.as_u64().wrapping_add(first))),
+                size: Some(1),
+                ..*f
+            };
+            self.core.handle_fault(0, &at).action
+        };
+        match action {
+            Action::Advance | Action::EmulateStore(_) => {
+                let host = self.gram.host(f.gpa.as_u64());
+                for (i, b) in bytes.iter().enumerate().take(usize::from(size)) {
+                    if mask & (1 << i) == 0 {
+                        // SAFETY: inside the guest RAM page of the fault (no page crossing,
+                        // checked above), identity-mapped at EL2.
+                        unsafe { core::ptr::write_volatile((host + i as u64) as *mut u8, *b) };
+                    }
+                }
+                clean_inval(host, u64::from(size));
+                self.regs.set_reg(x.rs, 0);
+                self.stats.sw_exclusive += 1;
+                Action::Advance
+            }
+            Action::InjectFault => self.inject_or_stop(f),
+            other => other,
+        }
+    }
+}
