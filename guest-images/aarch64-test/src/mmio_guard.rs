@@ -1,0 +1,170 @@
+//! MMIO guard from the guest's side, the way a guest written for KVM's vendor-hypervisor services
+//! probes and uses it (seed 001 numbering, docs/protection-spec §3): discovery through the
+//! vendor-hyp Call UID (KVM's UID) and FEATURES (0x86000000, bits 2..5), INFO, ENROLL (twice),
+//! MAP (unaligned, RAM, outside every device, twice), UNMAP (of an unmapped granule, unaligned),
+//! device accesses before and after enrolment (read and write: synchronous external abort with
+//! EC 0x25, FSC 0x10, ISV 0, WnR, FAR = the VA), and an LDP straddling two granules, which needs
+//! both mapped.
+//!
+//! Enrolling cuts the guest off every device it has not mapped, the UART included: the UART is
+//! mapped right after enrolling, before printing again.
+
+use core::sync::atomic::Ordering;
+
+use super::{hvc, probe, Checks, LAST_FAR, UART};
+use bulwark_abi::errno::smccc_ret::NOT_SUPPORTED_REG;
+use bulwark_abi::smccc as ids;
+
+/// QEMU virt's PL031 RTC (one 4 KiB granule).
+const RTC: u64 = 0x0901_0000;
+/// QEMU virt's GICv3 distributor: 64 KiB, reserved registers read as zero. Its first two
+/// granules serve the straddling access.
+const GICD: u64 = 0x0800_0000;
+
+fn call(f: u32, a: u64) -> u64 {
+    hvc(u64::from(f), a, 0, 0)[0]
+}
+
+/// `ldp` of two 8-byte registers at `addr`; `Err(esr)` when it aborted.
+fn ldp(addr: u64) -> Result<(u64, u64), u64> {
+    super::EXPECT_ABORT.store(true, Ordering::Release);
+    let (a, b): (u64, u64);
+    // SAFETY: deliberately reads device memory that may be refused; the handler skips the
+    // single instruction when it aborts. `addr` is 8-byte aligned (device memory).
+    unsafe {
+        core::arch::asm!("ldp {a}, {b}, [{p}]", p = in(reg) addr, a = out(reg) a, b = out(reg) b, options(nostack))
+    };
+    if super::EXPECT_ABORT.swap(false, Ordering::AcqRel) {
+        Ok((a, b))
+    } else {
+        Err(super::LAST_ESR.load(Ordering::Relaxed))
+    }
+}
+
+/// The spec's abort: EC 0x25 (data abort, same EL), FSC 0x10, ISV 0, WnR as given.
+fn sea(esr: u64, write: bool) -> bool {
+    (esr >> 26) & 0x3f == 0x25
+        && esr & 0x3f == 0x10
+        && esr & (1 << 24) == 0
+        && (esr & (1 << 6) != 0) == write
+}
+
+pub fn checks(c: &mut Checks) {
+    // Discovery as a KVM guest does it.
+    let uid = hvc(u64::from(ids::VENDOR_HYP_CALL_UID), 0, 0, 0);
+    c.check(
+        uid == ids::KVM_UID.map(u64::from),
+        format_args!("vendor-hyp Call UID is KVM's ({uid:x?})"),
+    );
+    let f = hvc(u64::from(ids::VENDOR_HYP_FEATURES), 0, 0, 0);
+    let want = (1 << 0) | (0b1111 << 2);
+    c.check(
+        f[0] & want == want,
+        format_args!(
+            "vendor-hyp FEATURES {:#x}: FEATURES and MMIO guard 2..5 present",
+            f[0]
+        ),
+    );
+    let info = call(ids::MMIO_GUARD_INFO, 0);
+    c.check(
+        info == 4096,
+        format_args!("MMIO_GUARD_INFO -> {info} (granule)"),
+    );
+
+    // Before enrolment: devices work as without the guard; MAP/UNMAP refused.
+    c.check(
+        probe(RTC, false).is_ok(),
+        format_args!("RTC reads before enrolment"),
+    );
+    let m = call(ids::MMIO_GUARD_MAP, RTC);
+    let u = call(ids::MMIO_GUARD_UNMAP, UART as u64);
+    c.check(
+        m == NOT_SUPPORTED_REG && u == NOT_SUPPORTED_REG,
+        format_args!("MAP/UNMAP before enrolment -> {m:#x} {u:#x} (NOT_SUPPORTED)"),
+    );
+
+    let e1 = call(ids::MMIO_GUARD_ENROLL, 0);
+    let mu = call(ids::MMIO_GUARD_MAP, UART as u64);
+    let e2 = call(ids::MMIO_GUARD_ENROLL, 0);
+    c.check(
+        e1 == 0 && mu == 0 && e2 == 0,
+        format_args!("ENROLL -> {e1}, MAP(uart) -> {mu}, ENROLL again -> {e2}"),
+    );
+    for (what, ipa) in [
+        ("unaligned", UART as u64 + 8),
+        ("of RAM", super::RAM_BASE),
+        ("outside every device (past RAM)", 0x5e00_0000),
+        ("beyond the IPA space", 1 << 52),
+    ] {
+        let r = call(ids::MMIO_GUARD_MAP, ipa);
+        c.check(
+            r == NOT_SUPPORTED_REG,
+            format_args!("MAP {what} ({ipa:#x}) -> {r:#x} (NOT_SUPPORTED)"),
+        );
+    }
+    let again = call(ids::MMIO_GUARD_MAP, UART as u64);
+    c.check(again == 0, format_args!("MAP(uart) twice -> {again}"));
+
+    // Unmapped device after enrolment: not performed, synchronous external abort.
+    for write in [false, true] {
+        let r = probe(RTC, write);
+        let esr = r.err().unwrap_or(0);
+        let far = LAST_FAR.load(Ordering::Relaxed);
+        c.check(
+            r.is_err() && sea(esr, write) && far == RTC,
+            format_args!(
+                "{} of the unmapped RTC after enrolling -> external abort (esr {esr:#x}, far {far:#x})",
+                if write { "write" } else { "read" }
+            ),
+        );
+    }
+    let m = call(ids::MMIO_GUARD_MAP, RTC);
+    c.check(
+        m == 0 && probe(RTC, false).is_ok(),
+        format_args!("MAP(rtc) -> {m}, then the RTC reads"),
+    );
+    let u1 = call(ids::MMIO_GUARD_UNMAP, RTC);
+    let after = probe(RTC, false);
+    let u2 = call(ids::MMIO_GUARD_UNMAP, RTC);
+    let u3 = call(ids::MMIO_GUARD_UNMAP, UART as u64 + 4);
+    c.check(
+        u1 == 0 && after.is_err() && u2 == NOT_SUPPORTED_REG && u3 == NOT_SUPPORTED_REG,
+        format_args!(
+            "UNMAP(rtc) -> {u1:#x}, then refused again; UNMAP of the unmapped granule -> {u2:#x}, unaligned -> {u3:#x}"
+        ),
+    );
+
+    // An access straddling two granules needs both.
+    let straddle = GICD + 0x1000 - 8;
+    let m0 = call(ids::MMIO_GUARD_MAP, GICD);
+    let r = ldp(straddle);
+    c.check(
+        m0 == 0 && r.is_err_and(|e| sea(e, false)),
+        format_args!("LDP straddling a mapped and an unmapped granule -> external abort ({r:x?})"),
+    );
+    let m1 = call(ids::MMIO_GUARD_MAP, GICD + 0x1000);
+    let r = ldp(straddle);
+    c.check(
+        m1 == 0 && r.is_ok(),
+        format_args!("with both granules mapped the LDP completes ({r:x?})"),
+    );
+    let u = call(ids::MMIO_GUARD_UNMAP, GICD);
+    let r = ldp(straddle);
+    c.check(
+        u == 0 && r.is_err_and(|e| sea(e, false)),
+        format_args!("first granule unmapped again -> external abort ({r:x?})"),
+    );
+}
+
+/// `scenario=mmio-reset`: enrol, map the UART, then PSCI SYSTEM_RESET. Bulwark does not reboot
+/// guests: the run ends (status 178) and the enrolment and mappings end with it.
+pub fn reset() -> ! {
+    let e = call(ids::MMIO_GUARD_ENROLL, 0);
+    let m = call(ids::MMIO_GUARD_MAP, UART as u64);
+    let _ = core::fmt::Write::write_fmt(
+        &mut super::Uart,
+        format_args!("testguest: enrolled ({e}), UART mapped ({m}); PSCI SYSTEM_RESET\n"),
+    );
+    hvc(u64::from(ids::PSCI_SYSTEM_RESET), 0, 0, 0);
+    super::guest_exit(7)
+}
