@@ -19,6 +19,8 @@ const DEFAULT_TIMEOUT_S: u64 = 30;
 const MEMORY: &str = "512M";
 /// Status Bulwark reports for a guest stuck in an exception loop (hypervisor/src/aarch64/guest.rs).
 const STATUS_GUEST_CRASH: u32 = 0xB3;
+/// Status of a run the guest ended with PSCI SYSTEM_RESET (hypervisor/src/aarch64/guest.rs).
+const STATUS_GUEST_RESET: u32 = 0xB2;
 
 fn out() -> Result<PathBuf, String> {
     util::out_dir("aarch64")
@@ -86,8 +88,25 @@ pub struct Extra {
     pub as_firmware: bool,
 }
 
-/// `cargo xtask run --arch aarch64`: Bulwark with `--guest` (default: the test guest).
+/// Guest command line of the demo (`cargo xtask run --arch aarch64` without `--guest`).
+pub const DEMO_CMDLINE: &str = "scenario=demo";
+
+/// `cargo xtask run --arch aarch64`: Bulwark with `--guest`. Without `--guest` and without a
+/// guest command line it runs the demo (the test guest with `scenario=demo`: MMIO guard, ROE, an
+/// attacker refused twice); with `--guest-cmdline` the test guest gets that command line.
 pub fn run(o: &RunOpts) -> Result<Outcome, String> {
+    if o.guest.is_none() && o.guest_cmdline.trim().is_empty() {
+        let demo = RunOpts {
+            guest_cmdline: DEMO_CMDLINE.into(),
+            ..o.clone()
+        };
+        return run_with(&demo, &Extra::default());
+    }
+    run_with(o, &Extra::default())
+}
+
+/// The test guest (or `o.guest`) with exactly the command lines in `o` (scenarios).
+fn run_guest(o: &RunOpts) -> Result<Outcome, String> {
     run_with(o, &Extra::default())
 }
 
@@ -146,6 +165,24 @@ fn quiet() -> RunOpts {
         quiet: true,
         ..RunOpts::default()
     }
+}
+
+/// The value of `key` in Bulwark's end-of-run counters line is at least `min`.
+fn counter_at_least(out: &Outcome, key: &str, min: u64) -> Result<(), String> {
+    let line = out
+        .lines
+        .iter()
+        .find(|l| l.contains("bulwark: INFO counters "))
+        .ok_or("no counters line")?;
+    let v = line
+        .split_ascii_whitespace()
+        .find_map(|t| t.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+        .and_then(|v| v.parse::<u64>().ok())
+        .ok_or_else(|| format!("counters line lacks {key}: {line}"))?;
+    if v < min {
+        return Err(format!("counter {key}={v}, expected at least {min}: {line}"));
+    }
+    Ok(())
 }
 
 fn need(out: &Outcome, needle: &str) -> Result<(), String> {
@@ -451,7 +488,7 @@ pub fn scenarios() -> Vec<Scenario> {
                 cmdline: "violation=sometimes".into(),
                 ..quiet()
             };
-            let out = run(&o)?;
+            let out = run_guest(&o)?;
             out.expect(STATUS_BULWARK_FAILURE, reason::REFUSED)?;
             need(&out, "violation=sometimes")
         }),
@@ -460,7 +497,7 @@ pub fn scenarios() -> Vec<Scenario> {
                 guest_cmdline: "from-xtask".into(),
                 ..quiet()
             };
-            let out = run(&o)?;
+            let out = run_guest(&o)?;
             out.expect(0, reason::GUEST_EXIT)?;
             need(&out, "testguest: bootargs \"from-xtask\"")?;
             need(&out, "testguest: all checks passed")?;
@@ -470,8 +507,65 @@ pub fn scenarios() -> Vec<Scenario> {
             need(
                 &out,
                 "bulwark: violation kind=mmio-guard access=read gpa=0x9010000",
-            )
+            )?;
+            need(&out, "bulwark: violation kind=mmio-guard access=read gpa=0x8001000")?;
+            need(&out, "testguest: ok   LDXR/STXR onto protected bytes")?;
+            need(&out, "testguest: ok   ROE from EL0")?;
+            need(&out, "bulwark: INFO counters exits=")?;
+            counter_at_least(&out, "sw_steps", 10)?;
+            counter_at_least(&out, "sw_exclusive", 3)?;
+            counter_at_least(&out, "violations_mmio_guard", 5)
         }),
+        Scenario::new(
+            "aarch64: violation=inject: every store form refused with an external abort, registers as before",
+            emu,
+            || {
+                let o = RunOpts {
+                    cmdline: "violation=inject".into(),
+                    guest_cmdline: "policy=inject".into(),
+                    ..quiet()
+                };
+                let out = run_guest(&o)?;
+                out.expect(0, reason::GUEST_EXIT)?;
+                need(&out, "testguest: all checks passed")?;
+                need(&out, "bulwark: violation kind=roe access=write")?;
+                need(&out, "bulwark: violation kind=roe-chunk access=write")?;
+                need(&out, "action=inject")?;
+                if out.has("action=skip") {
+                    return Err("a violation was skipped under violation=inject".into());
+                }
+                counter_at_least(&out, "sw_steps", 10)
+            },
+        ),
+        Scenario::new(
+            "aarch64: SYSTEM_RESET ends the run, MMIO guard enrolment with it",
+            emu,
+            || {
+                let o = RunOpts {
+                    guest_cmdline: "scenario=mmio-reset".into(),
+                    ..quiet()
+                };
+                let out = run_guest(&o)?;
+                out.expect(STATUS_GUEST_RESET, "guest-reset")?;
+                need(&out, "testguest: enrolled (0), UART mapped (0)")?;
+                need(&out, "MMIO guard enrolment on with 1 mapped granule(s) ends with the run")
+            },
+        ),
+        Scenario::new(
+            "aarch64: the demo (xtask run without --guest): both attacks refused, guest survives",
+            emu,
+            || {
+                let out = run(&quiet())?;
+                out.expect(0, reason::GUEST_EXIT)?;
+                need(&out, "demo: enrolled in MMIO guard (0), mapped only the UART (0)")?;
+                need(&out, "bulwark: violation kind=mmio-guard access=read gpa=0x9010000")?;
+                need(&out, "attacker: refused: synchronous external abort")?;
+                need(&out, "bulwark: violation kind=roe access=write")?;
+                need(&out, "unchanged")?;
+                need(&out, "demo: both attacks refused; the guest survived")?;
+                need(&out, "bulwark: INFO counters exits=")
+            },
+        ),
         Scenario::new(
             "aarch64: violation=halt stops at the first ROE write",
             emu,
@@ -480,7 +574,7 @@ pub fn scenarios() -> Vec<Scenario> {
                     cmdline: "violation=halt".into(),
                     ..quiet()
                 };
-                let out = run(&o)?;
+                let out = run_guest(&o)?;
                 out.expect(STATUS_BULWARK_FAILURE, reason::VIOLATION_HALT)?;
                 need(&out, "bulwark: violation kind=roe access=write")?;
                 need(&out, "action=halt")
@@ -491,7 +585,7 @@ pub fn scenarios() -> Vec<Scenario> {
                 guest_cmdline: "exit=42".into(),
                 ..quiet()
             };
-            let out = run(&o)?;
+            let out = run_guest(&o)?;
             out.expect(42, reason::GUEST_EXIT)?;
             if out.exit_code() != 42 {
                 return Err(format!("exit code {} instead of 42", out.exit_code()));
@@ -509,7 +603,7 @@ pub fn scenarios() -> Vec<Scenario> {
                 guest: Some(raw),
                 ..quiet()
             };
-            let out = run(&o)?;
+            let out = run_guest(&o)?;
             out.expect(0, reason::GUEST_EXIT)?;
             need(&out, "raw binary")?;
             need(&out, "testguest: all checks passed")
@@ -519,7 +613,7 @@ pub fn scenarios() -> Vec<Scenario> {
                 guest_cmdline: "crash=loop".into(),
                 ..quiet()
             };
-            let out = run(&o)?;
+            let out = run_guest(&o)?;
             out.expect(STATUS_GUEST_CRASH, reason::GUEST_CRASH)?;
             need(&out, "exception loop")
         }),
@@ -531,7 +625,7 @@ pub fn scenarios() -> Vec<Scenario> {
                     guest_cmdline: "crash=unhandled".into(),
                     ..quiet()
                 };
-                let out = run(&o)?;
+                let out = run_guest(&o)?;
                 out.expect(STATUS_GUEST_CRASH, reason::GUEST_CRASH)?;
                 need(&out, "aborts in a row")
             },
