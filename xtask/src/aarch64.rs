@@ -180,7 +180,9 @@ fn counter_at_least(out: &Outcome, key: &str, min: u64) -> Result<(), String> {
         .and_then(|v| v.parse::<u64>().ok())
         .ok_or_else(|| format!("counters line lacks {key}: {line}"))?;
     if v < min {
-        return Err(format!("counter {key}={v}, expected at least {min}: {line}"));
+        return Err(format!(
+            "counter {key}={v}, expected at least {min}: {line}"
+        ));
     }
     Ok(())
 }
