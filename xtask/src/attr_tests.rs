@@ -18,6 +18,8 @@ use crate::util::{self, Arch, Outcome, RunOpts, Scenario};
 
 /// Bochs model for the x86 runs: EPT with execute-only translations (and SPP).
 const X86_MODEL: &str = "tigerlake";
+/// A second Bochs model (no SPP, other VMCS revision), for one `skip` run.
+const X86_MODEL_2: &str = "corei7_skylake_x";
 const X86_TIMEOUT_S: u64 = 120;
 const ARM_TIMEOUT_S: u64 = 20;
 
@@ -142,11 +144,21 @@ fn pages(arch: Arch) -> Result<Pages, String> {
 }
 
 fn run(arch: Arch, cmdline: String, guest_cmdline: String) -> Result<Outcome, String> {
+    run_on(arch, X86_MODEL, cmdline, guest_cmdline)
+}
+
+/// `model`: the Bochs CPU model (x86 only).
+fn run_on(
+    arch: Arch,
+    model: &str,
+    cmdline: String,
+    guest_cmdline: String,
+) -> Result<Outcome, String> {
     match arch {
         Arch::X86_64 => crate::x86_64::run(&RunOpts {
             arch: Some(arch),
             emulator: Some("bochs".into()),
-            cpu: Some(X86_MODEL.into()),
+            cpu: Some(model.into()),
             timeout: Some(X86_TIMEOUT_S),
             cmdline,
             guest_cmdline,
@@ -182,14 +194,14 @@ fn guest_lines(arch: Arch, out: &Outcome) -> Vec<&str> {
 }
 
 /// One guest run under `policy`; checks status, guest verdict and every violation line.
-fn guest_scenario(arch: Arch, policy: Policy) -> Result<(), String> {
+fn guest_scenario(arch: Arch, model: &str, policy: Policy) -> Result<(), String> {
     let p = pages(arch)?;
     let mut guest_cmdline = format!("scenario=attr-{}", policy.as_str());
     if p.xo.is_some() {
         guest_cmdline.push_str(" attr-xo");
     }
     let cmdline = format!("violation={} {}", policy.as_str(), p.attr_token());
-    let out = run(arch, cmdline, guest_cmdline)?;
+    let out = run_on(arch, model, cmdline, guest_cmdline)?;
 
     // (access, gpa) of every violation, in the guest's order.
     let mut want: Vec<(&str, u64)> = vec![("write", p.code)];
@@ -411,7 +423,7 @@ pub fn scenarios() -> Vec<Scenario> {
                     policy.as_str()
                 ),
                 emu.clone(),
-                move || guest_scenario(arch, policy),
+                move || guest_scenario(arch, X86_MODEL, policy),
             ));
         }
         let rules: &'static [Rule] = match arch {
@@ -426,5 +438,10 @@ pub fn scenarios() -> Vec<Scenario> {
             ));
         }
     }
+    v.push(Scenario::new(
+        "x86 attr: r-x code, rw- data, ---, --x under violation=skip",
+        format!("bochs {X86_MODEL_2}"),
+        || guest_scenario(Arch::X86_64, X86_MODEL_2, Policy::Skip),
+    ));
     v
 }
