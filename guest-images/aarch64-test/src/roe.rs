@@ -2,7 +2,7 @@
 //! x2 = a1, x3 = a2): every -EINVAL case, calls from EL0 (HVC/SMC are UNDEFINED there: the guest
 //! takes its own undefined-instruction exception and Bulwark sees nothing), and stores of every
 //! form to ROE pages and chunk pages: STR, STP (with writeback), STR Q, ST1 of four Q registers,
-//! SWP, LDADD, CAS, LDXR/STXR, LDXP/STXP, and stores crossing pages.
+//! SWP, LDADD, CAS, LDXR/STXR, LDXP/STXP, DC ZVA, and stores crossing pages.
 //!
 //! `policy` is Bulwark's `violation=` (the guest's `policy=` option tells the guest which one
 //! runs): under `skip` a store that hits protected bytes completes without them and keeps its
@@ -216,6 +216,17 @@ fn cas(p: u64, expect: u64, new: u64) -> u64 {
             e = inout(reg) e, options(nostack))
     }
     e
+}
+/// DC ZVA of the block at `p`; the block size in bytes (None when DC ZVA is prohibited).
+fn dc_zva(p: u64) {
+    // SAFETY: zeroes one naturally aligned block inside the test pages.
+    unsafe { core::arch::asm!("dc zva, {p}", p = in(reg) p, options(nostack)) }
+}
+fn zva_block() -> Option<u64> {
+    let d: u64;
+    // SAFETY: reading DCZID_EL0 has no side effects.
+    unsafe { core::arch::asm!("mrs {}, dczid_el0", out(reg) d, options(nomem, nostack)) };
+    (d & 0x10 == 0).then(|| 4u64 << (d & 0xf))
 }
 /// LDXR/STXR loop (at most 8 tries); returns (tries, last status).
 fn xchg_excl(p: u64, new: u64) -> (u64, u64) {
@@ -499,6 +510,26 @@ fn chunk_checks(c: &mut Checks, inject: bool) {
         expect(ab) && rd8(a + 0x100) == prot,
         format_args!("CAS onto protected bytes: memory kept, abort {ab}"),
     );
+
+    // DC ZVA (a 64-byte block store without syndrome).
+    if zva_block() == Some(64) {
+        fill(a + 0x1c0, 0x40, 0x11);
+        dc_zva(a + 0x1c0);
+        c.check(
+            bytes(a + 0x1c0, 64) == [0; 64],
+            format_args!("DC ZVA of an unprotected block zeroes it"),
+        );
+        let ab = aborted(|| dc_zva(a + 0x200));
+        c.check(
+            expect(ab) && bytes(a + 0x200, 64) == [0x5a; 64],
+            format_args!("DC ZVA of a protected block: kept, abort {ab}"),
+        );
+    } else {
+        let _ = writeln!(
+            Uart,
+            "testguest: note DC ZVA block is not 64 bytes here; not tested"
+        );
+    }
 
     // Exclusives: completed as successful store-exclusives, protected bytes dropped.
     let (tries, st) = xchg_excl(a + 0x720, 0x77);
