@@ -10,10 +10,11 @@
 //!    all; without SPP each one goes through Bulwark's software path (one exit or more each).
 //! 3. Print `spp-subpage: stores=N ...` (the xtask reads N) and the TSC cost of a store to the
 //!    chunk page and to an unprotected page, and the number of failed checks so far.
-//! 4. Store one byte into a protected byte: it must exit (so the chunk page really is
-//!    write-protected in the EPT and the zero count of step 2 is SPP's doing) and change
-//!    nothing. Without the x86 chunk software path Bulwark stops the run there; with it the
-//!    guest checks the byte and exits with the number of failed checks.
+//! 4. CHUNK-protect 8 bytes of sub-page 10 (written in step 2: only the SPP vector changes, so
+//!    this exercises the INVEPT rule for SPPT changes) and store one byte into them: it must exit
+//!    (so the chunk page really is write-protected in the EPT and the zero count of step 2 is
+//!    SPP's doing) and change nothing. Without the x86 chunk software path Bulwark stops the
+//!    run there; with it the guest checks the byte and exits with the number of failed checks.
 
 use core::arch::asm;
 use core::fmt::Write as _;
@@ -30,6 +31,8 @@ pub const PROT_LEN: u64 = 0x85;
 /// Rounds of one store per unprotected sub-page.
 pub const ROUNDS: u64 = 8;
 const SUBPAGE: u64 = 128;
+/// Step 4 protects [LATE_OFF, +8) (sub-page 10) after the stores wrote it.
+const LATE_OFF: u64 = 0x500;
 
 #[repr(C, align(4096))]
 struct Page([u8; 4096]);
@@ -224,16 +227,26 @@ pub fn run(_s: &str) -> ! {
         t.failed
     );
 
-    // 4. The chunk page really is write-protected: one byte store into a protected byte must
-    //    exit (Bulwark's `ept-violation` count goes up by one) and change nothing. Until the x86
-    //    software path for chunk pages exists, Bulwark stops the run at this store.
-    say!("spp-subpage: storing into a protected byte (must exit)");
-    wr8(page + PROT_START + 0x10, 0xee);
-    let v = rd8(page + PROT_START + 0x10);
+    // 4. Protect 8 more bytes, in sub-page 10, which the stores above wrote (so the CPU may
+    //    hold its old, writable sub-page permission): only the page's SPP vector changes, not
+    //    its EPT leaf, so this checks Bulwark's INVEPT rule for SPPT changes. One byte store into
+    //    them must then exit (Bulwark's `ept-violation` count goes up by one) and change nothing.
+    //    Until the x86 software path for chunk pages exists, Bulwark stops the run at this store.
+    let late = page + LATE_OFF;
+    let before = rd8(late + 3);
+    let r = roe(ROE_MPROTECT_CHUNK, late, 8);
+    t.check(
+        "chunk-protect-written-subpage",
+        r == 8,
+        format_args!("returned {r}, expected 8"),
+    );
+    say!("spp-subpage: storing into a byte protected after its sub-page was written (must exit)");
+    wr8(late + 3, !before);
+    let v = rd8(late + 3);
     t.check(
         "protected-store-dropped",
-        v == pattern(PROT_START + 0x10),
-        format_args!("protected byte is {v:#x}"),
+        v == before,
+        format_args!("protected byte is {v:#x}, expected {before:#x}"),
     );
     say!("spp-subpage: {} check(s) failed", t.failed);
     exit(t.failed)
