@@ -181,6 +181,9 @@ macro_rules! say {
 }
 
 mod attr;
+mod demo;
+mod mmio_guard;
+mod roe;
 
 fn read_esr_far() -> (u64, u64) {
     let (esr, far): (u64, u64);
@@ -205,6 +208,11 @@ extern "C" fn guest_exception(kind: u64) {
     let (esr, far) = read_esr_far();
     ABORTS.fetch_add(1, Ordering::Relaxed);
     if NEVER_SKIP.load(Ordering::Relaxed) {
+        return;
+    }
+    if kind == 8 {
+        // From EL0 (roe.rs drops there to show that HVC/SMC are undefined at EL0).
+        roe::el0_trap(esr);
         return;
     }
     if kind == 4 && EXPECT_ABORT.swap(false, Ordering::AcqRel) {
@@ -354,41 +362,6 @@ fn roe_checks(c: &mut Checks) {
     );
 }
 
-/// MMIO guard (seed 001 numbering). Enrolling cuts the guest off every device it has not mapped,
-/// the UART included: the UART is mapped right after enrolling, before printing again.
-fn mmio_guard_checks(c: &mut Checks) {
-    const RTC: u64 = 0x0901_0000;
-    let info = hvc(u64::from(ids::MMIO_GUARD_INFO), 0, 0, 0)[0];
-    let enroll = hvc(u64::from(ids::MMIO_GUARD_ENROLL), 0, 0, 0)[0];
-    let map_uart = hvc(u64::from(ids::MMIO_GUARD_MAP), UART as u64, 0, 0)[0];
-    c.check(
-        info == 4096 && enroll == 0 && map_uart == 0,
-        format_args!("MMIO guard: INFO {info}, ENROLL {enroll}, MAP(uart) {map_uart}"),
-    );
-    let r = probe(RTC, false);
-    let esr = r.err().unwrap_or(0);
-    c.check(
-        r.is_err() && (esr >> 26) & 0x3f == 0x25 && esr & 0x3f == 0x10,
-        format_args!("read of the unmapped RTC after enrolling -> external abort (esr {esr:#x})"),
-    );
-    let m = hvc(u64::from(ids::MMIO_GUARD_MAP), RTC, 0, 0)[0];
-    c.check(
-        m == 0 && probe(RTC, false).is_ok(),
-        format_args!("MAP(rtc) -> {m}, then the RTC reads"),
-    );
-    let u1 = hvc(u64::from(ids::MMIO_GUARD_UNMAP), RTC, 0, 0)[0];
-    let u2 = hvc(u64::from(ids::MMIO_GUARD_UNMAP), RTC, 0, 0)[0];
-    c.check(
-        u1 == 0 && u2 == NOT_SUPPORTED_REG,
-        format_args!("UNMAP(rtc) -> {u1:#x}, again -> {u2:#x}"),
-    );
-    let ram = hvc(u64::from(ids::MMIO_GUARD_MAP), RAM_BASE, 0, 0)[0];
-    c.check(
-        ram == NOT_SUPPORTED_REG,
-        format_args!("MAP(RAM) -> {ram:#x} (refused)"),
-    );
-}
-
 struct Checks {
     failed: u32,
 }
@@ -465,6 +438,18 @@ extern "C" fn guest_main(dtb: u64, el: u64) -> ! {
         .find_map(|t| t.strip_prefix("scenario=attr"))
     {
         attr::run(s)
+    }
+    if bootargs
+        .split_ascii_whitespace()
+        .any(|t| t == "scenario=demo")
+    {
+        demo::run()
+    }
+    if bootargs
+        .split_ascii_whitespace()
+        .any(|t| t == "scenario=mmio-reset")
+    {
+        mmio_guard::reset()
     }
     let (img_s, img_e) = (
         core::ptr::addr_of!(__image_start) as u64,
@@ -563,8 +548,14 @@ extern "C" fn guest_main(dtb: u64, el: u64) -> ! {
     let uid = ids::KVM_UID.map(u64::from);
     c.check(r == uid, format_args!("vendor-hyp UID -> {:x?}", r));
 
-    roe_checks(&mut c);
-    mmio_guard_checks(&mut c);
+    let inject = bootargs
+        .split_ascii_whitespace()
+        .any(|t| t == "policy=inject");
+    if !inject {
+        roe_checks(&mut c);
+    }
+    roe::checks(&mut c, inject, me);
+    mmio_guard::checks(&mut c);
 
     match crash {
         Some("loop") => {
