@@ -6,7 +6,8 @@
 //! * **Software step**: the faulting page P is copied into a scratch frame S that Bulwark owns,
 //!   stage 2 points ipa(P) at S (writable) through the core's engine (`Stage2::map`), and the
 //!   guest executes the one instruction under the architectural software step (MDCR_EL2.TDE = 1,
-//!   the guest's MDSCR_EL1.SS = 1, SPSR_EL2.SS = 1; guest A/I/F masked for the step). The step
+//!   the guest's MDSCR_EL1.SS = 1, SPSR_EL2.SS = 1, the OS Lock released if the guest left it
+//!   set; guest A/I/F masked for the step). The step
 //!   ends with a Software Step exception (EC 0x32) at EL2. A second faulting page of the same
 //!   instruction (a store crossing into another protected page) gets the second scratch frame and
 //!   the instruction is stepped again. Then S is compared with P under the protected-byte mask:
@@ -38,6 +39,8 @@ use bulwark_core::pt::{LeafAttrs, Perms};
 pub const EC_SOFTSTEP_LOWER: u8 = 0x32;
 /// MDSCR_EL1.SS: software step enable.
 const MDSCR_SS: u64 = 1;
+/// OSLSR_EL1.OSLK: the OS Lock is set.
+const OSLSR_OSLK: u64 = 1 << 1;
 /// MDCR_EL2.TDE: debug exceptions from EL1/EL0 are taken to EL2.
 const MDCR_TDE: u64 = 1 << 8;
 /// SPSR.SS: the step is active-not-pending on exception return.
@@ -69,6 +72,9 @@ pub struct Step {
     /// The guest's own MDSCR_EL1 and Bulwark's MDCR_EL2 before the step.
     mdscr: u64,
     mdcr: u64,
+    /// The guest's OS Lock was set (debug exceptions, software step included, are disabled
+    /// while it is): unlocked for the step, locked again afterwards.
+    os_locked: bool,
 }
 
 /// Clean and invalidate `[addr, addr+len)` to the point of coherency (a guest running with its
@@ -136,6 +142,7 @@ impl Vm {
             pages: [None; STEP_PAGES],
             mdscr: read_sysreg!("mdscr_el1"),
             mdcr: read_sysreg!("mdcr_el2"),
+            os_locked: read_sysreg!("oslsr_el1") & OSLSR_OSLK != 0,
         };
         if let Err(a) = self.redirect(&mut step, 0, f) {
             return a;
@@ -145,6 +152,9 @@ impl Vm {
         // stepped instead of the store).
         write_sysreg!("mdcr_el2", step.mdcr | MDCR_TDE);
         write_sysreg!("mdscr_el1", step.mdscr | MDSCR_SS);
+        if step.os_locked {
+            write_sysreg!("oslar_el1", 0);
+        }
         bulwark_aarch64::sysreg::isb();
         self.regs.pstate |= PSTATE_SS | PSTATE_AIF;
         self.step = Some(step);
@@ -204,6 +214,9 @@ impl Vm {
     fn step_teardown(&mut self, step: &Step) -> Option<Action> {
         write_sysreg!("mdscr_el1", step.mdscr);
         write_sysreg!("mdcr_el2", step.mdcr);
+        if step.os_locked {
+            write_sysreg!("oslar_el1", 1);
+        }
         bulwark_aarch64::sysreg::isb();
         self.regs.pstate &= !PSTATE_SS;
         if self.regs.pc == step.saved.pc || self.regs.pc == step.saved.pc.wrapping_add(4) {
