@@ -73,8 +73,8 @@ pub fn checks(c: &mut Checks) {
 
     // Before enrolment: devices work as without the guard; MAP/UNMAP refused.
     c.check(
-        probe(RTC, false).is_ok(),
-        format_args!("RTC reads before enrolment"),
+        probe(RTC, false).is_ok() && super::roe::el0_read(RTC).is_ok(),
+        format_args!("RTC reads before enrolment (EL1 and EL0)"),
     );
     let m = call(ids::MMIO_GUARD_MAP, RTC);
     let u = call(ids::MMIO_GUARD_UNMAP, UART as u64);
@@ -118,10 +118,18 @@ pub fn checks(c: &mut Checks) {
             ),
         );
     }
+    let r = super::roe::el0_read(RTC);
+    let (esr, far) = r.err().unwrap_or((0, 0));
+    c.check(
+        (esr >> 26) & 0x3f == 0x24 && esr & 0x3f == 0x10 && esr & (1 << 24) == 0 && far == RTC,
+        format_args!(
+            "EL0 read of the unmapped RTC -> external abort from EL0 (esr {esr:#x}, far {far:#x})"
+        ),
+    );
     let m = call(ids::MMIO_GUARD_MAP, RTC);
     c.check(
-        m == 0 && probe(RTC, false).is_ok(),
-        format_args!("MAP(rtc) -> {m}, then the RTC reads"),
+        m == 0 && probe(RTC, false).is_ok() && super::roe::el0_read(RTC).is_ok(),
+        format_args!("MAP(rtc) -> {m}, then the RTC reads (EL1 and EL0)"),
     );
     let u1 = call(ids::MMIO_GUARD_UNMAP, RTC);
     let after = probe(RTC, false);

@@ -43,18 +43,28 @@ roe_el0_code:
     smc     #0
     svc     #0
 1:  b       1b
+    .global roe_el0_load
+roe_el0_load:
+    ldr     x0, [x1]
+    svc     #0
+2:  b       2b
     .balign 4096
 "#
 );
 
 extern "C" {
     fn roe_el0_code();
+    fn roe_el0_load();
 }
 
 /// Where an SVC from EL0 returns to (EL1).
 static EL0_RETURN: AtomicU64 = AtomicU64::new(0);
 static EL0_UNDEF: AtomicU64 = AtomicU64::new(0);
 static EL0_OTHER: AtomicU64 = AtomicU64::new(0);
+/// Data aborts taken from EL0 (MMIO guard from user space), with the last ESR.
+static EL0_DABT: AtomicU64 = AtomicU64::new(0);
+static EL0_ESR: AtomicU64 = AtomicU64::new(0);
+static EL0_FAR: AtomicU64 = AtomicU64::new(0);
 
 /// Called by the guest's exception handler for a synchronous exception from EL0 (vector slot 8).
 pub fn el0_trap(esr: u64) {
@@ -71,7 +81,14 @@ pub fn el0_trap(esr: u64) {
         };
         return;
     }
-    if ec != 0x15 {
+    if ec == 0x24 {
+        let far: u64;
+        // SAFETY: reading FAR_EL1 has no side effects.
+        unsafe { core::arch::asm!("mrs {}, far_el1", out(reg) far, options(nomem, nostack)) };
+        EL0_ESR.store(esr, Ordering::Relaxed);
+        EL0_FAR.store(far, Ordering::Relaxed);
+        EL0_DABT.fetch_add(1, Ordering::Relaxed);
+    } else if ec != 0x15 {
         EL0_OTHER.fetch_add(1, Ordering::Relaxed);
     }
     // SVC (or anything else): back to EL1h, interrupts masked, after the `eret` in `run_el0`.
@@ -87,6 +104,47 @@ pub fn el0_trap(esr: u64) {
 
 /// Run the EL0 page with x0/x1 set; returns x0 as EL0 left it.
 fn run_el0(x0: u64, x1: u64) -> u64 {
+    run_el0_at(roe_el0_code as *const () as u64, x0, x1)
+}
+
+/// Read 8 bytes at `addr` from EL0 (the first GiB, QEMU virt's devices, made EL0-accessible in
+/// the guest's stage-1 map for the duration). `Err((esr, far))` when the read aborted.
+pub fn el0_read(addr: u64) -> Result<u64, (u64, u64)> {
+    let ttbr: u64;
+    // SAFETY: reading TTBR0_EL1 has no side effects.
+    unsafe { core::arch::asm!("mrs {}, ttbr0_el1", out(reg) ttbr, options(nomem, nostack)) };
+    let l1 = (ttbr & 0x0000_ffff_ffff_f000) as *mut u64;
+    // SAFETY: entry 0 of the guest's own level-1 table (identity-mapped RAM): AP[1] (bit 6)
+    // makes the first GiB accessible at EL0; the TLB is invalidated after each change.
+    let old = unsafe { core::ptr::read_volatile(l1) };
+    let set = |v: u64| {
+        // SAFETY: as above.
+        unsafe {
+            core::ptr::write_volatile(l1, v);
+            core::arch::asm!(
+                "dsb ish",
+                "tlbi vmalle1",
+                "dsb ish",
+                "isb",
+                options(nostack)
+            );
+        }
+    };
+    set(old | (1 << 6));
+    let before = EL0_DABT.load(Ordering::Relaxed);
+    let v = run_el0_at(roe_el0_load as *const () as u64, 0, addr);
+    set(old);
+    if EL0_DABT.load(Ordering::Relaxed) != before {
+        Err((
+            EL0_ESR.load(Ordering::Relaxed),
+            EL0_FAR.load(Ordering::Relaxed),
+        ))
+    } else {
+        Ok(v)
+    }
+}
+
+fn run_el0_at(entry: u64, x0: u64, x1: u64) -> u64 {
     let out: u64;
     // SAFETY: drops to EL0t at `roe_el0_code` (executable at EL0 in the guest's stage-1 map,
     // which has UXN = 0 for RAM), which executes HVC, SMC (both UNDEFINED at EL0, skipped by
@@ -103,7 +161,7 @@ fn run_el0(x0: u64, x1: u64) -> u64 {
             "eret",
             "2:",
             inout("x2") EL0_RETURN.as_ptr() => _,
-            inout("x3") roe_el0_code as *const () as u64 => _,
+            inout("x3") entry => _,
             out("x4") _,
             inout("x0") x0 => out,
             inout("x1") x1 => _,
