@@ -34,6 +34,7 @@ use bulwark_core::guest::GuestTranslate;
 use bulwark_core::gwalk::arm64::{Arm64TranslationRegs, Arm64Walker};
 use bulwark_core::gwalk::{GuestMemRead, WalkTranslate};
 use bulwark_core::pt::{LeafAttrs, Perms};
+use bulwark_core::shadow;
 
 /// EC of a Software Step exception from a lower exception level.
 pub const EC_SOFTSTEP_LOWER: u8 = 0x32;
@@ -272,9 +273,11 @@ impl Vm {
         self.handle(d)
     }
 
-    /// The step completed: compare, merge, decide.
+    /// The step completed: compare, merge, decide (the core's shadow-step contract:
+    /// `protected_page`, `shadow::{first_changed_protected, merge_unprotected}`,
+    /// `shadow_step_done`).
     fn finish_step(&mut self, d: &mut Decoded, step: Step) -> Action {
-        // The first protected byte the instruction changed (or the protected faulting byte).
+        // The first protected byte the instruction changed, or the protected faulting byte.
         let mut hit: Option<(GuestPhysAddr, Option<u64>)> = None;
         if self.core.store().byte_locked(step.fault.gpa) {
             hit = Some((step.fault.gpa, step.fault.gva.map(|v| v.as_u64())));
@@ -285,28 +288,19 @@ impl Vm {
             else {
                 continue;
             };
-            for (w, m) in mask.iter_mut().enumerate() {
-                *m = self
-                    .core
-                    .protected_mask(GuestPhysAddr::new(p.ipa.as_u64() + 64 * w as u64), 64);
-            }
+            *mask = self.core.protected_page(p.ipa.frame());
             clean_inval(scratch, PAGE_SIZE);
             let host = self.gram.host(p.ipa.as_u64());
-            // SAFETY: a guest RAM page and a scratch frame, identity-mapped, 4 KiB each; read
+            // SAFETY: a guest RAM page and a scratch frame, identity-mapped, 4 KiB each, read
             // only here.
             let (page, copy) = unsafe {
                 (
-                    core::slice::from_raw_parts(host as *const u8, PAGE),
-                    core::slice::from_raw_parts(scratch as *const u8, PAGE),
+                    &*(host as *const [u8; PAGE]),
+                    &*(scratch as *const [u8; PAGE]),
                 )
             };
             if hit.is_none() {
-                let first = page
-                    .iter()
-                    .zip(copy)
-                    .enumerate()
-                    .find(|&(j, (a, b))| a != b && mask[j / 64] & (1 << (j % 64)) != 0);
-                if let Some((j, _)) = first {
+                if let Some(j) = shadow::first_changed_protected(page, copy, mask) {
                     hit = Some((
                         GuestPhysAddr::new(p.ipa.as_u64() + j as u64),
                         p.va.map(|v| v + j as u64),
@@ -325,52 +319,44 @@ impl Vm {
                 // write it: its stage-2 leaf is read-only or points at the scratch frame).
                 let (page, copy) = unsafe {
                     (
-                        core::slice::from_raw_parts_mut(host as *mut u8, PAGE),
-                        core::slice::from_raw_parts(scratch as *const u8, PAGE),
+                        &mut *(host as *mut [u8; PAGE]),
+                        &*(scratch as *const [u8; PAGE]),
                     )
                 };
-                for (j, (a, b)) in page.iter_mut().zip(copy).enumerate() {
-                    if *a != *b && mask[j / 64] & (1 << (j % 64)) == 0 {
-                        *a = *b;
-                    }
-                }
+                shadow::merge_unprotected(page, copy, mask);
                 clean_inval(host, PAGE_SIZE);
             }
         };
-        let action = match hit {
-            None => {
+        // The core decides and logs: no hit -> an emulated store (Advance); a hit -> a `roe` or
+        // `roe-chunk` violation at that byte with the policy's action.
+        let at = match hit {
+            Some((gpa, gva)) => MemFault {
+                gpa,
+                gva: gva.map(GuestVirtAddr::new),
+                ..step.fault
+            },
+            None => step.fault,
+        };
+        let action = match self.core.shadow_step_done(0, &at, hit.map(|h| h.0)).action {
+            // No protected byte hit, or `skip`: the instruction stands (the hardware moved the
+            // PC), unprotected bytes land, protected ones are dropped.
+            Action::Advance | Action::EmulateStore(_) => {
                 merge(self);
                 self.stats.sw_writes += 1;
                 Action::Retry
             }
-            Some((gpa, gva)) => {
-                let at = MemFault {
-                    gpa,
-                    gva: gva.map(GuestVirtAddr::new),
-                    size: Some(1),
-                    ..step.fault
-                };
-                match self.core.handle_fault(0, &at).action {
-                    // skip: the instruction stands, its protected bytes dropped.
-                    Action::Advance | Action::EmulateStore(_) => {
-                        merge(self);
-                        self.stats.sw_writes += 1;
-                        Action::Retry
-                    }
-                    Action::InjectFault => {
-                        let s = &step.saved;
-                        self.regs.x = s.x;
-                        self.regs.pc = s.pc;
-                        self.regs.pstate = s.pstate;
-                        self.regs.v = s.v;
-                        self.regs.fpsr = s.fpsr;
-                        self.regs.fpcr = s.fpcr;
-                        d.exit = Exit::MemFault(step.fault);
-                        Action::InjectFault
-                    }
-                    other => other,
-                }
+            Action::InjectFault => {
+                let s = &step.saved;
+                self.regs.x = s.x;
+                self.regs.pc = s.pc;
+                self.regs.pstate = s.pstate;
+                self.regs.v = s.v;
+                self.regs.fpsr = s.fpsr;
+                self.regs.fpcr = s.fpcr;
+                d.exit = Exit::MemFault(step.fault);
+                Action::InjectFault
             }
+            other => other,
         };
         if let Some(stop) = self.step_teardown(&step) {
             return stop;
