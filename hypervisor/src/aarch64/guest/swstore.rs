@@ -40,6 +40,10 @@ use bulwark_core::shadow;
 pub const EC_SOFTSTEP_LOWER: u8 = 0x32;
 /// MDSCR_EL1.SS: software step enable.
 const MDSCR_SS: u64 = 1;
+/// MDSCR_EL1.KDE: local (kernel) debug enable.
+const MDSCR_KDE: u64 = 1 << 13;
+/// MDSCR_EL1.MDE: monitor debug events (breakpoints, watchpoints) enable.
+const MDSCR_MDE: u64 = 1 << 15;
 /// OSLSR_EL1.OSLK: the OS Lock is set.
 const OSLSR_OSLK: u64 = 1 << 1;
 /// MDCR_EL2.TDE: debug exceptions from EL1/EL0 are taken to EL2.
@@ -152,7 +156,12 @@ impl Vm {
         // return; the instruction runs with A/I/F masked (an interrupt taken first would be
         // stepped instead of the store).
         write_sysreg!("mdcr_el2", step.mdcr | MDCR_TDE);
-        write_sysreg!("mdscr_el1", step.mdscr | MDSCR_SS);
+        // The guest's own breakpoints and watchpoints (MDE, KDE) are off for the one
+        // instruction: with TDE set they would trap to EL2 instead of reaching the guest.
+        write_sysreg!(
+            "mdscr_el1",
+            (step.mdscr | MDSCR_SS) & !(MDSCR_MDE | MDSCR_KDE)
+        );
         if step.os_locked {
             write_sysreg!("oslar_el1", 0);
         }
