@@ -20,8 +20,8 @@ const SAMPLES: usize = 5;
 const CALIB_INSNS: f64 = 1_000_000.0;
 /// Memory for the bench runs: the 262,144-page row needs 1 GiB of guest RAM above the rest.
 const BIG_MEM_MIB: u32 = 1536;
-/// The footprint runs: a 512 MiB machine.
-const FOOTPRINT_MEM_MIB: u32 = 512;
+/// Every other run (and the footprint figures): a 512 MiB machine.
+const MEM_MIB: u32 = 512;
 /// Bulwark's command lines: every violation logged, or the default rate limit (10 per address).
 const LOG_ALL: &str = "ratelimit=4294967295";
 const LOG_LIMITED: &str = "ratelimit=10";
@@ -118,29 +118,24 @@ fn x86_runs() -> Vec<(RunSpec, &'static str)> {
         mem_mib: mem,
     };
     vec![
-        (r(tl, "none", "", BIG_MEM_MIB), "none"),
-        (r(tl, "hypercall", "", BIG_MEM_MIB), "hypercall"),
-        (r(tl, "cpuid", "", BIG_MEM_MIB), "cpuid"),
-        (r(tl, "write-skip", LOG_ALL, BIG_MEM_MIB), "write-log"),
-        (
-            r(tl, "write-skip", LOG_LIMITED, BIG_MEM_MIB),
-            "write-limited",
-        ),
-        (r(tl, "mprotect-1", "", BIG_MEM_MIB), "mprotect-1"),
-        (r(tl, "mprotect-512", "", BIG_MEM_MIB), "mprotect-512"),
+        (r(tl, "none", "", MEM_MIB), "none"),
+        (r(tl, "hypercall", "", MEM_MIB), "hypercall"),
+        (r(tl, "cpuid", "", MEM_MIB), "cpuid"),
+        (r(tl, "write-skip", LOG_ALL, MEM_MIB), "write-log"),
+        (r(tl, "write-skip", LOG_LIMITED, MEM_MIB), "write-limited"),
+        (r(tl, "mprotect-1", "", MEM_MIB), "mprotect-1"),
+        (r(tl, "mprotect-512", "", MEM_MIB), "mprotect-512"),
         (r(tl, "mprotect-262144", "", BIG_MEM_MIB), "mprotect-262144"),
-        (r(tl, "chunk-clean", "", BIG_MEM_MIB), "chunk-clean"),
-        (r(tl, "chunk-mixed", "", BIG_MEM_MIB), "chunk-mixed"),
-        (r(sk, "none", "", BIG_MEM_MIB), "none"),
-        (r(sk, "chunk-clean", "", BIG_MEM_MIB), "chunk-clean"),
-        (r(sk, "chunk-mixed", "", BIG_MEM_MIB), "chunk-mixed"),
-        (r(tl, "workload", "", BIG_MEM_MIB), "workload"),
-        (
-            r(Host::BochsBare, "workload", "", BIG_MEM_MIB),
-            "workload-bare",
-        ),
-        (r(tl, "none", "", FOOTPRINT_MEM_MIB), "fp-none"),
-        (r(tl, "footprint", "", FOOTPRINT_MEM_MIB), "fp-after"),
+        (r(tl, "chunk-clean", "", MEM_MIB), "chunk-clean"),
+        (r(tl, "chunk-mixed", "", MEM_MIB), "chunk-mixed"),
+        (r(sk, "none", "", MEM_MIB), "none"),
+        (r(sk, "write-skip", LOG_ALL, MEM_MIB), "write-log"),
+        (r(sk, "write-skip", LOG_LIMITED, MEM_MIB), "write-limited"),
+        (r(sk, "chunk-clean", "", MEM_MIB), "chunk-clean"),
+        (r(sk, "chunk-mixed", "", MEM_MIB), "chunk-mixed"),
+        (r(tl, "workload", "", MEM_MIB), "workload"),
+        (r(Host::BochsBare, "workload", "", MEM_MIB), "workload-bare"),
+        (r(tl, "footprint", "", MEM_MIB), "fp-after"),
     ]
 }
 
@@ -153,26 +148,19 @@ fn arm_runs() -> Vec<(RunSpec, &'static str)> {
         mem_mib: mem,
     };
     vec![
-        (r(q, "none", "", BIG_MEM_MIB), "none"),
-        (r(q, "hypercall", "", BIG_MEM_MIB), "hypercall"),
-        (r(q, "uid", "", BIG_MEM_MIB), "uid"),
-        (r(q, "write-skip", LOG_ALL, BIG_MEM_MIB), "write-log"),
-        (
-            r(q, "write-skip", LOG_LIMITED, BIG_MEM_MIB),
-            "write-limited",
-        ),
-        (r(q, "mprotect-1", "", BIG_MEM_MIB), "mprotect-1"),
-        (r(q, "mprotect-512", "", BIG_MEM_MIB), "mprotect-512"),
+        (r(q, "none", "", MEM_MIB), "none"),
+        (r(q, "hypercall", "", MEM_MIB), "hypercall"),
+        (r(q, "uid", "", MEM_MIB), "uid"),
+        (r(q, "write-skip", LOG_ALL, MEM_MIB), "write-log"),
+        (r(q, "write-skip", LOG_LIMITED, MEM_MIB), "write-limited"),
+        (r(q, "mprotect-1", "", MEM_MIB), "mprotect-1"),
+        (r(q, "mprotect-512", "", MEM_MIB), "mprotect-512"),
         (r(q, "mprotect-262144", "", BIG_MEM_MIB), "mprotect-262144"),
-        (r(q, "chunk-clean", "", BIG_MEM_MIB), "chunk-clean"),
-        (r(q, "chunk-mixed", "", BIG_MEM_MIB), "chunk-mixed"),
-        (r(q, "workload", "", BIG_MEM_MIB), "workload"),
-        (
-            r(Host::QemuBare, "workload", "", BIG_MEM_MIB),
-            "workload-bare",
-        ),
-        (r(q, "none", "", FOOTPRINT_MEM_MIB), "fp-none"),
-        (r(q, "footprint", "", FOOTPRINT_MEM_MIB), "fp-after"),
+        (r(q, "chunk-clean", "", MEM_MIB), "chunk-clean"),
+        (r(q, "chunk-mixed", "", MEM_MIB), "chunk-mixed"),
+        (r(q, "workload", "", MEM_MIB), "workload"),
+        (r(Host::QemuBare, "workload", "", MEM_MIB), "workload-bare"),
+        (r(q, "footprint", "", MEM_MIB), "fp-after"),
     ]
 }
 
@@ -466,44 +454,33 @@ fn run_pass(
     arch: Arch,
     specs: &[(RunSpec, &'static str)],
     pass: u32,
-    x86: Option<&X86Build>,
     arm: Option<&ArmBuild>,
-    isos: &mut Vec<PathBuf>,
+    isos: &[Option<PathBuf>],
 ) -> Result<Vec<RunResult>, String> {
     let mut res = Vec::new();
     for (i, (spec, key)) in specs.iter().enumerate() {
-        let tag = format!("{}-{i}", arch_name(arch));
-        util::progress(&format!(
-            "bench {} pass {pass}: {key} ({}, {} MiB)",
-            arch_name(arch),
-            spec.host.name(),
-            spec.mem_mib
-        ));
+        let tag = format!("{}-{i}-pass{pass}", arch_name(arch));
         let t = Instant::now();
-        let out = match (spec.host, x86, arm) {
-            (Host::Bochs(model), Some(b), _) => {
-                if isos.len() <= i {
-                    isos.push(x86_iso(b, spec, &tag)?);
-                }
-                x86_run(&isos[i], model, spec.mem_mib, &tag)?
-            }
-            (Host::BochsBare, Some(b), _) => {
-                if isos.len() <= i {
-                    isos.push(x86_iso(b, spec, &tag)?);
-                }
-                x86_run(&isos[i], "tigerlake", spec.mem_mib, &tag)?
-            }
-            (Host::Qemu | Host::QemuBare, _, Some(b)) => arm_run(b, spec, &tag)?,
+        let out = match (spec.host, arm, isos.get(i).and_then(|o| o.as_ref())) {
+            (Host::Bochs(model), _, Some(iso)) => x86_run(iso, model, spec.mem_mib, &tag)?,
+            (Host::BochsBare, _, Some(iso)) => x86_run(iso, "tigerlake", spec.mem_mib, &tag)?,
+            (Host::Qemu | Host::QemuBare, Some(b), _) => arm_run(b, spec, &tag)?,
             _ => return Err("internal: no build for this host".into()),
         };
-        let console = bench_dir()?.join(format!("console-{tag}-pass{pass}.log"));
+        let console = bench_dir()?.join(format!("console-{tag}.log"));
         std::fs::write(&console, out.lines.join("\n"))
             .map_err(|e| format!("{}: {e}", console.display()))?;
         let r = parse(&out, spec);
-        if let Some(f) = &r.failure {
-            util::progress(&format!("    no figure: {f}"));
-        }
-        util::progress(&format!("    {:.1} s", t.elapsed().as_secs_f64()));
+        util::progress(&format!(
+            "bench {} pass {pass}: {key} ({}, {} MiB): {:.1} s{}",
+            arch_name(arch),
+            spec.host.name(),
+            spec.mem_mib,
+            t.elapsed().as_secs_f64(),
+            r.failure
+                .as_ref()
+                .map_or(String::new(), |f| format!(", no figure: {f}"))
+        ));
         res.push(r);
     }
     Ok(res)
@@ -529,21 +506,48 @@ fn bench_arch(arch: Arch) -> Result<ArchResults, String> {
         Arch::X86_64 => (x86_runs(), Some(x86_build()?), None),
         Arch::Aarch64 => (arm_runs(), None, Some(arm_build()?)),
     };
+    // The two passes run side by side (one emulator each): counts do not depend on wall time.
     let mut isos = Vec::new();
-    let a = run_pass(arch, &specs, 1, x86.as_ref(), arm.as_ref(), &mut isos)?;
-    let b = run_pass(arch, &specs, 2, x86.as_ref(), arm.as_ref(), &mut isos)?;
-    for iso in &isos {
+    for (i, (spec, _)) in specs.iter().enumerate() {
+        isos.push(match &x86 {
+            Some(b) => Some(x86_iso(b, spec, &format!("x86_64-{i}"))?),
+            None => None,
+        });
+    }
+    let (a, b) = std::thread::scope(|sc| {
+        let h = sc.spawn(|| run_pass(arch, &specs, 2, arm.as_ref(), &isos));
+        let a = run_pass(arch, &specs, 1, arm.as_ref(), &isos);
+        let b = h
+            .join()
+            .unwrap_or_else(|_| Err("pass 2 panicked".to_string()));
+        (a, b)
+    });
+    let (a, b) = (a?, b?);
+    for iso in isos.iter().flatten() {
         let _ = std::fs::remove_file(iso);
     }
-    // Footprint.
-    let image_bytes = match arch {
-        Arch::X86_64 => elf_load_size(&x86.as_ref().ok_or("no x86 build")?.bulwark)?,
-        Arch::Aarch64 => std::fs::metadata(&arm.as_ref().ok_or("no arm build")?.bulwark)
-            .map_err(|e| e.to_string())?
-            .len(),
+    // Footprint: the loadable image (x86: PT_LOAD bytes from the file; the zero-filled rest of
+    // the segments is Bulwark's reserved memory, reported in its own row).
+    let (image_bytes, image_note) = match arch {
+        Arch::X86_64 => {
+            let (file, mem) = elf_load_size(&x86.as_ref().ok_or("no x86 build")?.bulwark)?;
+            (
+                file,
+                format!("{file} bytes: PT_LOAD p_filesz of the release ELF (p_memsz {mem}, with the zero-filled reserved memory)"),
+            )
+        }
+        Arch::Aarch64 => {
+            let len = std::fs::metadata(&arm.as_ref().ok_or("no arm build")?.bulwark)
+                .map_err(|e| e.to_string())?
+                .len();
+            (
+                len,
+                format!("{len} bytes: the release Image file (objcopy -O binary)"),
+            )
+        }
     };
-    let rows_a = make_rows(arch, &specs, &a, image_bytes);
-    let rows_b = make_rows(arch, &specs, &b, image_bytes);
+    let rows_a = make_rows(arch, &specs, &a, image_bytes, &image_note);
+    let rows_b = make_rows(arch, &specs, &b, image_bytes, &image_note);
     // Compared: the reported figures and exits (what the table says), and the raw counter ticks.
     let mut varying = Vec::new();
     for (x, y) in rows_a.iter().zip(&rows_b) {
@@ -575,6 +579,7 @@ fn make_rows(
     specs: &[(RunSpec, &'static str)],
     a: &[RunResult],
     image_bytes: u64,
+    image_note: &str,
 ) -> Vec<Row> {
     let by = |key: &str, host: Host| -> Option<&RunResult> {
         specs
@@ -672,22 +677,31 @@ fn make_rows(
             "",
         );
     }
-    add(
-        format!("write blocked (skip), every violation logged ({hn})"),
-        "write-log",
-        main_host,
-        "instructions/write",
-        "-",
-        "ratelimit=4294967295: one console line per write",
-    );
-    add(
-        format!("write blocked (skip), logging rate-limited ({hn})"),
-        "write-limited",
-        main_host,
-        "instructions/write",
-        "-",
-        "ratelimit=10: warm-up absorbs the 10 logged lines",
-    );
+    let write_hosts: Vec<Host> = match arch {
+        Arch::X86_64 => vec![Host::Bochs("tigerlake"), Host::Bochs("corei7_skylake_x")],
+        Arch::Aarch64 => vec![Host::Qemu],
+    };
+    for h in write_hosts {
+        add(
+            format!(
+                "write blocked (skip), every violation logged ({})",
+                h.name()
+            ),
+            "write-log",
+            h,
+            "instructions/write",
+            "-",
+            "ratelimit=4294967295: one console line per write",
+        );
+        add(
+            format!("write blocked (skip), logging rate-limited ({})", h.name()),
+            "write-limited",
+            h,
+            "instructions/write",
+            "-",
+            "ratelimit=10: the warm-up prints the 10 lines, timed writes are only counted",
+        );
+    }
     add(
         format!("ROE_MPROTECT 1 page ({hn})"),
         "mprotect-1",
@@ -787,10 +801,6 @@ fn make_rows(
             });
         }
     }
-    let (img_note, img_unit) = match arch {
-        Arch::X86_64 => ("sum of PT_LOAD p_memsz of the release ELF", "KiB"),
-        Arch::Aarch64 => ("release Image file (objcopy -O binary)", "KiB"),
-    };
     let fixed = |scenario: String, figure: String, unit: &str, target: &str, note: String| Row {
         scenario,
         median: figure.parse().ok(),
@@ -805,11 +815,11 @@ fn make_rows(
     rows.push(fixed(
         "footprint: Bulwark image size".into(),
         format!("{:.1}", image_bytes as f64 / 1024.0),
-        img_unit,
+        "KiB",
         "<= 256",
-        format!("{image_bytes} bytes, {img_note}"),
+        image_note.to_string(),
     ));
-    let fp_none = by("fp-none", main_host);
+    let fp_none = by("none", main_host);
     let fp_after = by("fp-after", main_host);
     let big = by("mprotect-262144", main_host);
     let reserved = fp_none.and_then(|r| r.reserved);
@@ -824,7 +834,7 @@ fn make_rows(
         r.and_then(|r| if after { r.pt_after } else { r.pt_before })
     };
     rows.push(fixed(
-        format!("footprint: guest page tables, {FOOTPRINT_MEM_MIB} MiB machine, unprotected"),
+        format!("footprint: guest page tables, {MEM_MIB} MiB machine, unprotected"),
         pt(fp_none, false).map_or("n/a".into(), |p| format!("{}", p * 4)),
         "KiB",
         "<= 16",
@@ -834,7 +844,7 @@ fn make_rows(
     ));
     rows.push(fixed(
         format!(
-            "footprint: guest page tables, {FOOTPRINT_MEM_MIB} MiB machine, after the bench's protections"
+            "footprint: guest page tables, {MEM_MIB} MiB machine, after the bench's protections"
         ),
         pt(fp_after, true).map_or("n/a".into(), |p| format!("{}", p * 4)),
         "KiB",
@@ -869,8 +879,8 @@ fn make_rows(
     rows
 }
 
-/// Sum of the PT_LOAD segments' memory sizes of an ELF64 file.
-fn elf_load_size(path: &Path) -> Result<u64, String> {
+/// Sums of the PT_LOAD segments' file sizes and memory sizes of an ELF64 file.
+fn elf_load_size(path: &Path) -> Result<(u64, u64), String> {
     let d = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let rd = |o: usize, n: usize| -> Result<u64, String> {
         let b = d.get(o..o + n).ok_or("truncated ELF")?;
@@ -886,14 +896,15 @@ fn elf_load_size(path: &Path) -> Result<u64, String> {
     let phoff = rd(0x20, 8)? as usize;
     let phentsize = rd(0x36, 2)? as usize;
     let phnum = rd(0x38, 2)? as usize;
-    let mut sum = 0;
+    let (mut file, mut mem) = (0, 0);
     for i in 0..phnum {
         let p = phoff + i * phentsize;
         if rd(p, 4)? == 1 {
-            sum += rd(p + 0x28, 8)?;
+            file += rd(p + 0x20, 8)?;
+            mem += rd(p + 0x28, 8)?;
         }
     }
-    Ok(sum)
+    Ok((file, mem))
 }
 
 // ---- output -----------------------------------------------------------------------------------
@@ -1065,7 +1076,7 @@ pub fn scenarios() -> Vec<Scenario> {
                 host: Host::Qemu,
                 row: "hypercall",
                 bulwark_cmdline: "",
-                mem_mib: FOOTPRINT_MEM_MIB,
+                mem_mib: MEM_MIB,
             };
             let out = arm_run(&b, &spec, "smoke")?;
             let r = parse(&out, &spec);

@@ -76,6 +76,11 @@ fn st(p: u64, v: u64) {
     unsafe { core::arch::asm!("str {v}, [{a}]", a = in(reg) p, v = in(reg) v, options(nostack)) }
 }
 
+fn rd(p: u64) -> u64 {
+    // SAFETY: `p` is identity-mapped guest RAM reserved for the benchmark.
+    unsafe { core::ptr::read_volatile(p as *const u64) }
+}
+
 fn roe(op: u64, a1: u64, a2: u64) -> u64 {
     crate::hvc(u64::from(ids::BULWARK_ROE), op, a1, a2)[0]
 }
@@ -137,6 +142,7 @@ pub fn run(row: &str) -> ! {
             ops = n * reps;
         }
         "write-skip" => {
+            st(WRITE_PAGE + 8, 0x5a5a);
             setup = 1;
             if roe(ROE_MPROTECT, WRITE_PAGE, 1) != 1 {
                 say!("bench: ROE_MPROTECT of the write page failed");
@@ -149,6 +155,11 @@ pub fn run(row: &str) -> ! {
                 }
             });
             ops = n * reps;
+            let now = rd(WRITE_PAGE + 8);
+            if now != 0x5a5a {
+                say!("bench: protected word changed from 0x5a5a to {now:#x}: writes not blocked");
+                finish(bare, 3)
+            }
         }
         "mprotect-1" | "mprotect-512" => {
             n = if row == "mprotect-1" { 1 } else { 512 };
@@ -183,7 +194,8 @@ pub fn run(row: &str) -> ! {
             for i in 0..512 {
                 st(CHUNK_PAGE + 8 * i, 0);
             }
-            setup = 1;
+            // Set-up exits: the CHUNK call and the final store onto the protected bytes.
+            setup = 2;
             if roe(ROE_MPROTECT_CHUNK, CHUNK_PAGE, 8) != 8 {
                 say!("bench: ROE_MPROTECT_CHUNK failed");
                 finish(bare, 3)
@@ -195,6 +207,13 @@ pub fn run(row: &str) -> ! {
                     st(at, i);
                 }
             });
+            // Then one store onto the protected bytes (one more exit): it must still be refused.
+            st(CHUNK_PAGE, 0xdead);
+            let (p0, v) = (rd(CHUNK_PAGE), rd(at));
+            if p0 != 0 || v != n - 1 {
+                say!("bench: chunk page wrong after the writes: protected word {p0:#x} (want 0), written word {v:#x} (want {:#x})", n - 1);
+                finish(bare, 3)
+            }
             ops = n * reps;
         }
         "footprint" => {
@@ -222,7 +241,7 @@ pub fn run(row: &str) -> ! {
         }
     }
     say!(
-        "bench: row={row:<16} calib={calib:020} n={n:020} s={:020},{:020},{:020},{:020},{:020} ops={ops:020} setup={setup:020} bare={}",
+        "bench: row={row:<16} calib={calib:012} n={n:012} s={:012},{:012},{:012},{:012},{:012} ops={ops:012} setup={setup:012} bare={}",
         s[0],
         s[1],
         s[2],

@@ -80,6 +80,11 @@ fn wr(addr: u64, v: u64) {
     unsafe { core::ptr::write_volatile(addr as *mut u64, v) }
 }
 
+fn rd(addr: u64) -> u64 {
+    // SAFETY: as in `wr`.
+    unsafe { core::ptr::read_volatile(addr as *const u64) }
+}
+
 fn roe(op: u64, a1: u64, a2: u64) -> u64 {
     crate::vmcall(KVM_HC_ROE, op, a1, a2)
 }
@@ -115,6 +120,13 @@ pub fn workload() -> u64 {
 pub fn run(scenario: &str) -> ! {
     let row = scenario.strip_prefix("bench:").unwrap_or("none");
     let bare = bare();
+    if bare {
+        // Without Bulwark's emulated COM1 the UART keeps its reset format (5 data bits in
+        // Bochs): 8N1, divisor 1.
+        for (reg, v) in [(3u16, 0x80u8), (0, 1), (1, 0), (3, 0x03), (2, 0)] {
+            crate::outb(crate::COM1 + reg, v);
+        }
+    }
     let calib = calibrate();
     let mut ops = 0u64;
     let mut setup = 0u64;
@@ -147,6 +159,7 @@ pub fn run(scenario: &str) -> ! {
         }
         "write-skip" => {
             // Bulwark's command line decides logging (ratelimit); the policy is skip.
+            wr(WRITE_PAGE + 8, 0x5a5a);
             setup = 1;
             if roe(ROE_MPROTECT, WRITE_PAGE, 1) != 1 {
                 say!("bench: ROE_MPROTECT of the write page failed");
@@ -159,6 +172,11 @@ pub fn run(scenario: &str) -> ! {
                 }
             });
             ops = n * (SAMPLES as u64 + 1);
+            let now = rd(WRITE_PAGE + 8);
+            if now != 0x5a5a {
+                say!("bench: protected word changed from 0x5a5a to {now:#x}: writes not blocked");
+                finish(bare, 3)
+            }
         }
         "mprotect-1" | "mprotect-512" => {
             n = if row == "mprotect-1" { 1 } else { 512 };
@@ -198,7 +216,8 @@ pub fn run(scenario: &str) -> ! {
             for i in 0..512 {
                 wr(CHUNK_PAGE + 8 * i, 0);
             }
-            setup = 1;
+            // Set-up exits: the CHUNK call and the final store onto the protected bytes.
+            setup = 2;
             if roe(ROE_MPROTECT_CHUNK, CHUNK_PAGE, 8) != 8 {
                 say!("bench: ROE_MPROTECT_CHUNK failed");
                 finish(bare, 3)
@@ -210,6 +229,13 @@ pub fn run(scenario: &str) -> ! {
                     wr(at, i);
                 }
             });
+            // Then one store onto the protected bytes (one more exit): it must still be refused.
+            wr(CHUNK_PAGE, 0xdead);
+            let (p0, v) = (rd(CHUNK_PAGE), rd(at));
+            if p0 != 0 || v != n - 1 {
+                say!("bench: chunk page wrong after the writes: protected word {p0:#x} (want 0), written word {v:#x} (want {:#x})", n - 1);
+                finish(bare, 3)
+            }
             ops = n * (SAMPLES as u64 + 1);
         }
         "footprint" => {
@@ -237,7 +263,7 @@ pub fn run(scenario: &str) -> ! {
         }
     }
     say!(
-        "bench: row={row:<16} calib={calib:020} n={n:020} s={:020},{:020},{:020},{:020},{:020} ops={ops:020} setup={setup:020} bare={}",
+        "bench: row={row:<16} calib={calib:012} n={n:012} s={:012},{:012},{:012},{:012},{:012} ops={ops:012} setup={setup:012} bare={}",
         s[0],
         s[1],
         s[2],
