@@ -342,6 +342,58 @@ pub fn checks(c: &mut Checks, inject: bool, mem_end: u64) {
     el0_checks(c);
     page_checks(c, inject);
     chunk_checks(c, inject);
+    hw_access_flag(c);
+}
+
+/// The guest's own level-1 table on a chunk page (one unused entry protected) with hardware
+/// access-flag updates on (TCR_EL1.HA): the walk's descriptor update faults at stage 2 (S1PTW)
+/// and must land (it touches no protected byte) with the instruction completing.
+fn hw_access_flag(c: &mut Checks) {
+    let mmfr1: u64;
+    // SAFETY: reading an ID register has no side effects.
+    unsafe {
+        core::arch::asm!("mrs {}, id_aa64mmfr1_el1", out(reg) mmfr1, options(nomem, nostack))
+    };
+    if mmfr1 & 0xf == 0 {
+        let _ = writeln!(
+            Uart,
+            "testguest: note no hardware access-flag updates here; not tested"
+        );
+        return;
+    }
+    let (ttbr, tcr): (u64, u64);
+    // SAFETY: reading translation registers has no side effects.
+    unsafe {
+        core::arch::asm!("mrs {}, ttbr0_el1", out(reg) ttbr, options(nomem, nostack));
+        core::arch::asm!("mrs {}, tcr_el1", out(reg) tcr, options(nomem, nostack));
+    }
+    let l1 = ttbr & 0x0000_ffff_ffff_f000;
+    let r = roe(ROE_MPROTECT_CHUNK, l1 + 511 * 8, 8);
+    let e0 = rd8(l1);
+    // SAFETY: TCR_EL1.HA on (hardware access-flag updates); then entry 0 (the device GiB, the
+    // UART's) loses its access flag and the TLB forgets it. The next UART write makes the walker
+    // set the flag again, in a table page that is now chunk-protected.
+    unsafe {
+        core::arch::asm!("msr tcr_el1, {}", "isb", in(reg) tcr | (1 << 39), options(nostack));
+        str_x(l1, e0 & !(1 << 10));
+        core::arch::asm!(
+            "dsb ish",
+            "tlbi vmalle1",
+            "dsb ish",
+            "isb",
+            options(nostack)
+        );
+    }
+    let _ = writeln!(Uart, "testguest: (UART access with its access flag clear)");
+    let now = rd8(l1);
+    // SAFETY: hardware updates off again.
+    unsafe { core::arch::asm!("msr tcr_el1, {}", "isb", in(reg) tcr, options(nostack)) };
+    c.check(
+        r == 8 && now & (1 << 10) != 0 && now == e0,
+        format_args!(
+            "hardware access-flag update in a chunk-protected table page lands ({now:#x})"
+        ),
+    );
 }
 
 fn einval_checks(c: &mut Checks, mem_end: u64) {

@@ -80,6 +80,9 @@ pub struct Step {
     /// The guest's OS Lock was set (debug exceptions, software step included, are disabled
     /// while it is): unlocked for the step, locked again afterwards.
     os_locked: bool,
+    /// The fault was a stage-1 walk's descriptor update: HPFAR names the descriptor's page, but
+    /// FAR is the instruction's VA, so neither the byte nor a VA of the page is known.
+    s1ptw: bool,
 }
 
 /// Clean and invalidate `[addr, addr+len)` to the point of coherency (a guest running with its
@@ -106,7 +109,7 @@ impl Vm {
     /// A write to a page with protected bytes (chunk or ROE page) that the syndrome cannot
     /// complete: no ISV (pair, SIMD, atomic, exclusive, DC ZVA) or a store crossing the page end.
     pub(super) fn needs_software_store(&self, d: &Decoded, f: &MemFault) -> bool {
-        if f.access != Access::Write || !self.is_ram(f.gpa) || d.esr.s1ptw() {
+        if f.access != Access::Write || !self.is_ram(f.gpa) {
             return false;
         }
         // Chunk pages, and ROE pages too: skipping an unsized store there must keep the
@@ -114,6 +117,12 @@ impl Vm {
         let st = self.core.store().state(f.gpa.frame());
         if !(st.chunk || st.roe) || !st.allowed.write() {
             return false;
+        }
+        // A hardware update of a stage-1 descriptor (access flag, dirty state) on such a page
+        // (S1PTW): stepped too, so the instruction completes and the update lands unless it
+        // touches protected bytes.
+        if d.esr.s1ptw() {
+            return true;
         }
         let isv = d.esr.ec() == ec::DABT_LOWER && d.esr.isv();
         match f.size {
@@ -138,8 +147,11 @@ impl Vm {
 
     /// Start the software path for `f` (see the module docs).
     pub(super) fn software_store(&mut self, d: &Decoded, f: &MemFault) -> Action {
-        if let Some(x) = self.insn_at_pc().and_then(decode_exclusive) {
-            return self.emulate_exclusive(f, x);
+        let s1ptw = d.esr.s1ptw();
+        if !s1ptw {
+            if let Some(x) = self.insn_at_pc().and_then(decode_exclusive) {
+                return self.emulate_exclusive(f, x);
+            }
         }
         let mut step = Step {
             fault: *f,
@@ -148,8 +160,9 @@ impl Vm {
             mdscr: read_sysreg!("mdscr_el1"),
             mdcr: read_sysreg!("mdcr_el2"),
             os_locked: read_sysreg!("oslsr_el1") & OSLSR_OSLK != 0,
+            s1ptw,
         };
-        if let Err(a) = self.redirect(&mut step, 0, f) {
+        if let Err(a) = self.redirect(&mut step, 0, f, s1ptw) {
             return a;
         }
         // Arm the step: debug exceptions to EL2, the guest's step bit, and the step state on
@@ -174,7 +187,13 @@ impl Vm {
     }
 
     /// Point the page of `f` at scratch frame `slot` (a copy of the page).
-    fn redirect(&mut self, step: &mut Step, slot: usize, f: &MemFault) -> Result<(), Action> {
+    fn redirect(
+        &mut self,
+        step: &mut Step,
+        slot: usize,
+        f: &MemFault,
+        s1ptw: bool,
+    ) -> Result<(), Action> {
         let page = f.gpa.page_base();
         let (Some(&scratch), true) = (self.scratch.get(slot), self.is_ram(page)) else {
             return Err(self.sw_fail(f, "no scratch frame"));
@@ -200,7 +219,10 @@ impl Vm {
         if let Some(p) = step.pages.get_mut(slot) {
             *p = Some(StepPage {
                 ipa: page,
-                va: f.gva.map(|v| v.as_u64() & !(PAGE_SIZE - 1)),
+                va: f
+                    .gva
+                    .filter(|_| !s1ptw)
+                    .map(|v| v.as_u64() & !(PAGE_SIZE - 1)),
             });
         }
         Ok(())
@@ -265,7 +287,7 @@ impl Vm {
                 && !known
             {
                 if let Some(slot) = free {
-                    if let Err(a) = self.redirect(&mut step, slot, &f) {
+                    if let Err(a) = self.redirect(&mut step, slot, &f, d.esr.s1ptw()) {
                         let _ = self.step_teardown(&step);
                         return a;
                     }
@@ -288,7 +310,7 @@ impl Vm {
     fn finish_step(&mut self, d: &mut Decoded, step: Step) -> Action {
         // The first protected byte the instruction changed, or the protected faulting byte.
         let mut hit: Option<(GuestPhysAddr, Option<u64>)> = None;
-        if self.core.store().byte_locked(step.fault.gpa) {
+        if !step.s1ptw && self.core.store().byte_locked(step.fault.gpa) {
             hit = Some((step.fault.gpa, step.fault.gva.map(|v| v.as_u64())));
         }
         let mut masks = [[0u64; 64]; STEP_PAGES];
