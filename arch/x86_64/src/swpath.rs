@@ -35,6 +35,8 @@ pub const MAX_SHADOWS: usize = 4;
 pub const EXIT_MTF: u16 = 37;
 /// Primary processor-based control: monitor trap flag.
 const MONITOR_TRAP_FLAG: u64 = 1 << 27;
+/// Single-step with the monitor-trap flag where the CPU offers it (see `SwPath::new`).
+const USE_MTF: bool = false;
 /// RFLAGS.TF: the single-step fallback where the CPU lacks the monitor-trap flag.
 const RFLAGS_TF: u64 = 1 << 8;
 /// Exception vector of a debug exception.
@@ -91,7 +93,11 @@ impl SwPath {
         SwPath {
             frames: f,
             step: None,
-            mtf_allowed: (procbased_cap >> 32) & MONITOR_TRAP_FLAG != 0,
+            // Observed under Bochs 2.7 `tigerlake` (which enumerates the control): after
+            // setting it, no MTF exit followed the stepped instruction, so the shadow stayed
+            // mapped. RFLAGS.TF with a #DB intercept works on every model, so it is the
+            // default; set USE_MTF once MTF is verified on the target CPU.
+            mtf_allowed: USE_MTF && (procbased_cap >> 32) & MONITOR_TRAP_FLAG != 0,
             steps: 0,
         }
     }
@@ -212,6 +218,17 @@ impl<const XO: bool> Vm<'_, XO> {
             return fail("lost the step state");
         };
         st.violation_logged |= violation_logged;
+        if !self.sw.mtf_allowed {
+            // Observed in Bochs: an EPT violation exit in the middle of a TF-stepped
+            // instruction (a store straddling into a second shadowed page) saves the pending
+            // single-step trap (BS) in the pending-debug-exceptions field, and the next entry
+            // delivers that #DB before the instruction re-executes. The instruction has not
+            // completed: drop the pending trap; TF traps again after it completes.
+            let pd = vmr(vmcs::GUEST_PENDING_DEBUG);
+            if pd & (1 << 14) != 0 {
+                let _ = vmwrite(vmcs::GUEST_PENDING_DEBUG, pd & !(1 << 14));
+            }
+        }
         if st.shadows.iter().flatten().any(|s| s.page == page) {
             // The shadow is writable: a second write fault on it means the tables disagree.
             self.sw_abort();
@@ -256,7 +273,7 @@ impl<const XO: bool> Vm<'_, XO> {
             self.sw_abort();
             return stop(STATUS_BULWARK_FAILURE, reason::UNHANDLED_EXIT);
         }
-        log::trace!(
+        log::debug!(
             "software path: gpa={:#x} shadowed by {:#x} (slot {slot}), stepping",
             page.as_u64(),
             hpa.as_u64()
@@ -275,6 +292,11 @@ impl<const XO: bool> Vm<'_, XO> {
         let kind = (info >> 8) & 7;
         let single_step =
             vector == VECTOR_DB && kind == 3 && vmr(vmcs::EXIT_QUALIFICATION) & (1 << 14) != 0;
+        log::debug!(
+            "software path: exception exit info={info:#x} qualification={:#x} rip={:#x}",
+            vmr(vmcs::EXIT_QUALIFICATION),
+            vmr(vmcs::GUEST_RIP)
+        );
         let done = self.sw_mtf();
         if single_step || !matches!(done, Step::Do(Action::Retry)) {
             return done;
