@@ -17,13 +17,16 @@
 //! `Vm::apply`.
 
 use bulwark_abi::console::{reason, STATUS_BULWARK_FAILURE};
-use bulwark_core::addr::{GpaRange, GuestPhysAddr, HostPhysAddr, PAGE_SIZE};
+use bulwark_core::addr::{GpaRange, GuestPhysAddr, GuestVirtAddr, HostPhysAddr, PAGE_SIZE};
 use bulwark_core::exit::{Action, MemFault};
+use bulwark_core::gwalk::x86::X86Walker;
+use bulwark_core::gwalk::GuestWalker;
 use bulwark_core::physmem::PhysMem;
 use bulwark_core::shadow::{self, PAGE};
+use bulwark_core::violation::ViolationPolicy;
 
 use super::{stop, Step, Vm};
-use crate::mem::EptFlush;
+use crate::mem::{EptFlush, GuestRam};
 use crate::vcpu::GuestRegs;
 use crate::vmcs;
 use crate::vmx::{vmr, vmwrite};
@@ -213,7 +216,6 @@ impl<const XO: bool> Vm<'_, XO> {
             });
             arm(self.sw.mtf_allowed);
         }
-        let frames = self.sw.frames;
         let Some(st) = self.sw.step.as_mut() else {
             return fail("lost the step state");
         };
@@ -234,21 +236,71 @@ impl<const XO: bool> Vm<'_, XO> {
             self.sw_abort();
             return fail("write fault on a page that is already shadowed");
         }
+        let first = st.shadows.iter().all(Option::is_none);
+        if let Err(why) = self.sw_shadow(page) {
+            self.sw_abort();
+            return fail(why);
+        }
+        // Under inject a store that turns out to change protected bytes must write nothing at
+        // all, also not its bytes on a neighbouring page that needs no exit (a store
+        // straddling from a chunk page into an ordinary page). A store is at most 64 bytes:
+        // when the fault is that close to a page edge, shadow the virtual neighbour too, so
+        // its bytes can be discarded as well. (Under skip they are written anyway.)
+        if first && !violation_logged && self.guest.lock().policy() == ViolationPolicy::Inject {
+            if let Some(gva) = f.gva {
+                let off = gva.as_u64() & (PAGE_SIZE - 1);
+                let mut near = [None, None];
+                if off < 64 {
+                    near[0] = gva.as_u64().checked_sub(PAGE_SIZE);
+                }
+                if off >= PAGE_SIZE - 64 {
+                    near[1] = gva.as_u64().checked_add(PAGE_SIZE);
+                }
+                let walker = X86Walker::new(self.paging_state());
+                let ram = GuestRam { plan: self.plan };
+                for v in near.into_iter().flatten() {
+                    let Ok(t) = walker.translate(&ram, GuestVirtAddr::new(v)) else {
+                        continue;
+                    };
+                    let np = t.gpa.page_base();
+                    let known = self
+                        .sw
+                        .step
+                        .as_ref()
+                        .is_some_and(|st| st.shadows.iter().flatten().any(|s| s.page == np));
+                    if !known {
+                        // A neighbour that cannot be shadowed (not RAM, read-only) is left:
+                        // the store faults there by itself if it reaches it.
+                        let _ = self.sw_shadow(np);
+                    }
+                }
+            }
+        }
+        // Retry also re-delivers an event whose delivery faulted.
+        Step::Do(Action::Retry)
+    }
+
+    /// Copy guest page `page` into a free scratch frame and map the frame at `page`, writable.
+    fn sw_shadow(&mut self, page: GuestPhysAddr) -> Result<(), &'static str> {
+        let end = page.as_u64().saturating_add(PAGE_SIZE);
+        if !self.plan.is_ram(page.as_u64(), end) || end > 1 << 32 {
+            return Err("the page is not guest RAM Bulwark can reach");
+        }
+        let frames = self.sw.frames;
+        let Some(st) = self.sw.step.as_mut() else {
+            return Err("no step in progress");
+        };
         let used: [bool; MAX_SHADOWS] =
             core::array::from_fn(|i| st.shadows.iter().flatten().any(|s| s.slot == i));
         let Some(slot) = (0..MAX_SHADOWS).find(|i| !used.get(*i).copied().unwrap_or(true)) else {
-            self.sw_abort();
-            return fail("one instruction writes more pages with protected bytes than the software path shadows");
+            return Err("one instruction writes more pages with protected bytes than the software path shadows");
         };
         let Some(Some(hpa)) = frames.get(slot).copied() else {
-            self.sw_abort();
-            return fail("scratch frame missing");
+            return Err("scratch frame missing");
         };
         let Some(entry) = st.shadows.iter_mut().find(|s| s.is_none()) else {
-            self.sw_abort();
-            return fail("no free shadow entry");
+            return Err("no free shadow entry");
         };
-        *entry = Some(Shadowed { page, slot });
         // SAFETY: `page` is 4 KiB of guest RAM below 4 GiB (checked above; identity mapped) and
         // the only vCPU is stopped; `hpa` is one of Bulwark's scratch frames, which nothing
         // else references (the guest reaches it only through the EPT leaf set below).
@@ -266,20 +318,19 @@ impl<const XO: bool> Vm<'_, XO> {
             &mut flush,
         );
         if let Err(e) = r {
-            log::error!(
-                "software path: shadowing gpa={:#x} failed: {e:?}",
+            log::debug!(
+                "software path: shadowing gpa={:#x} refused: {e:?}",
                 page.as_u64()
             );
-            self.sw_abort();
-            return stop(STATUS_BULWARK_FAILURE, reason::UNHANDLED_EXIT);
+            return Err("the page could not be shadowed");
         }
+        *entry = Some(Shadowed { page, slot });
         log::debug!(
             "software path: gpa={:#x} shadowed by {:#x} (slot {slot}), stepping",
             page.as_u64(),
             hpa.as_u64()
         );
-        // Retry also re-delivers an event whose delivery faulted.
-        Step::Do(Action::Retry)
+        Ok(())
     }
 
     /// An exception exit (TF mode intercepts them all during a step): the #DB single-step
