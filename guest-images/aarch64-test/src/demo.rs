@@ -47,8 +47,17 @@ pub fn run() -> ! {
     // SAFETY: reading the guest's own vector table.
     let before = unsafe { core::ptr::read_volatile(vbar as *const u32) };
     demo!("attacker: overwriting the first vector ({before:#010x}) with a branch to itself");
-    // SAFETY: the write is the attack; Bulwark's stage 2 refuses it (ROE) and skips it.
-    unsafe { core::ptr::write_volatile(vbar as *mut u32, 0x1400_0000) };
+    // Under violation=inject the refused write comes back as an external abort: expect it.
+    super::EXPECT_ABORT.store(true, Ordering::Release);
+    // SAFETY: the write is the attack; Bulwark's stage 2 refuses it (ROE): skipped, or an
+    // abort the handler steps over.
+    unsafe {
+        core::arch::asm!("str {v:w}, [{p}]", p = in(reg) vbar, v = in(reg) 0x1400_0000u32, options(nostack))
+    };
+    if !super::EXPECT_ABORT.swap(false, Ordering::AcqRel) {
+        let esr = super::LAST_ESR.load(Ordering::Relaxed);
+        demo!("attacker: the write was answered with an external abort (ESR_EL1 {esr:#x})");
+    }
     // SAFETY: as above.
     let after = unsafe { core::ptr::read_volatile(vbar as *const u32) };
     demo!(
@@ -60,7 +69,6 @@ pub fn run() -> ! {
         }
     );
     let ok = kvm_uid && e == 0 && m == 0 && r == 1 && rtc.is_err() && after == before;
-    let _ = super::ABORTS.load(Ordering::Relaxed);
     if ok {
         demo!("demo: both attacks refused; the guest survived and powers off");
         system_off()
