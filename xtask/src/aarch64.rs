@@ -540,6 +540,25 @@ pub fn scenarios() -> Vec<Scenario> {
             },
         ),
         Scenario::new(
+            "aarch64: violation=halt stops at a store without syndrome (STP onto a chunk)",
+            emu,
+            || {
+                let o = RunOpts {
+                    cmdline: "violation=halt".into(),
+                    guest_cmdline: "scenario=roe-stp".into(),
+                    ..quiet()
+                };
+                let out = run_guest(&o)?;
+                out.expect(STATUS_BULWARK_FAILURE, reason::VIOLATION_HALT)?;
+                need(&out, "bulwark: violation kind=roe-chunk access=write")?;
+                need(&out, "action=halt")?;
+                if out.has("still running after the STP") {
+                    return Err("the guest ran past the halting STP".into());
+                }
+                Ok(())
+            },
+        ),
+        Scenario::new(
             "aarch64: SYSTEM_RESET ends the run, MMIO guard enrolment with it",
             emu,
             || {

@@ -181,7 +181,6 @@ macro_rules! say {
 }
 
 mod attr;
-mod bench;
 mod demo;
 mod mmio_guard;
 mod roe;
@@ -440,12 +439,6 @@ extern "C" fn guest_main(dtb: u64, el: u64) -> ! {
     {
         attr::run(s)
     }
-    if let Some(row) = bootargs
-        .split_ascii_whitespace()
-        .find_map(|t| t.strip_prefix("scenario=bench:"))
-    {
-        bench::run(row)
-    }
     if bootargs
         .split_ascii_whitespace()
         .any(|t| t == "scenario=demo")
@@ -457,6 +450,12 @@ extern "C" fn guest_main(dtb: u64, el: u64) -> ! {
         .any(|t| t == "scenario=mmio-reset")
     {
         mmio_guard::reset()
+    }
+    if bootargs
+        .split_ascii_whitespace()
+        .any(|t| t == "scenario=roe-stp")
+    {
+        roe::stp_first()
     }
     let (img_s, img_e) = (
         core::ptr::addr_of!(__image_start) as u64,

@@ -396,6 +396,23 @@ fn hw_access_flag(c: &mut Checks) {
     );
 }
 
+/// `scenario=roe-stp`: protect 8 bytes, then STP onto them (a store without syndrome, which
+/// takes Bulwark's software step). Run with `violation=halt`: the run must end there.
+pub fn stp_first() -> ! {
+    let a = SW.0.get() as u64 + PAGE;
+    let r = roe(ROE_MPROTECT_CHUNK, a + 0x100, 8);
+    let _ = writeln!(
+        Uart,
+        "testguest: CHUNK -> {r}; STP onto the protected bytes"
+    );
+    stp(a + 0xf8, 1, 2);
+    let _ = writeln!(
+        Uart,
+        "testguest: still running after the STP (skip/inject policy)"
+    );
+    super::guest_exit(9)
+}
+
 fn einval_checks(c: &mut Checks, mem_end: u64) {
     let a = SW.0.get() as u64;
     let last_page = mem_end - PAGE;
