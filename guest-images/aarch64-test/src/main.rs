@@ -181,6 +181,7 @@ macro_rules! say {
 }
 
 mod attr;
+mod bench;
 mod demo;
 mod mmio_guard;
 mod roe;
@@ -438,6 +439,12 @@ extern "C" fn guest_main(dtb: u64, el: u64) -> ! {
         .find_map(|t| t.strip_prefix("scenario=attr"))
     {
         attr::run(s)
+    }
+    if let Some(row) = bootargs
+        .split_ascii_whitespace()
+        .find_map(|t| t.strip_prefix("scenario=bench:"))
+    {
+        bench::run(row)
     }
     if bootargs
         .split_ascii_whitespace()
