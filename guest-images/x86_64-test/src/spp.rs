@@ -5,13 +5,15 @@
 //!    by Bulwark after exactly **one** EPT-violation exit. That exit is the counter's sanity
 //!    check: Bulwark's `exit counts: ... ept-violation=N` line must then say 1 on an SPP CPU.
 //! 2. ROE_MPROTECT_CHUNK [`PROT_START`, +[`PROT_LEN`]) of another page (sub-pages 2 and 3),
-//!    then [`ROUNDS`] x 30 quadword stores, one into each of the other 30 sub-pages, and check
-//!    every one took effect and no protected byte changed. With SPP these stores cause no exit at
-//!    all; without SPP each one goes through Bulwark's software path (one exit or more each).
+//!    then [`ROUNDS`] x 29 quadword stores, one into each sub-page Bulwark leaves writable (all
+//!    but 1, 2 and 3: see [`spp_writable`]), and check every one took effect and no protected
+//!    byte changed. With SPP these stores cause no exit at all; without SPP each one goes
+//!    through Bulwark's software path (one exit or more each).
 //! 3. Print `spp-subpage: stores=N ...` (the xtask reads N) and the TSC cost of a store to the
 //!    chunk page and to an unprotected page, and the number of failed checks so far.
 //! 4. CHUNK-protect 8 bytes of sub-page 10 (written in step 2: only the SPP vector changes, so
-//!    this exercises the INVEPT rule for SPPT changes) and store one byte into them: it must exit
+//!    this exercises the INVEPT rule for SPPT changes) and store 8 bytes starting 4 bytes
+//!    before them (in sub-page 9, which holds no protected byte): it must exit
 //!    (so the chunk page really is write-protected in the EPT and the zero count of step 2 is
 //!    SPP's doing) and change nothing. Without the x86 chunk software path Bulwark stops the
 //!    run there; with it the guest checks the byte and exits with the number of failed checks.
@@ -33,6 +35,8 @@ pub const ROUNDS: u64 = 8;
 const SUBPAGE: u64 = 128;
 /// Step 4 protects [LATE_OFF, +8) (sub-page 10) after the stores wrote it.
 const LATE_OFF: u64 = 0x500;
+/// The crossing store of step 4.
+const CROSS_VAL: u64 = 0xdddd_dddd_dddd_dddd;
 
 #[repr(C, align(4096))]
 struct Page([u8; 4096]);
@@ -111,9 +115,13 @@ fn value(r: u64, sp: u64) -> u64 {
     0x5350_5000_0000_0000 | (r << 16) | sp
 }
 
-fn protected_subpage(sp: u64) -> bool {
-    let (s, e) = (sp * SUBPAGE, (sp + 1) * SUBPAGE);
-    s < PROT_START + PROT_LEN && PROT_START < e
+/// Does Bulwark leave sub-page `sp` writable under SPP? Not when it holds a protected byte,
+/// nor when the first 63 bytes of the next sub-page do (a store starting in `sp` could reach
+/// them; `SppVector::from_protected_bytes`): of [`PROT_START`, +[`PROT_LEN`]) that excludes
+/// sub-pages 1, 2 and 3.
+fn spp_writable(sp: u64) -> bool {
+    let (s, e) = (sp * SUBPAGE, (sp + 1) * SUBPAGE + 63);
+    !(s < PROT_START + PROT_LEN && PROT_START < e)
 }
 
 /// Cost of one quadword store at `a`, in TSC ticks (the best of 4).
@@ -179,7 +187,7 @@ pub fn run(_s: &str) -> ! {
     let mut stores = 0u64;
     let t0 = rdtsc();
     for round in 0..ROUNDS {
-        for sp in (0..32).filter(|&sp| !protected_subpage(sp)) {
+        for sp in (0..32).filter(|&sp| spp_writable(sp)) {
             // A different quadword of the sub-page each round.
             let a = page + sp * SUBPAGE + (round * 8) % SUBPAGE;
             wr64(a, value(round, sp));
@@ -189,7 +197,7 @@ pub fn run(_s: &str) -> ! {
     let ticks = rdtsc() - t0;
     let mut bad = None;
     for round in 0..ROUNDS {
-        for sp in (0..32).filter(|&sp| !protected_subpage(sp)) {
+        for sp in (0..32).filter(|&sp| spp_writable(sp)) {
             let a = page + sp * SUBPAGE + (round * 8) % SUBPAGE;
             if rd64(a) != value(round, sp) && bad.is_none() {
                 bad = Some(a);
@@ -229,25 +237,41 @@ pub fn run(_s: &str) -> ! {
 
     // 4. Protect 8 more bytes, in sub-page 10, which the stores above wrote (so the CPU may
     //    hold its old, writable sub-page permission): only the page's SPP vector changes, not
-    //    its EPT leaf, so this checks Bulwark's INVEPT rule for SPPT changes. One byte store into
-    //    them must then exit (Bulwark's `ept-violation` count goes up by one) and change nothing.
+    //    its EPT leaf, so this checks Bulwark's INVEPT rule for SPPT changes. A store running
+    //    into them must then exit (Bulwark's `ept-violation` count goes up by one) and change
+    //    none of them.
     //    Until the x86 software path for chunk pages exists, Bulwark stops the run at this store.
     let late = page + LATE_OFF;
-    let before = rd8(late + 3);
     let r = roe(ROE_MPROTECT_CHUNK, late, 8);
     t.check(
         "chunk-protect-written-subpage",
         r == 8,
         format_args!("returned {r}, expected 8"),
     );
-    say!("spp-subpage: storing into a byte protected after its sub-page was written (must exit)");
-    wr8(late + 3, !before);
-    let v = rd8(late + 3);
+    // The store starts 4 bytes before them, in sub-page 9, which has no protected byte: an SPP
+    // check of the first byte's sub-page alone would let it through (Bochs 2.7 does that), so
+    // Bulwark must not mark sub-page 9 writable either.
+    let prot_before = rd64(late);
+    say!(
+        "spp-subpage: storing 8 bytes at {:#x}, 4 of them protected after their sub-page was written (must exit)",
+        late - 4
+    );
+    // SAFETY: 8 bytes inside CHUNK_PAGE (identity mapped); unaligned on purpose.
+    unsafe { core::ptr::write_unaligned((late - 4) as *mut u64, CROSS_VAL) };
+    let v = rd64(late);
+    let want = prot_before;
     t.check(
         "protected-store-dropped",
-        v == before,
-        format_args!("protected byte is {v:#x}, expected {before:#x}"),
+        v == want,
+        format_args!("protected bytes read {v:#x}, expected {want:#x}"),
     );
+    let low: [u8; 4] = core::array::from_fn(|i| rd8(late - 4 + i as u64));
+    t.check(
+        "unprotected-part-written",
+        low.iter().all(|&b| b == CROSS_VAL as u8),
+        format_args!("bytes before the protected ones read {low:x?}"),
+    );
+
     say!("spp-subpage: {} check(s) failed", t.failed);
     exit(t.failed)
 }

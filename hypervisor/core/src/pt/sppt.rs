@@ -16,6 +16,10 @@ pub const SPPT_ADDR_MASK: u64 = 0x000f_ffff_ffff_f000;
 pub const SUBPAGE_SIZE: u64 = 128;
 /// Sub-pages per 4 KiB page.
 pub const SUBPAGES: usize = 32;
+/// How far one store can reach past the sub-page it starts in: a 64-byte (AVX-512) store
+/// starting at the last byte covers 63 bytes of the next sub-page. `rep` string stores are a
+/// series of element stores of at most 8 bytes.
+pub const STORE_REACH: u32 = 63;
 
 /// A write-permission vector with the odd (reserved) bits always zero.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Default)]
@@ -36,11 +40,20 @@ impl SppVector {
     }
 
     /// From a 4096-bit map of protected bytes (bit b of word b/64 = byte b protected): a sub-page
-    /// is writable only when none of its 128 bytes is protected.
+    /// is writable only when none of its 128 bytes is protected **and** none of the first
+    /// [`STORE_REACH`] bytes of the next sub-page of the same page is: a store that starts in a
+    /// writable sub-page may run into the next one, and an SPP implementation that checks only
+    /// the sub-page of the first byte (Bochs 2.7 does; docs/x86_64-spp.md) would let it change
+    /// protected bytes there. (A store that crosses into the next page is checked there by EPT.)
     pub fn from_protected_bytes(bits: &[u64; 64]) -> Self {
+        // Bytes [128j, 128j + STORE_REACH) of sub-page j: low bits of word 2j.
+        let head = |j: usize| {
+            bits.get(2 * j)
+                .map_or(0, |w| w & ((1u64 << STORE_REACH) - 1))
+        };
         let mut mask = 0u32;
         for (i, pair) in bits.chunks_exact(2).enumerate() {
-            if pair.iter().all(|w| *w == 0) {
+            if pair.iter().all(|w| *w == 0) && head(i + 1) == 0 {
                 mask |= 1 << (i % 32);
             }
         }

@@ -517,6 +517,17 @@ fn sppt_paths_vectors_and_failure() {
     bits[63] = 1; // byte 4032: sub-page 31
     let v = SppVector::from_protected_bytes(&bits);
     assert!(v.writable(0) && !v.writable(1) && v.writable(2) && !v.writable(31));
+    // Byte 4032 is offset 64 of sub-page 31: beyond the reach of a store from sub-page 30.
+    assert!(v.writable(30));
+    bits[62] = 1; // byte 3968: the first of sub-page 31, which a store from sub-page 30 can reach
+    let v = SppVector::from_protected_bytes(&bits);
+    assert!(!v.writable(30) && v.writable(29) && !v.writable(31));
+    // A protected byte within the first 63 bytes of a sub-page makes the one before it
+    // non-writable; one at offset 63 or later does not (byte 191 is offset 63 of sub-page 1).
+    let mut bits = [0u64; 64];
+    bits[6] = 1 << 62; // byte 446: sub-page 3, offset 62
+    let v = SppVector::from_protected_bytes(&bits);
+    assert!(v.writable(1) && !v.writable(2) && !v.writable(3) && v.writable(4));
     // Failure leaves the table unchanged.
     mem.set_limit(Some(mem.allocated() + 1));
     let before = mem.allocated();
