@@ -81,6 +81,8 @@ pub struct Config {
     pub log_level: LogLevel,
     /// Violation lines printed per instruction address before further ones are counted, not printed.
     pub ratelimit: u32,
+    /// Guest reboots (PSCI SYSTEM_RESET) allowed per run before the run ends (arm64).
+    pub max_resets: u32,
     /// Boot-time attributes, sorted by start, never overlapping.
     pub attrs: Vec<AttrRange>,
     /// Where each range of `attrs` came from (same order), for errors found when a back end
@@ -103,6 +105,7 @@ impl Default for Config {
             violation: ViolationPolicy::Skip,
             log_level: LogLevel::Info,
             ratelimit: DEFAULT_RATELIMIT,
+            max_resets: DEFAULT_MAX_RESETS,
             attrs: Vec::new(),
             attr_origins: Vec::new(),
         }
@@ -110,6 +113,10 @@ impl Default for Config {
 }
 
 pub const DEFAULT_RATELIMIT: u32 = 10;
+/// Guest reboots per run unless `maxresets=` says otherwise.
+pub const DEFAULT_MAX_RESETS: u32 = 8;
+/// Largest `maxresets=` accepted.
+pub const MAX_MAX_RESETS: u32 = 1000;
 /// At most this many `attr=` ranges (keeps boot-time storage bounded).
 pub const MAX_ATTR_RANGES: usize = 64;
 
@@ -163,6 +170,7 @@ pub fn parse(cmdline: &str) -> Result<Config, CmdlineError> {
     let mut seen_violation = false;
     let mut seen_log = false;
     let mut seen_ratelimit = false;
+    let mut seen_maxresets = false;
     for token in cmdline.split_ascii_whitespace() {
         let Some((key, value)) = token.split_once('=') else {
             return Err(err(token, "expected key=value (see docs/cmdline.md)"));
@@ -195,6 +203,14 @@ pub fn parse(cmdline: &str) -> Result<Config, CmdlineError> {
                     .ok()
                     .filter(|&n| n >= 1)
                     .ok_or_else(|| err(token, "ratelimit must be between 1 and 4294967295"))?;
+            }
+            "maxresets" => {
+                once(&mut seen_maxresets, token)?;
+                let n = parse_number(value).map_err(|why| err(token, why))?;
+                cfg.max_resets = u32::try_from(n)
+                    .ok()
+                    .filter(|&n| n <= MAX_MAX_RESETS)
+                    .ok_or_else(|| err(token, "maxresets must be between 0 and 1000"))?;
             }
             "attr" => {
                 if value.is_empty() {
@@ -230,7 +246,7 @@ pub fn parse(cmdline: &str) -> Result<Config, CmdlineError> {
             _ => {
                 return Err(err(
                     token,
-                    "unknown key (known: violation, log, ratelimit, attr)",
+                    "unknown key (known: violation, log, ratelimit, maxresets, attr)",
                 ))
             }
         }
@@ -425,6 +441,22 @@ mod tests {
     fn empty_is_default() {
         assert_eq!(parse("").unwrap(), Config::default());
         assert_eq!(parse("   ").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn maxresets() {
+        assert_eq!(Config::default().max_resets, DEFAULT_MAX_RESETS);
+        assert_eq!(parse("maxresets=0").unwrap().max_resets, 0);
+        assert_eq!(parse("maxresets=1").unwrap().max_resets, 1);
+        assert_eq!(parse("maxresets=0x10").unwrap().max_resets, 16);
+        assert_eq!(parse("maxresets=1000").unwrap().max_resets, 1000);
+        let x = e("maxresets=1001");
+        assert_eq!(x.token, "maxresets=1001");
+        assert!(x.why.contains("between 0 and 1000"));
+        assert!(e("maxresets=1G").why.contains("between 0 and 1000"));
+        assert!(e("maxresets=-1").why.contains("not a number"));
+        assert!(e("maxresets=").why.contains("empty"));
+        assert!(e("maxresets=1 maxresets=2").why.contains("twice"));
     }
 
     #[test]
