@@ -105,7 +105,28 @@ struct Row {
     unit: String,
     target: String,
     exits: String,
+    /// Every counter of the row's run minus the baseline run's (exits by reason where Bulwark
+    /// reports them), for the JSON.
+    counters: Vec<(String, i64)>,
     note: String,
+}
+
+/// Counter differences between a row's run and its baseline run.
+fn counter_delta(r: &RunResult, base: Option<&RunResult>) -> Vec<(String, i64)> {
+    let Some(b) = base else {
+        return Vec::new();
+    };
+    r.counters
+        .iter()
+        .map(|(k, v)| {
+            let z = b
+                .counters
+                .iter()
+                .find(|(n, _)| n == k)
+                .map_or(0, |(_, v)| *v);
+            (k.clone(), *v as i64 - z as i64)
+        })
+        .collect()
 }
 
 fn x86_runs() -> Vec<(RunSpec, &'static str)> {
@@ -627,6 +648,7 @@ fn make_rows(
                     unit: unit.into(),
                     target: target.into(),
                     exits: "n/a".into(),
+                    counters: Vec::new(),
                     note: format!("n/a: {f}"),
                 }
             } else {
@@ -644,6 +666,7 @@ fn make_rows(
                     unit: unit.into(),
                     target: target.into(),
                     exits: exits_of(r, base),
+                    counters: counter_delta(r, base),
                     note: note.into(),
                 }
             };
@@ -780,6 +803,7 @@ fn make_rows(
                 unit: format!("ratio ({} / {} instructions)", fmt_n(mu), fmt_n(mb)),
                 target: "<= 1.01".into(),
                 exits: exits_of(u, by("none", main_host)),
+                counters: counter_delta(u, by("none", main_host)),
                 note: "200,000 LCG-driven read-modify-writes over 1 MiB, 5 runs".into(),
             });
         }
@@ -797,6 +821,7 @@ fn make_rows(
                 unit: "ratio".into(),
                 target: "<= 1.01".into(),
                 exits: "n/a".into(),
+                counters: Vec::new(),
                 note: format!("n/a: {why}"),
             });
         }
@@ -810,6 +835,7 @@ fn make_rows(
         unit: unit.into(),
         target: target.into(),
         exits: "-".into(),
+        counters: Vec::new(),
         note,
     };
     rows.push(fixed(
@@ -1003,7 +1029,7 @@ fn json(results: &[ArchResults], command: &str) -> String {
         for (j, row) in r.rows.iter().enumerate() {
             let _ = writeln!(
                 s,
-                "        {{\"scenario\": {}, \"figure\": {}, \"median\": {}, \"min\": {}, \"max\": {}, \"unit\": {}, \"target\": {}, \"exits\": {}, \"note\": {}}}{}",
+                "        {{\"scenario\": {}, \"figure\": {}, \"median\": {}, \"min\": {}, \"max\": {}, \"unit\": {}, \"target\": {}, \"exits\": {}, \"counters_minus_baseline\": {{{}}}, \"note\": {}}}{}",
                 json_str(&row.scenario),
                 json_str(&row.figure),
                 json_num(row.median),
@@ -1012,6 +1038,11 @@ fn json(results: &[ArchResults], command: &str) -> String {
                 json_str(&row.unit),
                 json_str(&row.target),
                 json_str(&row.exits),
+                row.counters
+                    .iter()
+                    .map(|(k, v)| format!("{}: {v}", json_str(k)))
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 json_str(&row.note),
                 if j + 1 < r.rows.len() { "," } else { "" }
             );
