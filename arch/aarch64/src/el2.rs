@@ -97,6 +97,56 @@ pub fn prepare(vtcr: u64, vttbr: u64) {
     flush_stage2_all();
 }
 
+/// Put the guest's EL1 (and EL0) system registers back to the values a freshly booted guest
+/// gets, for a guest reboot (PSCI SYSTEM_RESET): MMU and caches off ([`SCTLR_EL1_RESET`]),
+/// translation, vector, thread and exception registers zero, FP/SIMD access trapped at EL1 as at
+/// reset (CPACR_EL1 = 0; the kernel enables it), EL1 timers and counters stopped and not
+/// accessible from EL0, debug (MDSCR_EL1) off, the GICv3 CPU interface's group-1 enable and
+/// priority mask cleared. Devices and the GIC distributor/redistributors are not reset (see
+/// docs/aarch64.md). Call only while the guest is not running (between exits).
+pub fn reset_el1() {
+    write_sysreg!("sctlr_el1", SCTLR_EL1_RESET);
+    crate::sysreg::isb();
+    write_sysreg!("tcr_el1", 0);
+    write_sysreg!("ttbr0_el1", 0);
+    write_sysreg!("ttbr1_el1", 0);
+    write_sysreg!("mair_el1", 0);
+    write_sysreg!("amair_el1", 0);
+    write_sysreg!("vbar_el1", 0);
+    write_sysreg!("contextidr_el1", 0);
+    write_sysreg!("cpacr_el1", 0);
+    write_sysreg!("esr_el1", 0);
+    write_sysreg!("far_el1", 0);
+    write_sysreg!("afsr0_el1", 0);
+    write_sysreg!("afsr1_el1", 0);
+    write_sysreg!("par_el1", 0);
+    write_sysreg!("elr_el1", 0);
+    write_sysreg!("spsr_el1", 0);
+    write_sysreg!("sp_el0", 0);
+    write_sysreg!("sp_el1", 0);
+    write_sysreg!("tpidr_el0", 0);
+    write_sysreg!("tpidrro_el0", 0);
+    write_sysreg!("tpidr_el1", 0);
+    write_sysreg!("mdscr_el1", 0);
+    write_sysreg!("cntkctl_el1", 0);
+    write_sysreg!("cntv_ctl_el0", 0);
+    write_sysreg!("cntp_ctl_el0", 0);
+    if (read_sysreg!("id_aa64pfr0_el1") >> 24) & 0xf != 0 {
+        write_sysreg!("S3_0_C12_C12_7", 0); // ICC_IGRPEN1_EL1
+        write_sysreg!("S3_0_C4_C6_0", 0); // ICC_PMR_EL1
+    }
+    crate::sysreg::isb();
+}
+
+/// Point the CPU at another stage-2 table (`vttbr`: root and VMID). The caller invalidates the
+/// VMID's TLB entries ([`flush_stage2`]) before the guest runs again and frees the old table only
+/// after that.
+pub fn switch_stage2(vttbr: u64) {
+    crate::sysreg::dsb_ish();
+    write_sysreg!("vttbr_el2", vttbr);
+    crate::sysreg::isb();
+}
+
 /// THE stage-2 TLB maintenance function: invalidate the stage-2 entries for the IPA range
 /// `[start, start+len)` (TLBI IPAS2E1IS per 4 KiB page, for the current VMID) and then the
 /// stage-1 entries of the VMID (TLBI VMALLE1IS), which the architecture requires because

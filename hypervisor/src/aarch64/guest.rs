@@ -18,7 +18,7 @@ use bulwark_boot::fdt_guest::{self, GuestDtPlan};
 use bulwark_core::addr::{GpaRange, GuestPhysAddr, GuestVirtAddr, HostPhysAddr};
 use bulwark_core::exit::{Access, Action, Exit, Hypercall, MemFault, StopReason};
 use bulwark_core::guest::{
-    Arch, FaultKind, Guest, GuestConfig, HypercallOutcome, MemRegion, RegionKind,
+    Arch, Counters, FaultKind, Guest, GuestConfig, HypercallOutcome, MemRegion, RegionKind,
 };
 use bulwark_core::gwalk::arm64::{Arm64TranslationRegs, Arm64Walker};
 use bulwark_core::gwalk::{GuestMemRead, NotGuestRam, WalkTranslate};
@@ -39,7 +39,8 @@ const DEVICE_HIGH_LIMIT: u64 = 1 << 40;
 const GIB: u64 = 1 << 30;
 /// VMID of the one guest.
 const VMID: u8 = 1;
-/// Status of a run the guest ended with PSCI SYSTEM_RESET (Bulwark does not reboot guests).
+/// Status of a run that ended at a PSCI SYSTEM_RESET Bulwark did not turn into a reboot (past
+/// `maxresets=`, or no pristine copy of the payload: see [`Reboot`]).
 pub const STATUS_GUEST_RESET: u32 = 0xB2;
 /// Status of a run ended because the guest crashed (abort loop, unexpected exception).
 pub const STATUS_GUEST_CRASH: u32 = 0xB3;
@@ -241,6 +242,16 @@ pub fn boot_and_run(dt: &'static [u8], desc: &BootDescription<'_>) -> ! {
         place.kernel
     );
 
+    // Keep a pristine copy of the payload for reboots (PSCI SYSTEM_RESET), in the part of
+    // Bulwark's reserved memory its image does not use (no IPA maps it).
+    let pristine = keep_pristine(
+        pb,
+        payload.size,
+        img_end as u64,
+        bulwark_end,
+        cfg.max_resets,
+    );
+
     // Move kernel and initrd into place (memmove semantics; order computed to never overwrite a
     // source still to be copied).
     let kmove = Move {
@@ -369,7 +380,7 @@ pub fn boot_and_run(dt: &'static [u8], desc: &BootDescription<'_>) -> ! {
             r.hpa
         );
     }
-    let mut core_guest = match Guest::new(GuestConfig {
+    let gcfg = GuestConfig {
         arch: Arch::Aarch64,
         regions,
         policy: match cfg.violation {
@@ -381,16 +392,12 @@ pub fn boot_and_run(dt: &'static [u8], desc: &BootDescription<'_>) -> ! {
         exec_only: false,
         spp: false,
         limits: Default::default(),
-    }) {
+    };
+    let core_guest = match new_core(&gcfg, &cfg) {
         Ok(g) => g,
-        Err(e) => refuse(format_args!("guest memory map: {e:?}")),
+        Err(e) => refuse(format_args!("{e}")),
     };
     for a in &cfg.attrs {
-        if let Err(e) =
-            core_guest.set_host_attributes(a.start.as_u64(), a.size, u64::from(a.perms.bits()), 0)
-        {
-            refuse(format_args!("{}", cfg.attr_refused(a, &e)));
-        }
         log::info!("attr: {:#x}..{:#x} {:?}", a.start, a.end(), a.perms);
     }
     let mut pool = FramePool::new();
@@ -424,6 +431,28 @@ pub fn boot_and_run(dt: &'static [u8], desc: &BootDescription<'_>) -> ! {
             )),
         }
     }
+    // What a reboot reloads: the payload's parts from the pristine copy, the kernel's BSS, the
+    // guest device tree from the DtOut buffer (kept as built), at the same IPAs.
+    let reload = pristine.map(|copy| Reload {
+        kernel: Move {
+            src: copy + parts.kernel.off,
+            dst: kmove.dst,
+            len: kmove.len,
+        },
+        initrd: imove.map(|m| Move {
+            src: copy + (m.src - pb),
+            dst: m.dst,
+            len: m.len,
+        }),
+        bss: (kmove.dst + kmove.len, bss),
+        dtb: Move {
+            src: os as u64,
+            dst: dtb_host,
+            len: dtb_len as u64,
+        },
+        entry: place.kernel,
+        dtb_ipa: place.dtb,
+    });
     let mut vm = Vm {
         regs: VcpuRegs::default(),
         core: core_guest,
@@ -436,6 +465,14 @@ pub fn boot_and_run(dt: &'static [u8], desc: &BootDescription<'_>) -> ! {
         step: None,
         scratch,
         stats: ExitStats::default(),
+        reboot: Reboot {
+            reload,
+            gcfg,
+            cfg,
+            s2cfg,
+            done: 0,
+        },
+        earlier: Counters::default(),
     };
     vm.regs.x[0] = place.dtb;
     vm.regs.pc = place.kernel;
@@ -446,6 +483,72 @@ pub fn boot_and_run(dt: &'static [u8], desc: &BootDescription<'_>) -> ! {
         place.dtb
     );
     vm.run()
+}
+
+/// Copy the raw payload (`size` bytes at host `pb`, in guest RAM) to the free part of Bulwark's
+/// reserved memory, `[image_end, reserved_end)` page-aligned, for reboots. `None` (with the
+/// reason logged) when reboots are off (`maxresets=0`) or it does not fit: SYSTEM_RESET then
+/// ends the run.
+fn keep_pristine(pb: u64, size: u64, image_end: u64, reserved_end: u64, max: u32) -> Option<u64> {
+    if max == 0 {
+        log::info!("guest reset: maxresets=0, SYSTEM_RESET ends the run (status 178)");
+        return None;
+    }
+    let start = image_end.checked_next_multiple_of(4096)?;
+    let room = reserved_end.saturating_sub(start);
+    if size > room {
+        log::warn!(
+            "guest reset: the payload ({} KiB) does not fit the {} KiB free in Bulwark's reserved memory for a pristine copy; SYSTEM_RESET will end the run (status 178) instead of rebooting the guest",
+            size >> 10,
+            room >> 10
+        );
+        return None;
+    }
+    // SAFETY: source: the payload, inside guest RAM (checked by the caller), not yet moved;
+    // destination: `[start, start + size)`, inside Bulwark's reserved memory past its image
+    // (`size <= room`), used by nothing else and mapped by no IPA; the two are disjoint (guest
+    // RAM starts at `reserved_end`).
+    unsafe { core::ptr::copy_nonoverlapping(pb as *const u8, start as *mut u8, size as usize) };
+    log::info!(
+        "guest reset: pristine payload copy ({} KiB) at {start:#x} in Bulwark's memory; SYSTEM_RESET reboots the guest (at most {max} times)",
+        size >> 10
+    );
+    Some(start)
+}
+
+/// A fresh core guest: the memory map and the boot-time `attr=` ranges, nothing else (no ROE,
+/// no MMIO guard enrolment).
+fn new_core(gcfg: &GuestConfig, cfg: &cmdline::Config) -> Result<Guest, alloc::string::String> {
+    let mut g = Guest::new(gcfg.clone()).map_err(|e| alloc::format!("guest memory map: {e:?}"))?;
+    for a in &cfg.attrs {
+        g.set_host_attributes(a.start.as_u64(), a.size, u64::from(a.perms.bits()), 0)
+            .map_err(|e| alloc::format!("{}", cfg.attr_refused(a, &e)))?;
+    }
+    Ok(g)
+}
+
+/// How a reboot puts the guest's payload back (host addresses; sources in Bulwark's memory).
+#[derive(Clone, Copy, Debug)]
+struct Reload {
+    kernel: Move,
+    initrd: Option<Move>,
+    /// Kernel BSS to zero: host start, length.
+    bss: (u64, u64),
+    dtb: Move,
+    /// Guest entry point and device-tree IPAs (PC and x0 at entry).
+    entry: u64,
+    dtb_ipa: u64,
+}
+
+/// Everything a reboot needs to start the guest again as at boot.
+struct Reboot {
+    /// `None`: no pristine copy (does not fit, or `maxresets=0`); SYSTEM_RESET ends the run.
+    reload: Option<Reload>,
+    gcfg: GuestConfig,
+    cfg: cmdline::Config,
+    s2cfg: Stage2Config,
+    /// Reboots so far.
+    done: u32,
 }
 
 /// One guest with one vCPU (per-vCPU state lives here, on the CPU's own stack).
@@ -465,6 +568,9 @@ struct Vm {
     /// Scratch frames (host addresses) the software step redirects pages to.
     scratch: [u64; swstore::STEP_PAGES],
     stats: ExitStats,
+    reboot: Reboot,
+    /// The core's counters of the boots before the last reboot (the core guest is new per boot).
+    earlier: Counters,
 }
 
 /// A decoded exit and how many bytes `Advance` skips (SMC traps with ELR at the SMC itself;
@@ -610,18 +716,7 @@ impl Vm {
                             reason: reason::GUEST_EXIT,
                         })
                     }
-                    Outcome::SystemReset => {
-                        let g = self.core.mmio_guard();
-                        log::warn!(
-                            "guest: PSCI SYSTEM_RESET (Bulwark does not reboot guests; MMIO guard enrolment {} with {} mapped granule(s) ends with the run)",
-                            if g.enrolled() { "on" } else { "off" },
-                            g.mapped_count()
-                        );
-                        Action::Stop(StopReason {
-                            status: STATUS_GUEST_RESET,
-                            reason: "guest-reset",
-                        })
-                    }
+                    Outcome::SystemReset => self.system_reset(),
                     Outcome::GuestExit(s) => Action::Stop(StopReason {
                         status: s,
                         reason: reason::GUEST_EXIT,
@@ -654,6 +749,103 @@ impl Vm {
                 })
             }
         }
+    }
+
+    /// PSCI SYSTEM_RESET: reboot the guest (docs/aarch64.md, "SYSTEM_RESET"), or end the run
+    /// with status 178 when there is no pristine payload copy or `maxresets=` is reached.
+    fn system_reset(&mut self) -> Action {
+        let g = self.core.mmio_guard();
+        log::info!(
+            "guest: PSCI SYSTEM_RESET (MMIO guard enrolment {} with {} mapped granule(s))",
+            if g.enrolled() { "on" } else { "off" },
+            g.mapped_count()
+        );
+        let end = Action::Stop(StopReason {
+            status: STATUS_GUEST_RESET,
+            reason: "guest-reset",
+        });
+        let failed = Action::Stop(StopReason {
+            status: STATUS_BULWARK_FAILURE,
+            reason: reason::UNHANDLED_EXIT,
+        });
+        let Some(reload) = self.reboot.reload else {
+            log::warn!(
+                "guest reset: no pristine copy of the guest payload (see the boot log), so no reboot; the run ends (protection state, MMIO guard enrolment and mappings end with it)"
+            );
+            return end;
+        };
+        let max = self.reboot.cfg.max_resets;
+        if self.reboot.done >= max {
+            log::error!(
+                "guest reset: reboot limit reached ({} reboot(s), maxresets={max}); the run ends",
+                self.reboot.done
+            );
+            return end;
+        }
+
+        // 1. Fresh per-guest protection state: boot-time `attr=` only.
+        let core = match new_core(&self.reboot.gcfg, &self.reboot.cfg) {
+            Ok(c) => c,
+            Err(e) => {
+                log::error!("guest reset: {e}");
+                return failed;
+            }
+        };
+        // 2. Stage 2 derived from it, in a new table; switch, invalidate, free the old one.
+        let Some(full) = core.full_range() else {
+            log::error!("guest reset: empty guest memory map");
+            return failed;
+        };
+        let mut s2 = match Stage2::new_stage2(&mut self.pool, self.reboot.s2cfg) {
+            Ok(t) => t,
+            Err(e) => {
+                log::error!("guest reset: stage 2: {e:?}");
+                return failed;
+            }
+        };
+        if let Err(e) = core.sync_stage2(&mut self.pool, &mut s2, full, &mut Stage2Tlb) {
+            log::error!("guest reset: stage 2: deriving the tables: {e:?}");
+            s2.destroy(&mut self.pool);
+            return failed;
+        }
+        el2::switch_stage2(s2.vttbr(VMID));
+        Stage2Tlb.flush(full);
+        let old = core::mem::replace(&mut self.s2, s2);
+        old.destroy(&mut self.pool);
+        // Pending rate-limited violation counts of the ending boot first.
+        self.core.violation_log().flush();
+        add_counters(&mut self.earlier, &self.core.counters());
+        self.core = core;
+        self.step = None;
+
+        // 3. The payload and device tree again, at the same IPAs.
+        let r = reload;
+        for m in [Some(r.kernel), r.initrd, Some(r.dtb)]
+            .into_iter()
+            .flatten()
+        {
+            // SAFETY: source: the pristine copy or the DtOut buffer, in Bulwark's reserved
+            // memory, which no IPA maps; destination: the same guest-RAM range the boot loaded
+            // (checked then against guest RAM); disjoint; the guest is not running.
+            unsafe {
+                core::ptr::copy_nonoverlapping(m.src as *const u8, m.dst as *mut u8, m.len as usize)
+            };
+        }
+        // SAFETY: the kernel's BSS in guest RAM, zeroed at boot the same way.
+        unsafe { core::ptr::write_bytes(r.bss.0 as *mut u8, 0, r.bss.1 as usize) };
+        // Clean all of guest RAM to the point of coherency: the new kernel starts with its MMU
+        // and caches off and must see memory (the payload, and what the last boot left) as it is.
+        el2::clean_to_poc(self.gram.host_base as usize, self.gram.size as usize);
+
+        // 4. The vCPU as at boot.
+        el2::reset_el1();
+        self.regs = VcpuRegs::default();
+        self.regs.x[0] = r.dtb_ipa;
+        self.regs.pc = r.entry;
+        self.regs.pstate = SPSR_EL1H_MASKED;
+        self.reboot.done += 1;
+        log::info!("guest reset: reboot {}", self.reboot.done);
+        Action::Retry
     }
 
     /// Re-derive `range` of stage 2 from the core's state; `Some(stop)` when that fails.
@@ -843,7 +1035,8 @@ impl Vm {
     /// violations by kind, software-path writes. Pending rate-limited violation counts first.
     fn print_counters(&mut self) {
         self.core.violation_log().flush();
-        let c = self.core.counters();
+        let mut c = self.earlier;
+        add_counters(&mut c, &self.core.counters());
         let s = self.stats;
         let [roe, chunk, guard, attr] = c.violations;
         log::info!(
@@ -889,4 +1082,23 @@ impl Vm {
         );
         super::dump_regs(&self.regs.x);
     }
+}
+
+/// `acc += c`, field by field (saturating).
+fn add_counters(acc: &mut Counters, c: &Counters) {
+    acc.hypercalls = acc.hypercalls.saturating_add(c.hypercalls);
+    acc.hypercall_errors = acc.hypercall_errors.saturating_add(c.hypercall_errors);
+    acc.roe_pages_requested = acc
+        .roe_pages_requested
+        .saturating_add(c.roe_pages_requested);
+    acc.chunk_bytes_requested = acc
+        .chunk_bytes_requested
+        .saturating_add(c.chunk_bytes_requested);
+    for (a, b) in acc.violations.iter_mut().zip(c.violations) {
+        *a = a.saturating_add(b);
+    }
+    acc.emulated_stores = acc.emulated_stores.saturating_add(c.emulated_stores);
+    acc.spurious_faults = acc.spurious_faults.saturating_add(c.spurious_faults);
+    acc.mmio_maps = acc.mmio_maps.saturating_add(c.mmio_maps);
+    acc.mmio_unmaps = acc.mmio_unmaps.saturating_add(c.mmio_unmaps);
 }
