@@ -19,7 +19,8 @@ const DEFAULT_TIMEOUT_S: u64 = 30;
 const MEMORY: &str = "512M";
 /// Status Bulwark reports for a guest stuck in an exception loop (hypervisor/src/aarch64/guest.rs).
 const STATUS_GUEST_CRASH: u32 = 0xB3;
-/// Status of a run the guest ended with PSCI SYSTEM_RESET (hypervisor/src/aarch64/guest.rs).
+/// Status of a run that ended at a PSCI SYSTEM_RESET Bulwark did not reboot (past `maxresets=`,
+/// or no room for the pristine payload copy; hypervisor/src/aarch64/guest.rs).
 const STATUS_GUEST_RESET: u32 = 0xB2;
 
 fn out() -> Result<PathBuf, String> {
@@ -559,7 +560,7 @@ pub fn scenarios() -> Vec<Scenario> {
             },
         ),
         Scenario::new(
-            "aarch64: SYSTEM_RESET ends the run, MMIO guard enrolment with it",
+            "aarch64: SYSTEM_RESET reboots the guest; MMIO guard and ROE state do not survive it",
             emu,
             || {
                 let o = RunOpts {
@@ -567,9 +568,46 @@ pub fn scenarios() -> Vec<Scenario> {
                     ..quiet()
                 };
                 let out = run_guest(&o)?;
+                out.expect(0, reason::GUEST_EXIT)?;
+                let boots = out
+                    .lines
+                    .iter()
+                    .filter(|l| l.contains("testguest: started"))
+                    .count();
+                if boots != 2 {
+                    return Err(format!("{boots} guest boots, want 2\n{}", out.tail(30)));
+                }
+                need(&out, "testguest: ok   first boot: enrolled (0), UART mapped (0)")?;
+                need(&out, "bulwark: violation kind=mmio-guard access=read gpa=0x9010000")?;
+                need(&out, "MMIO guard enrolment on with 1 mapped granule(s)")?;
+                need(&out, "bulwark: INFO guest reset: reboot 1")?;
+                need(&out, "testguest: second boot: marker")?;
+                need(&out, "testguest: reboot checks passed")?;
+                if out.has("testguest: FAIL") || out.has("guest reset: reboot 2") {
+                    return Err(format!("unexpected FAIL or second reboot\n{}", out.tail(30)));
+                }
+                Ok(())
+            },
+        ),
+        Scenario::new(
+            "aarch64: maxresets=1 bounds the reboots (a guest that resets twice ends with 178)",
+            emu,
+            || {
+                let o = RunOpts {
+                    cmdline: "maxresets=1".into(),
+                    guest_cmdline: "scenario=reset-loop".into(),
+                    ..quiet()
+                };
+                let out = run_guest(&o)?;
                 out.expect(STATUS_GUEST_RESET, "guest-reset")?;
-                need(&out, "testguest: enrolled (0), UART mapped (0)")?;
-                need(&out, "MMIO guard enrolment on with 1 mapped granule(s) ends with the run")
+                need(&out, "testguest: reset-loop boot 1")?;
+                need(&out, "bulwark: INFO guest reset: reboot 1")?;
+                need(&out, "testguest: reset-loop boot 2")?;
+                need(&out, "guest reset: reboot limit reached (1 reboot(s), maxresets=1)")?;
+                if out.has("reset-loop boot 3") {
+                    return Err("the guest booted a third time under maxresets=1".into());
+                }
+                Ok(())
             },
         ),
         Scenario::new(

@@ -460,6 +460,12 @@ extern "C" fn guest_main(dtb: u64, el: u64) -> ! {
     }
     if bootargs
         .split_ascii_whitespace()
+        .any(|t| t == "scenario=reset-loop")
+    {
+        mmio_guard::reset_loop()
+    }
+    if bootargs
+        .split_ascii_whitespace()
         .any(|t| t == "scenario=roe-stp")
     {
         roe::stp_first()

@@ -9,9 +9,10 @@
 //! Enrolling cuts the guest off every device it has not mapped, the UART included: the UART is
 //! mapped right after enrolling, before printing again.
 
+use core::fmt::Write as _;
 use core::sync::atomic::Ordering;
 
-use super::{hvc, probe, Checks, LAST_FAR, UART};
+use super::{hvc, probe, Checks, Uart, LAST_FAR, UART};
 use bulwark_abi::errno::smccc_ret::NOT_SUPPORTED_REG;
 use bulwark_abi::smccc as ids;
 
@@ -164,15 +165,120 @@ pub fn checks(c: &mut Checks) {
     );
 }
 
-/// `scenario=mmio-reset`: enrol, map the UART, then PSCI SYSTEM_RESET. Bulwark does not reboot
-/// guests: the run ends (status 178) and the enrolment and mappings end with it.
+/// Survives a reboot: fixed RAM addresses below the image (RAM base + text_offset 0x80000), which
+/// neither the image nor its BSS covers, so Bulwark does not reload them and the guest's own
+/// start-up does not clear them.
+const MARKER: u64 = super::RAM_BASE + 0x1_0000;
+/// `MARKER` says "the first boot got as far as SYSTEM_RESET".
+const MAGIC: u64 = 0xb01d_face_5e70_0001;
+/// Boot counter of `scenario=reset-loop`.
+const BOOTS: u64 = super::RAM_BASE + 0x1_8000;
+/// A page of its own (outside the image) that the first boot ROE-locks.
+const LOCKED: u64 = super::RAM_BASE + 0x2_0000;
+
+fn rd(p: u64) -> u64 {
+    // SAFETY: `p` is one of the fixed 8-byte aligned RAM addresses above (identity-mapped
+    // normal memory, not part of the image).
+    unsafe { core::ptr::read_volatile(p as *const u64) }
+}
+
+fn wr(p: u64, v: u64) {
+    // SAFETY: as in `rd`; one `str` instruction, so a skipped store is exactly one instruction.
+    unsafe { core::arch::asm!("str {v}, [{a}]", a = in(reg) p, v = in(reg) v, options(nostack)) }
+}
+
+/// `scenario=mmio-reset`: MMIO guard and ROE state across PSCI SYSTEM_RESET (a real reboot).
+/// First boot: enrol, map only the UART, read the unmapped RTC (external abort, Bulwark's
+/// violation line), write `MAGIC` to `MARKER`, ROE-lock `LOCKED`, SYSTEM_RESET. Second boot
+/// (it finds `MAGIC`): not enrolled (the RTC reads; UNMAP of the UART and MAP without ENROLL
+/// are refused), `LOCKED` is writable again; then ENROLL + MAP work; SYSTEM_OFF (status 0).
 pub fn reset() -> ! {
-    let e = call(ids::MMIO_GUARD_ENROLL, 0);
-    let m = call(ids::MMIO_GUARD_MAP, UART as u64);
-    let _ = core::fmt::Write::write_fmt(
-        &mut super::Uart,
-        format_args!("testguest: enrolled ({e}), UART mapped ({m}); PSCI SYSTEM_RESET\n"),
+    let mut c = Checks { failed: 0 };
+    if rd(MARKER) != MAGIC {
+        let e = call(ids::MMIO_GUARD_ENROLL, 0);
+        let m = call(ids::MMIO_GUARD_MAP, UART as u64);
+        c.check(
+            e == 0 && m == 0,
+            format_args!("first boot: enrolled ({e}), UART mapped ({m})"),
+        );
+        let r = probe(RTC, false);
+        c.check(
+            r.is_err_and(|esr| sea(esr, false)),
+            format_args!("first boot: the unmapped RTC aborts ({r:x?})"),
+        );
+        wr(LOCKED, 0x1111);
+        let l = hvc(
+            u64::from(ids::BULWARK_ROE),
+            bulwark_abi::roe::ROE_MPROTECT,
+            LOCKED,
+            1,
+        )[0];
+        wr(LOCKED, 0x2222);
+        c.check(
+            l == 1 && rd(LOCKED) == 0x1111,
+            format_args!(
+                "first boot: ROE_MPROTECT {LOCKED:#x} -> {l}, a write is refused (reads {:#x})",
+                rd(LOCKED)
+            ),
+        );
+        wr(MARKER, MAGIC);
+        if c.failed != 0 {
+            super::guest_exit(1)
+        }
+        say!("testguest: first boot done, marker written; PSCI SYSTEM_RESET");
+        hvc(u64::from(ids::PSCI_SYSTEM_RESET), 0, 0, 0);
+        say!("testguest: FAIL SYSTEM_RESET returned");
+        super::guest_exit(7)
+    }
+    say!("testguest: second boot: marker {MAGIC:#x} found at {MARKER:#x}");
+    wr(MARKER, 0);
+    c.check(
+        probe(RTC, false).is_ok(),
+        format_args!("second boot: the RTC reads (not enrolled)"),
     );
+    let u = call(ids::MMIO_GUARD_UNMAP, UART as u64);
+    c.check(
+        u == NOT_SUPPORTED_REG,
+        format_args!("second boot: UNMAP(uart) -> {u:#x} (NOT_SUPPORTED: no mappings)"),
+    );
+    let m = call(ids::MMIO_GUARD_MAP, RTC);
+    c.check(
+        m == NOT_SUPPORTED_REG,
+        format_args!("second boot: MAP(rtc) without ENROLL -> {m:#x} (NOT_SUPPORTED)"),
+    );
+    wr(LOCKED, 0x3333);
+    c.check(
+        rd(LOCKED) == 0x3333,
+        format_args!(
+            "second boot: the formerly ROE-locked page is writable ({:#x})",
+            rd(LOCKED)
+        ),
+    );
+    let e = call(ids::MMIO_GUARD_ENROLL, 0);
+    let mu = call(ids::MMIO_GUARD_MAP, UART as u64);
+    let r = probe(RTC, false);
+    c.check(
+        e == 0 && mu == 0 && r.is_err_and(|esr| sea(esr, false)),
+        format_args!("second boot: ENROLL -> {e}, MAP(uart) -> {mu}, the RTC aborts again"),
+    );
+    if c.failed != 0 {
+        super::guest_exit(1)
+    }
+    say!("testguest: reboot checks passed");
+    super::system_off()
+}
+
+/// `scenario=reset-loop`: count boots in `BOOTS` and call SYSTEM_RESET on every one (for
+/// Bulwark's `maxresets=` bound).
+pub fn reset_loop() -> ! {
+    let n = if rd(MARKER) == MAGIC {
+        rd(BOOTS) + 1
+    } else {
+        1
+    };
+    wr(MARKER, MAGIC);
+    wr(BOOTS, n);
+    say!("testguest: reset-loop boot {n}; PSCI SYSTEM_RESET");
     hvc(u64::from(ids::PSCI_SYSTEM_RESET), 0, 0, 0);
     super::guest_exit(7)
 }
