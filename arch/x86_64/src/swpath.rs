@@ -348,7 +348,7 @@ impl<const XO: bool> Vm<'_, XO> {
             vmr(vmcs::EXIT_QUALIFICATION),
             vmr(vmcs::GUEST_RIP)
         );
-        let done = self.sw_mtf();
+        let done = self.sw_step_end(single_step);
         if single_step || !matches!(done, Step::Do(Action::Retry)) {
             return done;
         }
@@ -378,8 +378,42 @@ impl<const XO: bool> Vm<'_, XO> {
         Step::Do(Action::Retry)
     }
 
-    /// The end of a step (MTF exit, or the #DB trap in TF mode): decide, merge, restore.
+    /// The MTF exit.
     pub(super) fn sw_mtf(&mut self) -> Step {
+        self.sw_step_end(true)
+    }
+
+    /// The first protected byte the instruction changed, over every shadowed page.
+    fn sw_changed(&self, st: &Stepping) -> Option<GuestPhysAddr> {
+        for s in st.shadows.iter().flatten() {
+            let Some(Some(hpa)) = self.sw.frames.get(s.slot).copied() else {
+                continue;
+            };
+            let mask = self.guest.lock().protected_page(s.page.frame());
+            // SAFETY: as in `sw_shadow`: a guest RAM page (checked there) and Bulwark's frame;
+            // the vCPU is stopped.
+            let (p, c) = unsafe { (page_ref(s.page.as_u64()), page_ref(hpa.as_u64())) };
+            if let Some(off) = shadow::first_changed_protected(p, c, &mask) {
+                return Some(GuestPhysAddr::new(s.page.as_u64() + off as u64));
+            }
+        }
+        None
+    }
+
+    /// The end of a step (MTF exit, or the #DB trap in TF mode; `completed`: a single-step
+    /// trap rather than another exception): decide, merge, restore.
+    fn sw_step_end(&mut self, completed: bool) -> Step {
+        // Under inject a `rep` string instruction is one store: the single step traps after
+        // every iteration (RIP still at the instruction); while no protected byte has changed,
+        // keep the shadows and step on, so that a later iteration that changes one rolls the
+        // whole instruction back (nothing written, registers as before it).
+        if completed && self.guest.lock().policy() == ViolationPolicy::Inject {
+            if let Some(st) = self.sw.step.as_ref() {
+                if vmr(vmcs::GUEST_RIP) == st.snapshot.rip && self.sw_changed(st).is_none() {
+                    return Step::Do(Action::Retry);
+                }
+            }
+        }
         let Some(st) = self.sw.step.take() else {
             set_mtf(false);
             log::warn!("monitor-trap-flag exit without a software-path step: ignored");
@@ -387,20 +421,7 @@ impl<const XO: bool> Vm<'_, XO> {
         };
         disarm(self.sw.mtf_allowed, &st);
         self.sw.steps += 1;
-        // The first protected byte the instruction changed, over every shadowed page.
-        let mut changed = None;
-        for s in st.shadows.iter().flatten() {
-            let Some(Some(hpa)) = self.sw.frames.get(s.slot).copied() else {
-                continue;
-            };
-            let mask = self.guest.lock().protected_page(s.page.frame());
-            // SAFETY: as in `sw_fault`: guest RAM page (checked there) and Bulwark's frame.
-            let (p, c) = unsafe { (page_ref(s.page.as_u64()), page_ref(hpa.as_u64())) };
-            if let Some(off) = shadow::first_changed_protected(p, c, &mask) {
-                changed = Some(GuestPhysAddr::new(s.page.as_u64() + off as u64));
-                break;
-            }
-        }
+        let changed = self.sw_changed(&st);
         let action = if st.violation_logged {
             // Only skip gets here (inject and halt end the step at the fault).
             Action::Advance
