@@ -83,6 +83,10 @@ pub struct Config {
     pub ratelimit: u32,
     /// Guest reboots (PSCI SYSTEM_RESET) allowed per run before the run ends (arm64).
     pub max_resets: u32,
+    /// `spp=on`: back chunk protection with EPT sub-page write permissions (x86 SPP) where the
+    /// CPU enumerates them. Off by default: Bochs 2.7's SPP lets a store to a protected byte
+    /// through after an SPP-allowed store to the same page (docs/x86_64-spp.md).
+    pub spp: bool,
     /// Boot-time attributes, sorted by start, never overlapping.
     pub attrs: Vec<AttrRange>,
     /// Where each range of `attrs` came from (same order), for errors found when a back end
@@ -106,6 +110,7 @@ impl Default for Config {
             log_level: LogLevel::Info,
             ratelimit: DEFAULT_RATELIMIT,
             max_resets: DEFAULT_MAX_RESETS,
+            spp: false,
             attrs: Vec::new(),
             attr_origins: Vec::new(),
         }
@@ -171,6 +176,7 @@ pub fn parse(cmdline: &str) -> Result<Config, CmdlineError> {
     let mut seen_log = false;
     let mut seen_ratelimit = false;
     let mut seen_maxresets = false;
+    let mut seen_spp = false;
     for token in cmdline.split_ascii_whitespace() {
         let Some((key, value)) = token.split_once('=') else {
             return Err(err(token, "expected key=value (see docs/cmdline.md)"));
@@ -212,6 +218,14 @@ pub fn parse(cmdline: &str) -> Result<Config, CmdlineError> {
                     .filter(|&n| n <= MAX_MAX_RESETS)
                     .ok_or_else(|| err(token, "maxresets must be between 0 and 1000"))?;
             }
+            "spp" => {
+                once(&mut seen_spp, token)?;
+                cfg.spp = match value {
+                    "on" => true,
+                    "off" => false,
+                    _ => return Err(err(token, "spp must be on or off")),
+                };
+            }
             "attr" => {
                 if value.is_empty() {
                     return Err(err(token, "attr needs at least one START+SIZE:PERMS range"));
@@ -246,7 +260,7 @@ pub fn parse(cmdline: &str) -> Result<Config, CmdlineError> {
             _ => {
                 return Err(err(
                     token,
-                    "unknown key (known: violation, log, ratelimit, maxresets, attr)",
+                    "unknown key (known: violation, log, ratelimit, maxresets, spp, attr)",
                 ))
             }
         }
@@ -476,6 +490,15 @@ mod tests {
         assert!(e("ratelimit=0").why.contains("between 1"));
         assert!(e("ratelimit=5G").why.contains("between 1"));
         assert!(e("log=loud").why.contains("error, warn"));
+    }
+
+    #[test]
+    fn spp_on_off() {
+        assert!(!parse("").unwrap().spp);
+        assert!(parse("spp=on").unwrap().spp);
+        assert!(!parse("spp=off").unwrap().spp);
+        assert!(e("spp=yes").why.contains("on or off"));
+        assert!(e("spp=on spp=off").why.contains("twice"));
     }
 
     #[test]

@@ -197,6 +197,8 @@ pub fn run_guest(
         mods.len()
     );
 
+    // SPP only on request (`spp=on`) and where the CPU enumerates it (docs/x86_64-spp.md).
+    let spp_on = config.spp && crate::spp::available(&caps);
     // The core's per-guest state and the EPT derived from it.
     let mut guest = Guest::new(GuestConfig {
         arch: Arch::X86_64,
@@ -204,8 +206,7 @@ pub fn run_guest(
         policy: policy(config.violation),
         ratelimit: config.ratelimit,
         exec_only: caps.ept_exec_only(),
-        // SPP exactly when the CPU enumerates it (docs/x86_64-spp.md).
-        spp: crate::spp::available(&caps),
+        spp: spp_on,
         limits: StoreLimits::default(),
     })
     .map_err(|e| refuse(format!("guest memory configuration refused: {e:?}")))?;
@@ -223,7 +224,7 @@ pub fn run_guest(
         // Chunk stores go through the software path (swpath.rs: shadow page + one single
         // step, by MTF or RFLAGS.TF); SPP only accelerates it.
         roe_chunk: true,
-        chunk_spp: crate::spp::available(&caps),
+        chunk_spp: spp_on,
         policy: policy(config.violation),
     };
     let guest = spin::Mutex::new(guest);
@@ -260,8 +261,8 @@ fn start<const XO: bool>(
         .ok_or_else(|| refuse("guest has no memory".into()))?;
     // No hardware uses the tables yet: nothing to invalidate.
     let mut none = RecordingFlush::default();
-    // The SPP table: from Bulwark's own frames, only when the CPU enumerates SPP.
-    let mut sppt = if crate::spp::available(&caps) {
+    // The SPP table: from Bulwark's own frames, only when SPP is on (`features.chunk_spp`).
+    let mut sppt = if features.chunk_spp {
         Some(Sppt::new(&mut frames).map_err(|e| refuse(format!("SPPT root: {e:?}")))?)
     } else {
         None
@@ -302,6 +303,9 @@ fn start<const XO: bool>(
                 s.spptp()
             );
         }
+        None if crate::spp::available(&caps) => log::info!(
+            "SPP: off (enumerated but not requested: spp=on turns it on; see docs/x86_64-spp.md for why it is off by default); chunk-protected pages exit on every store"
+        ),
         None => log::info!(
             "SPP: off (not enumerated: IA32_VMX_PROCBASED_CTLS2 allowed-1 bit 23 clear); chunk-protected pages exit on every store"
         ),
