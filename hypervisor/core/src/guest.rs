@@ -837,6 +837,12 @@ impl Guest {
             if self.guard.enrolled && !self.guard.is_mapped(f.gpa.frame()) {
                 return self.violation(vcpu, f, ViolationKind::MmioGuard, None);
             }
+            // Device leaves are never executable: an instruction fetch from a device region
+            // faults again on every retry, so it is the guest's error (`attr`: injected, or
+            // halt), not a stale-TLB spurious fault.
+            if f.access == Access::Exec {
+                return self.violation(vcpu, f, ViolationKind::Attr, None);
+            }
             return self.spurious(vcpu, f, page);
         }
         let st = self.store.state(f.gpa.frame());

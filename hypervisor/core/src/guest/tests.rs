@@ -425,6 +425,30 @@ fn mmio_guard_faults() {
 }
 
 #[test]
+fn device_exec_is_an_attr_violation() {
+    for (policy, action) in [
+        (ViolationPolicy::Skip, Action::InjectFault),
+        (ViolationPolicy::Inject, Action::InjectFault),
+    ] {
+        for arch in [Arch::Aarch64, Arch::X86_64] {
+            let mut g = Guest::new(cfg(arch, policy, false)).unwrap();
+            let f = fault(0x0900_2000, Access::Exec, None);
+            let d = g.handle_fault(0, &f);
+            assert_eq!(d.kind, FaultKind::Violation(ViolationKind::Attr));
+            assert_eq!(d.action, action, "a fetch cannot be skipped");
+            assert_eq!(g.counters().violations[kind_index(ViolationKind::Attr)], 1);
+            // Reads and writes of the device region stay spurious (re-derived, retried).
+            let r = fault(0x0900_2000, Access::Read, Some(4));
+            assert_eq!(g.handle_fault(0, &r).kind, FaultKind::Spurious);
+        }
+    }
+    let mut g = Guest::new(cfg(Arch::Aarch64, ViolationPolicy::Halt, false)).unwrap();
+    let d = g.handle_fault(0, &fault(0x0900_0000, Access::Exec, None));
+    assert_eq!(d.kind, FaultKind::Violation(ViolationKind::Attr));
+    assert!(matches!(d.action, Action::Stop(_)));
+}
+
+#[test]
 fn config_and_host_attribute_errors() {
     let mut c = cfg(Arch::X86_64, ViolationPolicy::Skip, false);
     c.regions.push(MemRegion {
