@@ -52,9 +52,33 @@ pub fn abort_injection(pstate: u64, instruction: bool, wnr: bool, sctlr: u64) ->
     }
 }
 
+/// SPSR A, I, F bits (8:6).
+const SPSR_AIF: u64 = 0b111 << 6;
+
+/// `spsr` with its A, I, F bits (8:6) taken from `pstate`, all other bits kept: after a
+/// software-stepped instruction took an exception to EL1, SPSR_EL1 holds the A/I/F mask Bulwark
+/// set for the step; this puts back the guest's own (its ERET must not return masked).
+pub const fn spsr_with_aif_of(spsr: u64, pstate: u64) -> u64 {
+    (spsr & !SPSR_AIF) | (pstate & SPSR_AIF)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn spsr_aif_patch_keeps_other_bits() {
+        // Exception entry saved EL1h with D/A/I/F set (the step's mask) and NZCV/SS bits.
+        let spsr = 0xf000_0000 | (1 << 21) | 0x3c5;
+        // The guest ran with interrupts unmasked (only D set).
+        assert_eq!(
+            spsr_with_aif_of(spsr, 0x205),
+            0xf000_0000 | (1 << 21) | 0x205
+        );
+        // Its own masks come back as they were, nothing else is taken from pstate.
+        assert_eq!(spsr_with_aif_of(0x5, 0xffff_ffff_0000_0000 | 0x0c0), 0x0c5);
+        assert_eq!(spsr_with_aif_of(0x3c5, 0x3c5), 0x3c5);
+    }
 
     const SPAN: u64 = 1 << 23;
 

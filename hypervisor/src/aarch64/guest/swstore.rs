@@ -6,8 +6,8 @@
 //! * **Software step**: the faulting page P is copied into a scratch frame S that Bulwark owns,
 //!   stage 2 points ipa(P) at S (writable) through the core's engine (`Stage2::map`), and the
 //!   guest executes the one instruction under the architectural software step (MDCR_EL2.TDE = 1,
-//!   the guest's MDSCR_EL1.SS = 1, SPSR_EL2.SS = 1, the OS Lock released if the guest left it
-//!   set; guest A/I/F masked for the step). The step
+//!   the guest's MDSCR_EL1.SS = 1, SPSR_EL2.SS = 1, the OS Lock and the OS Double Lock
+//!   released if the guest left them set; guest A/I/F masked for the step). The step
 //!   ends with a Software Step exception (EC 0x32) at EL2. A second faulting page of the same
 //!   instruction (a store crossing into another protected page) gets the second scratch frame and
 //!   the instruction is stepped again. Then S is compared with P under the protected-byte mask:
@@ -15,6 +15,8 @@
 //!   is a violation decided by the core (`skip`: keep the instruction's register effects, drop the
 //!   protected bytes; `inject`: registers and PC restored, synchronous external abort; `halt`).
 //!   Stage 2 is re-derived from the core afterwards (one TLB function for every edit).
+//!   Any other exit while the step is armed (not EC 0x32, not a write abort at the same PC) is an
+//!   escaped step: the redirection is undone and the run stops.
 //! * **Exclusives** (STXR/STLXR/STXP/STLXP) are not stepped: the exit clears the exclusive
 //!   monitor, the stepped STXR would fail, and the guest's LDXR/STXR loop would retry forever.
 //!   Bulwark decodes them and completes them as a **successful** store-exclusive (status register
@@ -23,6 +25,7 @@
 
 use super::{Decoded, GuestMem, Stage2Tlb, Vm};
 use bulwark_aarch64::esr::ec;
+use bulwark_aarch64::inject::spsr_with_aif_of;
 use bulwark_aarch64::insn::{decode_exclusive, Exclusive};
 use bulwark_aarch64::read_sysreg;
 use bulwark_aarch64::vcpu::VcpuRegs;
@@ -46,6 +49,10 @@ const MDSCR_KDE: u64 = 1 << 13;
 const MDSCR_MDE: u64 = 1 << 15;
 /// OSLSR_EL1.OSLK: the OS Lock is set.
 const OSLSR_OSLK: u64 = 1 << 1;
+/// OSDLR_EL1.DLK: the OS Double Lock is set (with DBGPRCR_EL1.CORENPDRQ = 0 it disables every
+/// debug exception, the software step included, where FEAT_DoubleLock is implemented; RAZ/WI
+/// where it is not).
+const OSDLR_DLK: u64 = 1;
 /// MDCR_EL2.TDE: debug exceptions from EL1/EL0 are taken to EL2.
 const MDCR_TDE: u64 = 1 << 8;
 /// SPSR.SS: the step is active-not-pending on exception return.
@@ -80,6 +87,8 @@ pub struct Step {
     /// The guest's OS Lock was set (debug exceptions, software step included, are disabled
     /// while it is): unlocked for the step, locked again afterwards.
     os_locked: bool,
+    /// The guest's OS Double Lock was set: cleared for the step, set again afterwards.
+    double_locked: bool,
     /// The fault was a stage-1 walk's descriptor update: HPFAR names the descriptor's page, but
     /// FAR is the instruction's VA, so neither the byte nor a VA of the page is known.
     s1ptw: bool,
@@ -160,6 +169,7 @@ impl Vm {
             mdscr: read_sysreg!("mdscr_el1"),
             mdcr: read_sysreg!("mdcr_el2"),
             os_locked: read_sysreg!("oslsr_el1") & OSLSR_OSLK != 0,
+            double_locked: read_sysreg!("osdlr_el1") & OSDLR_DLK != 0,
             s1ptw,
         };
         if let Err(a) = self.redirect(&mut step, 0, f, s1ptw) {
@@ -177,6 +187,9 @@ impl Vm {
         );
         if step.os_locked {
             write_sysreg!("oslar_el1", 0);
+        }
+        if step.double_locked {
+            write_sysreg!("osdlr_el1", 0);
         }
         bulwark_aarch64::sysreg::isb();
         self.regs.pstate |= PSTATE_SS | PSTATE_AIF;
@@ -241,18 +254,26 @@ impl Vm {
     }
 
     /// Undo the hardware side of a step: stage 2 re-derived for the redirected pages, the
-    /// guest's MDSCR_EL1, MDCR_EL2, PSTATE.SS cleared and A/I/F as before the step (unless the
-    /// instruction took an exception, whose entry set them).
+    /// guest's MDSCR_EL1, MDCR_EL2, OS Lock and OS Double Lock, PSTATE.SS cleared and A/I/F as
+    /// before the step. When the instruction took an exception to EL1 instead (PC at a vector),
+    /// the exception entry saved the step's masked A/I/F in SPSR_EL1: those three bits are put
+    /// back to the guest's own, so its ERET does not return with interrupts masked.
     fn step_teardown(&mut self, step: &Step) -> Option<Action> {
         write_sysreg!("mdscr_el1", step.mdscr);
         write_sysreg!("mdcr_el2", step.mdcr);
         if step.os_locked {
             write_sysreg!("oslar_el1", 1);
         }
+        if step.double_locked {
+            write_sysreg!("osdlr_el1", OSDLR_DLK);
+        }
         bulwark_aarch64::sysreg::isb();
         self.regs.pstate &= !PSTATE_SS;
         if self.regs.pc == step.saved.pc || self.regs.pc == step.saved.pc.wrapping_add(4) {
             self.regs.pstate = (self.regs.pstate & !PSTATE_AIF) | (step.saved.pstate & PSTATE_AIF);
+        } else {
+            let spsr = read_sysreg!("spsr_el1");
+            write_sysreg!("spsr_el1", spsr_with_aif_of(spsr, step.saved.pstate));
         }
         for p in step.pages.iter().flatten() {
             if let Some(r) = GpaRange::new(p.ipa, PAGE_SIZE) {
@@ -297,7 +318,29 @@ impl Vm {
                 }
             }
         }
-        // Anything else: abandon the step and handle the exit as usual.
+        // A write abort at the same PC: the instruction did not run (nothing escaped); abandon
+        // the step and handle the exit as usual.
+        let aborted_here = matches!(d.exit, Exit::MemFault(f) if f.access == Access::Write)
+            && self.regs.pc == step.saved.pc;
+        if !aborted_here {
+            // Anything else ran with the step armed and did not end in a Software Step
+            // exception (debug exceptions disabled some other way, or an exit the one stepped
+            // store cannot cause): the guest may have run untraced against the writable copy.
+            // Undo the redirection and stop.
+            log::error!(
+                "software store: the step of the store at pc={:#x} (ipa={:#x}) escaped: exit ESR {:#x} ({}) at pc={:#x} instead of a software step; scratch mapping removed, stopping",
+                step.saved.pc,
+                step.fault.gpa,
+                d.esr.0,
+                bulwark_aarch64::esr::ec_name(d.esr.ec()),
+                self.regs.pc
+            );
+            let _ = self.step_teardown(&step);
+            return Action::Stop(StopReason {
+                status: STATUS_BULWARK_FAILURE,
+                reason: reason::UNHANDLED_EXIT,
+            });
+        }
         if let Some(stop) = self.step_teardown(&step) {
             return stop;
         }
