@@ -566,7 +566,9 @@ pub fn scenarios() -> Vec<Scenario> {
             "aarch64: SYSTEM_RESET reboots the guest; MMIO guard and ROE state do not survive it",
             emu,
             || {
+                // The guest checks on both boots that this boot-time attribute holds.
                 let o = RunOpts {
+                    cmdline: "attr=0x40030000+4K:r--".into(),
                     guest_cmdline: "scenario=mmio-reset".into(),
                     ..quiet()
                 };
@@ -586,6 +588,8 @@ pub fn scenarios() -> Vec<Scenario> {
                 need(&out, "bulwark: INFO guest reset: reboot 1")?;
                 need(&out, "testguest: second boot: marker")?;
                 need(&out, "testguest: reboot checks passed")?;
+                need(&out, "second boot: a store to the attr= read-only page")?;
+                need(&out, "bulwark: violation kind=attr access=write gpa=0x40030000")?;
                 if out.has("testguest: FAIL") || out.has("guest reset: reboot 2") {
                     return Err(format!("unexpected FAIL or second reboot\n{}", out.tail(30)));
                 }

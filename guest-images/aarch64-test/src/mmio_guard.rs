@@ -175,6 +175,19 @@ const MAGIC: u64 = 0xb01d_face_5e70_0001;
 const BOOTS: u64 = super::RAM_BASE + 0x1_8000;
 /// A page of its own (outside the image) that the first boot ROE-locks.
 const LOCKED: u64 = super::RAM_BASE + 0x2_0000;
+/// A page the xtask scenario makes read-only with Bulwark's boot-time `attr=...:r--` (default
+/// `violation=skip`): a store to it has no effect on either boot.
+const ATTR_RO: u64 = super::RAM_BASE + 0x3_0000;
+
+/// The boot-time `attr=` read-only page refuses a store (it keeps its value).
+fn attr_ro_holds(c: &mut Checks, boot: &str) {
+    let before = rd(ATTR_RO);
+    wr(ATTR_RO, before ^ 0x4444);
+    c.check(
+        rd(ATTR_RO) == before,
+        format_args!("{boot} boot: a store to the attr= read-only page {ATTR_RO:#x} has no effect"),
+    );
+}
 
 fn rd(p: u64) -> u64 {
     // SAFETY: `p` is one of the fixed 8-byte aligned RAM addresses above (identity-mapped
@@ -192,6 +205,8 @@ fn wr(p: u64, v: u64) {
 /// violation line), write `MAGIC` to `MARKER`, ROE-lock `LOCKED`, SYSTEM_RESET. Second boot
 /// (it finds `MAGIC`): not enrolled (the RTC reads; UNMAP of the UART and MAP without ENROLL
 /// are refused), `LOCKED` is writable again; then ENROLL + MAP work; SYSTEM_OFF (status 0).
+/// Both boots check that the boot-time `attr=` page (`ATTR_RO`, needs Bulwark's
+/// `attr=0x40030000+4K:r--`) refuses stores: the reboot keeps Bulwark's own attributes.
 pub fn reset() -> ! {
     let mut c = Checks { failed: 0 };
     if rd(MARKER) != MAGIC {
@@ -221,6 +236,7 @@ pub fn reset() -> ! {
                 rd(LOCKED)
             ),
         );
+        attr_ro_holds(&mut c, "first");
         wr(MARKER, MAGIC);
         if c.failed != 0 {
             super::guest_exit(1)
@@ -254,6 +270,7 @@ pub fn reset() -> ! {
             rd(LOCKED)
         ),
     );
+    attr_ro_holds(&mut c, "second");
     let e = call(ids::MMIO_GUARD_ENROLL, 0);
     let mu = call(ids::MMIO_GUARD_MAP, UART as u64);
     let r = probe(RTC, false);
