@@ -24,7 +24,8 @@ pub enum Outcome {
     Return { x0: u64, x1_3: Option<[u64; 3]> },
     /// PSCI SYSTEM_OFF: the run ends with status 0.
     SystemOff,
-    /// PSCI SYSTEM_RESET: Bulwark does not reboot guests; the run ends (non-zero status).
+    /// PSCI SYSTEM_RESET: the back end reboots the guest (fresh protection state, payload
+    /// reloaded), or ends the run with status 178 past `maxresets=` (docs/aarch64.md).
     SystemReset,
     /// Bulwark GUEST_EXIT with this status.
     GuestExit(u32),
