@@ -450,7 +450,12 @@ fn failure_reason(out: &Outcome) -> String {
         .lines
         .iter()
         .find(|l| l.contains("bulwark: ERROR") || l.contains("bench: ") && !l.contains("row="))
-        .map(|l| l.trim().to_string());
+        .map(|l| {
+            let l = l.trim();
+            l.strip_prefix(bulwark_abi::console::GUEST_PREFIX)
+                .unwrap_or(l)
+                .to_string()
+        });
     match err {
         Some(e) => e,
         None if out.timed_out => format!("timed out after {:.0} s", out.seconds),
