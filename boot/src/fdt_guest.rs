@@ -442,6 +442,29 @@ pub fn hidden_ranges(src: &[u8]) -> Result<fdt::RangeList, DtError> {
     Ok(list)
 }
 
+/// The GICv3 redistributor regions (host-physical) of the `arm,gic-v3` node: its `reg` entries
+/// 1 ..= `#redistributor-regions` (default 1; entry 0 is the distributor). Bulwark emulates the
+/// RD_base control page of each redistributor in them (LPIs off: docs/aarch64.md). Empty when the
+/// tree has no GICv3. At most [`fdt::MAX_RANGES`] regions.
+pub fn gicv3_redistributor_ranges(src: &[u8]) -> Result<fdt::RangeList, DtError> {
+    let (tree, _) = fdt::open(src)?;
+    let mut list = fdt::RangeList::default();
+    for n in tree.root()?.all_nodes()? {
+        let (_, n) = n?;
+        if !fdt::has_string(&n, "compatible", "arm,gic-v3")? {
+            continue;
+        }
+        let count = fdt::prop_num(&n, "#redistributor-regions")?.unwrap_or(1);
+        let count = usize::try_from(count).unwrap_or(usize::MAX);
+        for (a, s) in fdt::reg_entries(&n)?.skip(1).take(count) {
+            if let Some(r) = fdt::PhysRange::new(a, s) {
+                list.push(r, "GICv3 redistributor regions")?;
+            }
+        }
+    }
+    Ok(list)
+}
+
 fn copy_node(w: &mut FdtWriter<'_>, node: &Node<'_>, depth: usize) -> Result<(), DtError> {
     if depth > fdt::MAX_DEPTH {
         return Err(DtError::TooDeep);
@@ -582,6 +605,8 @@ mod tests {
         );
         let hidden: Vec<_> = hidden_ranges(VIRT).unwrap().iter().collect();
         assert_eq!(hidden, [PhysRange::new(0x0808_0000, 0x2_0000).unwrap()]);
+        let rd: Vec<_> = gicv3_redistributor_ranges(VIRT).unwrap().iter().collect();
+        assert_eq!(rd, [PhysRange::new(0x080a_0000, 0xf6_0000).unwrap()]);
         let psci = root.find_node("/psci").unwrap().unwrap();
         assert!(crate::fdt::has_string(&psci, "compatible", "arm,psci-0.2").unwrap());
     }

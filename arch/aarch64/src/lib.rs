@@ -5,6 +5,7 @@
 #![cfg_attr(not(test), no_std)]
 
 pub mod esr;
+pub mod gicr;
 pub mod image;
 pub mod inject;
 pub mod insn;

@@ -183,6 +183,7 @@ macro_rules! say {
 mod attr;
 mod bench;
 mod demo;
+mod gic;
 mod mmio_guard;
 mod roe;
 
@@ -574,6 +575,7 @@ extern "C" fn guest_main(dtb: u64, el: u64) -> ! {
         roe_checks(&mut c);
     }
     roe::checks(&mut c, inject, me);
+    gic::checks(&mut c);
     mmio_guard::checks(&mut c);
 
     match crash {

@@ -53,6 +53,7 @@ fn refuse(args: core::fmt::Arguments<'_>) -> ! {
     crate::finish(STATUS_BULWARK_FAILURE, reason::REFUSED)
 }
 
+mod gicr;
 mod swstore;
 
 /// Exits and software-path work of a run, printed in the end-of-run counters line.
@@ -339,6 +340,16 @@ pub fn boot_and_run(dt: &'static [u8], desc: &BootDescription<'_>) -> ! {
         Ok(h) => h,
         Err(e) => refuse(format_args!("device tree: {e}")),
     };
+    // GICv3 redistributors' RD_base control pages: emulated, not mapped (gicr.rs: LPIs off).
+    let gicr = match fdt_guest::gicv3_redistributor_ranges(dt) {
+        Ok(r) => gicr::RdPages::discover(r.iter().map(|r| (r.base.as_u64(), r.size))),
+        Err(e) => refuse(format_args!("device tree: {e}")),
+    };
+    if let (Some(first), n) = (gicr.pages().first(), gicr.pages().len()) {
+        log::info!(
+            "GICv3: {n} redistributor control page(s) from {first:#x} emulated (LPIs hidden: GICR_TYPER.PLPIS reads 0, EnableLPIs/PROPBASER/PENDBASER writes ignored)"
+        );
+    }
     let ram_end_all = desc.ram.iter().map(|r| r.end()).max().unwrap_or(ram.end());
     let high_start = ram_end_all.div_ceil(GIB) * GIB;
     let high_end = DEVICE_HIGH_LIMIT.min(1u64 << s2cfg.ipa_bits);
@@ -353,6 +364,7 @@ pub fn boot_and_run(dt: &'static [u8], desc: &BootDescription<'_>) -> ! {
         let mut holes: alloc::vec::Vec<(u64, u64)> = hidden
             .iter()
             .map(|r| (r.base.as_u64() & !0xfff, r.end().div_ceil(4096) * 4096))
+            .chain(gicr.pages().iter().map(|&p| (p, p + 4096)))
             .filter(|&(hs, he)| hs < e && he > s)
             .collect();
         holes.sort_unstable();
@@ -365,7 +377,7 @@ pub fn boot_and_run(dt: &'static [u8], desc: &BootDescription<'_>) -> ! {
                     kind: RegionKind::Device,
                 });
             }
-            if hs < e {
+            if hs < e && !gicr.pages().contains(&hs) {
                 log::info!("stage 2: {hs:#x}..{he:#x} not given to the guest (DMA master, see docs/aarch64.md)");
             }
             at = at.max(he);
@@ -464,6 +476,7 @@ pub fn boot_and_run(dt: &'static [u8], desc: &BootDescription<'_>) -> ! {
         last_vector: None,
         step: None,
         scratch,
+        gicr,
         stats: ExitStats::default(),
         reboot: Reboot {
             reload,
@@ -567,6 +580,8 @@ struct Vm {
     step: Option<swstore::Step>,
     /// Scratch frames (host addresses) the software step redirects pages to.
     scratch: [u64; swstore::STEP_PAGES],
+    /// GICv3 redistributor control pages Bulwark emulates (gicr.rs).
+    gicr: gicr::RdPages,
     stats: ExitStats,
     reboot: Reboot,
     /// The core's counters of the boots before the last reboot (the core guest is new per boot).
@@ -870,6 +885,9 @@ impl Vm {
     }
 
     fn stage2_abort(&mut self, d: &Decoded, f: &MemFault) -> Action {
+        if let Some(a) = self.gicr_access(d, f) {
+            return a;
+        }
         let in_map = self
             .core
             .regions()
