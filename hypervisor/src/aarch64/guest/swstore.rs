@@ -302,6 +302,7 @@ impl Vm {
             let free = step.pages.iter().position(|p| p.is_none());
             let known = step.pages.iter().flatten().any(|p| p.ipa == page);
             if f.access == Access::Write
+                && self.regs.pc == step.saved.pc
                 && self.is_ram(page)
                 && (st.chunk || st.roe)
                 && st.allowed.write()
