@@ -186,6 +186,7 @@ mod demo;
 mod gic;
 mod mmio_guard;
 mod roe;
+mod stepaif;
 
 fn read_esr_far() -> (u64, u64) {
     let (esr, far): (u64, u64);
@@ -576,6 +577,7 @@ extern "C" fn guest_main(dtb: u64, el: u64) -> ! {
     }
     roe::checks(&mut c, inject, me);
     gic::checks(&mut c);
+    stepaif::checks(&mut c);
     mmio_guard::checks(&mut c);
 
     match crash {
