@@ -9,6 +9,10 @@
 //! bytes writes its first register to the chunk page (stage-2 fault: the software step) and its
 //! second to the unmapped page (stage-1 translation fault: an exception to EL1 during the step).
 //! The handler skips the STP and returns with ERET: afterwards DAIF.I must still be 0.
+//!
+//! The STP runs with the guest's OS Double Lock set (OSDLR_EL1.DLK = 1; where FEAT_DoubleLock is
+//! implemented it disables the software step): Bulwark releases it for the step, the step still
+//! ends as it should, and DLK reads 1 again afterwards.
 
 use core::sync::atomic::Ordering;
 
@@ -76,6 +80,9 @@ pub fn checks(c: &mut Checks) {
     set(l1, L1_INDEX, addr(&L2) | 0b11);
     tlb_sync();
 
+    // SAFETY: the guest's own OS Double Lock (OSDLR_EL1 is not trapped); cleared again below.
+    unsafe { core::arch::asm!("msr osdlr_el1, {}", "isb", in(reg) 1u64, options(nostack)) };
+
     let at = VIEW + 0x1000 - 8;
     let before = ABORTS.load(Ordering::Relaxed);
     EXPECT_ABORT.store(true, Ordering::Release);
@@ -94,6 +101,17 @@ pub fn checks(c: &mut Checks) {
         )
     };
     let aborted = !EXPECT_ABORT.swap(false, Ordering::AcqRel);
+    let osdlr: u64;
+    // SAFETY: as above: read the lock back, then release it.
+    unsafe {
+        core::arch::asm!("mrs {}, osdlr_el1", out(reg) osdlr, options(nomem, nostack));
+        core::arch::asm!("msr osdlr_el1, xzr", "isb", options(nostack));
+    }
+    let dfr0: u64;
+    // SAFETY: reads an ID register.
+    unsafe { core::arch::asm!("mrs {}, id_aa64dfr0_el1", out(reg) dfr0, options(nomem, nostack)) };
+    // ID_AA64DFR0_EL1.DoubleLock (39:36): 0 = implemented, 0xf = not (OSDLR_EL1 RAZ/WI).
+    let double_lock = (dfr0 >> 36) & 0xf == 0;
     set(l1, L1_INDEX, old);
     tlb_sync();
     let esr = LAST_ESR.load(Ordering::Relaxed);
@@ -112,6 +130,13 @@ pub fn checks(c: &mut Checks) {
         daif & (1 << 7) == 0,
         format_args!(
             "stepaif: IRQs still unmasked after that stepped instruction's exception returned (DAIF {daif:#x})"
+        ),
+    );
+    c.check(
+        osdlr & 1 == u64::from(double_lock),
+        format_args!(
+            "stepaif: the guest's OS Double Lock is set again after the step (OSDLR_EL1 {osdlr:#x}, FEAT_DoubleLock {})",
+            if double_lock { "implemented" } else { "absent" }
         ),
     );
 }
