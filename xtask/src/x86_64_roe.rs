@@ -30,7 +30,7 @@ struct Case {
     lines: &'static [&'static str],
 }
 
-static CASES: [Case; 7] = [
+static CASES: [Case; 8] = [
     Case {
         scenario: "roe-basic",
         policy: ViolationPolicy::Skip,
@@ -74,6 +74,20 @@ static CASES: [Case; 7] = [
         policy: ViolationPolicy::Inject,
         kinds: &[ViolationKind::RoeChunk],
         lines: &["PASS chunks-unchanged", "PASS rep-stosq-into-chunk"],
+    },
+    // Review A1: an event delivered onto a chunk page is never single-stepped; the frame push is
+    // a roe-chunk violation and the delivery becomes #GP(0) (docs/x86_64-software-path.md).
+    Case {
+        scenario: "roe-escape",
+        policy: ViolationPolicy::Inject,
+        kinds: &[ViolationKind::RoeChunk],
+        lines: &[
+            "PASS escape-handler-never-ran",
+            "PASS escape-protected-unchanged",
+            "PASS escape-gp-at-int",
+            "PASS escape-unprotected-store",
+            "roe-escape: 0 check(s) failed",
+        ],
     },
     Case {
         scenario: "demo",

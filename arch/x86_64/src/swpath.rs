@@ -44,6 +44,25 @@ const USE_MTF: bool = false;
 const RFLAGS_TF: u64 = 1 << 8;
 /// Exception vector of a debug exception.
 const VECTOR_DB: u64 = 1;
+/// RFLAGS.IF: cleared for the step (no external interrupt is delivered into it).
+const RFLAGS_IF: u64 = 1 << 9;
+/// Interruptibility state: blocking by STI (bit 0), by MOV SS (bit 1), by NMI (bit 3).
+const BLOCK_STI_MOVSS: u64 = 3;
+const BLOCK_NMI: u64 = 1 << 3;
+/// Pin-based control: activate the VMX-preemption timer (bounds a step in time).
+const PIN_PREEMPTION_TIMER: u64 = 1 << 6;
+/// VMCS field: VMX-preemption timer value (32-bit guest-state field).
+const PREEMPTION_TIMER_VALUE: u32 = 0x482e;
+/// Basic exit reason: the VMX-preemption timer expired.
+const EXIT_PREEMPTION_TIMER: u16 = 52;
+/// Preemption-timer ticks one step may run between two exits (the timer is reloaded on every
+/// VM entry; a stepped instruction takes a handful of ticks, so this only fires for a step that
+/// escaped).
+const STEP_TIMER_TICKS: u64 = 1 << 22;
+/// VM exits one step may take before it is declared escaped (under inject a `rep` string
+/// instruction traps after every iteration and stays one step: at most 4 shadowed pages of
+/// byte iterations, plus iterations on pages that need no shadow).
+const MAX_STEP_EXITS: u32 = 1 << 16;
 
 /// Registers the instruction may change, for the rollback under `inject`.
 #[derive(Clone, Copy, Default)]
@@ -72,6 +91,21 @@ struct Stepping {
     shadows: [Option<Shadowed>; MAX_SHADOWS],
     /// Exception bitmap before the step (TF mode intercepts every exception during it).
     exception_bitmap: u64,
+    /// What [`arm`] changed besides TF / MTF (undone by [`disarm`]).
+    armed: Armed,
+    /// VM exits taken while this step was armed (bounded by [`MAX_STEP_EXITS`]).
+    exits: u32,
+}
+
+/// The guest state [`arm`] changed so that nothing but the stepped instruction runs while a
+/// shadow is mapped: no external interrupt (IF cleared), no NMI (blocking by NMI set), no
+/// STI / MOV-SS shadow left over (it would block the single-step trap's consistency check and
+/// ends with the stepped instruction anyway), the preemption timer armed.
+#[derive(Clone, Copy, Default)]
+struct Armed {
+    cleared_if: bool,
+    set_nmi_block: bool,
+    timer: bool,
 }
 
 /// Per-vCPU software-path state.
@@ -81,6 +115,8 @@ pub struct SwPath {
     /// Step with the monitor-trap flag; without it (Bochs `corei7_skylake_x` does not offer
     /// it), with RFLAGS.TF and a #DB intercept.
     mtf_allowed: bool,
+    /// The CPU can activate the VMX-preemption timer (pin-based allowed-1 bit 6).
+    timer_allowed: bool,
     /// Completed steps, for the end-of-run counters.
     pub steps: u64,
 }
@@ -88,7 +124,7 @@ pub struct SwPath {
 impl SwPath {
     /// Allocate the scratch frames (from Bulwark's own heap). Missing frames or a CPU without
     /// the monitor-trap flag leave the path unavailable: a store that needs it stops the run.
-    pub fn new(frames: &mut dyn PhysMem, procbased_cap: u64) -> Self {
+    pub fn new(frames: &mut dyn PhysMem, procbased_cap: u64, pinbased_cap: u64) -> Self {
         let mut f = [None; MAX_SHADOWS];
         for slot in f.iter_mut() {
             *slot = frames.alloc_frame().ok();
@@ -101,6 +137,7 @@ impl SwPath {
             // mapped. RFLAGS.TF with a #DB intercept works on every model, so it is the
             // default; set USE_MTF once MTF is verified on the target CPU.
             mtf_allowed: USE_MTF && (procbased_cap >> 32) & MONITOR_TRAP_FLAG != 0,
+            timer_allowed: (pinbased_cap >> 32) & PIN_PREEMPTION_TIMER != 0,
             steps: 0,
         }
     }
@@ -144,28 +181,83 @@ unsafe fn page_mut<'x>(addr: u64) -> &'x mut [u8; PAGE] {
 /// Arm the single step for the next instruction: the monitor-trap flag, or RFLAGS.TF with
 /// every exception intercepted (the #DB trap ends the step; any other exception ends it too
 /// and is delivered to the guest afterwards).
-fn arm(mtf: bool) {
+///
+/// Review A1: an event delivered during a TF step clears TF, so the guest's handler would run
+/// untraced while the shadow is mapped writable. So nothing but the stepped instruction may
+/// run: RFLAGS.IF is cleared (no external interrupt), blocking by NMI is set (no NMI), and the
+/// VMX-preemption timer (where offered) bounds the time to the next exit. Exceptions the
+/// instruction raises exit (bitmap all ones) before their delivery; an event whose delivery
+/// itself faults on a page with protected bytes is never stepped (`delivery_fault`).
+///
+/// Review C1: with TF set, a VM entry in an STI / MOV-SS shadow would need BS in the pending
+/// debug exceptions. Instead the shadow is cleared: it would end with the stepped instruction
+/// anyway, and with IF clear and NMIs blocked nothing it blocks can arrive before it. (Not
+/// restored: the instruction in the shadow completes, or under inject the snapshot's
+/// interruptibility is restored.)
+fn arm(mtf: bool, timer: bool) -> Armed {
+    let mut armed = Armed::default();
+    let intr = vmr(vmcs::GUEST_INTERRUPTIBILITY);
+    let mut new_intr = intr & !BLOCK_STI_MOVSS;
+    if intr & BLOCK_NMI == 0 {
+        new_intr |= BLOCK_NMI;
+        armed.set_nmi_block = true;
+    }
+    if new_intr != intr {
+        let _ = vmwrite(vmcs::GUEST_INTERRUPTIBILITY, new_intr);
+    }
+    let f = vmr(vmcs::GUEST_RFLAGS);
+    armed.cleared_if = f & RFLAGS_IF != 0;
+    let mut nf = f & !RFLAGS_IF;
     if mtf {
         set_mtf(true);
     } else {
-        let f = vmr(vmcs::GUEST_RFLAGS);
-        let _ = vmwrite(vmcs::GUEST_RFLAGS, f | RFLAGS_TF);
+        nf |= RFLAGS_TF;
         let _ = vmwrite(vmcs::EXCEPTION_BITMAP, 0xffff_ffff);
     }
+    let _ = vmwrite(vmcs::GUEST_RFLAGS, nf);
+    if timer {
+        let p = vmr(vmcs::PIN_BASED_CONTROLS);
+        let _ = vmwrite(vmcs::PIN_BASED_CONTROLS, p | PIN_PREEMPTION_TIMER);
+        let _ = vmwrite(PREEMPTION_TIMER_VALUE, STEP_TIMER_TICKS);
+        armed.timer = true;
+    }
+    armed
 }
 
-/// Undo [`arm`]: the guest's own TF comes back from the snapshot; every other flag stays as
-/// the instruction left it.
+/// Undo [`arm`]: the guest's own TF comes back from the snapshot; IF comes back set if arm
+/// cleared it and the instruction left it clear (an instruction that set IF itself keeps its
+/// effect); blocking by NMI is lifted if arm set it; every other flag stays as the instruction
+/// left it.
 fn disarm(mtf: bool, st: &Stepping) {
+    let f = vmr(vmcs::GUEST_RFLAGS);
+    let mut nf = f;
     if mtf {
         set_mtf(false);
     } else {
-        let f = vmr(vmcs::GUEST_RFLAGS);
-        let _ = vmwrite(
-            vmcs::GUEST_RFLAGS,
-            (f & !RFLAGS_TF) | (st.snapshot.rflags & RFLAGS_TF),
-        );
+        nf = (nf & !RFLAGS_TF) | (st.snapshot.rflags & RFLAGS_TF);
         let _ = vmwrite(vmcs::EXCEPTION_BITMAP, st.exception_bitmap);
+        // A single-step trap still pending (Bochs saves BS on a mid-instruction exit) belongs
+        // to the step, not to the guest.
+        let pd = vmr(vmcs::GUEST_PENDING_DEBUG);
+        if pd & (1 << 14) != 0 && st.snapshot.rflags & RFLAGS_TF == 0 {
+            let _ = vmwrite(vmcs::GUEST_PENDING_DEBUG, pd & !(1 << 14));
+        }
+    }
+    if st.armed.cleared_if && nf & RFLAGS_IF == 0 {
+        nf |= RFLAGS_IF;
+    }
+    if nf != f {
+        let _ = vmwrite(vmcs::GUEST_RFLAGS, nf);
+    }
+    if st.armed.set_nmi_block {
+        let intr = vmr(vmcs::GUEST_INTERRUPTIBILITY);
+        if intr & BLOCK_NMI != 0 {
+            let _ = vmwrite(vmcs::GUEST_INTERRUPTIBILITY, intr & !BLOCK_NMI);
+        }
+    }
+    if st.armed.timer {
+        let p = vmr(vmcs::PIN_BASED_CONTROLS);
+        let _ = vmwrite(vmcs::PIN_BASED_CONTROLS, p & !PIN_PREEMPTION_TIMER);
     }
 }
 
@@ -199,6 +291,11 @@ impl<const XO: bool> Vm<'_, XO> {
         if !self.plan.is_ram(page.as_u64(), end) || end > 1 << 32 {
             return fail("the faulting page is not guest RAM Bulwark can reach");
         }
+        if vmr(vmcs::IDT_VECTORING_INFO) & (1 << 31) != 0 {
+            // `delivery_fault` handles these before the core is asked; never step a delivery.
+            let _ = self.sw_abort();
+            return fail("write fault during event delivery reached the single step");
+        }
         if self.sw.step.is_none() {
             let snapshot = Snapshot {
                 regs: self.vcpu.regs,
@@ -207,14 +304,17 @@ impl<const XO: bool> Vm<'_, XO> {
                 rflags: vmr(vmcs::GUEST_RFLAGS),
                 interruptibility: vmr(vmcs::GUEST_INTERRUPTIBILITY),
             };
+            let exception_bitmap = vmr(vmcs::EXCEPTION_BITMAP);
+            let armed = arm(self.sw.mtf_allowed, self.sw.timer_allowed);
             self.sw.step = Some(Stepping {
                 snapshot,
                 first: *f,
                 violation_logged: false,
                 shadows: [None; MAX_SHADOWS],
-                exception_bitmap: vmr(vmcs::EXCEPTION_BITMAP),
+                exception_bitmap,
+                armed,
+                exits: 0,
             });
-            arm(self.sw.mtf_allowed);
         }
         let Some(st) = self.sw.step.as_mut() else {
             return fail("lost the step state");
@@ -233,12 +333,12 @@ impl<const XO: bool> Vm<'_, XO> {
         }
         if st.shadows.iter().flatten().any(|s| s.page == page) {
             // The shadow is writable: a second write fault on it means the tables disagree.
-            self.sw_abort();
+            let _ = self.sw_abort();
             return fail("write fault on a page that is already shadowed");
         }
         let first = st.shadows.iter().all(Option::is_none);
         if let Err(why) = self.sw_shadow(page) {
-            self.sw_abort();
+            let _ = self.sw_abort();
             return fail(why);
         }
         // Under inject a store that turns out to change protected bytes must write nothing at
@@ -276,7 +376,6 @@ impl<const XO: bool> Vm<'_, XO> {
                 }
             }
         }
-        // Retry also re-delivers an event whose delivery faulted.
         Step::Do(Action::Retry)
     }
 
@@ -461,13 +560,108 @@ impl<const XO: bool> Vm<'_, XO> {
     }
 
     /// End a step without merging anything (inject/halt, or an error): registers back to the
-    /// snapshot, every shadowed page back to its own frame.
-    pub(super) fn sw_abort(&mut self) {
-        if let Some(st) = self.sw.step.take() {
-            disarm(self.sw.mtf_allowed, &st);
-            self.sw_restore(&st);
-            let _ = self.sw_unshadow(&st);
+    /// snapshot, every shadowed page back to its own frame. `Some(stop)` when a shadow could
+    /// not be restored (review A5): the guest must not run with a writable alias.
+    #[must_use]
+    pub(super) fn sw_abort(&mut self) -> Option<Step> {
+        let st = self.sw.step.take()?;
+        disarm(self.sw.mtf_allowed, &st);
+        self.sw_restore(&st);
+        let r = self.sw_unshadow(&st);
+        if r.is_some() {
+            log::error!("software path: a shadowed page could not be restored: stopping the guest");
         }
+        r
+    }
+
+    /// Every VM exit while a step is armed passes here first (review A1). Expected: the #DB
+    /// (or another exception) that ends the step, the MTF exit, an EPT violation of the
+    /// stepped instruction. Anything else, or more than [`MAX_STEP_EXITS`] exits, means
+    /// the guest ran more than the one instruction against the shadow: the step is aborted
+    /// (shadows discarded) and the run stopped.
+    pub(super) fn sw_guard(&mut self, basic: u16) -> Option<Step> {
+        let st = self.sw.step.as_mut()?;
+        st.exits = st.exits.saturating_add(1);
+        let too_many = st.exits > MAX_STEP_EXITS;
+        let expected = matches!(
+            basic,
+            vmcs::reason::EXCEPTION_OR_NMI | EXIT_MTF | vmcs::reason::EPT_VIOLATION
+        );
+        if expected && !too_many {
+            return None;
+        }
+        let rip = vmr(vmcs::GUEST_RIP);
+        let (first_ip, exits) = (st.first.ip.as_u64(), st.exits);
+        if let Some(s) = self.sw_abort() {
+            return Some(s);
+        }
+        let why = if basic == EXIT_PREEMPTION_TIMER {
+            "the preemption timer expired"
+        } else if too_many {
+            "too many exits"
+        } else {
+            "unexpected exit"
+        };
+        log::error!(
+            "software path: the single step escaped ({why}: exit {} ({}) after {exits} exit(s) of a step begun at ip={first_ip:#x}, rip={rip:#x}): shadows discarded, stopping the guest",
+            basic,
+            vmcs::reason::name(basic)
+        );
+        self.dump_state();
+        Some(stop(STATUS_BULWARK_FAILURE, reason::UNHANDLED_EXIT))
+    }
+
+    /// A write fault during event delivery (IDT-vectoring information valid: an exception or
+    /// interrupt frame pushed onto a page whose store state refuses writes). Never stepped
+    /// (review A1: the delivery clears TF and the handler would run untraced against the
+    /// writable shadow) and never skipped (no instruction to skip): the core logs a violation
+    /// of the page's kind; `halt` stops the run; otherwise the event is replaced by the
+    /// exception the CPU itself would raise for a fault during its delivery: #DF for a
+    /// contributory exception or #PF being delivered, a triple fault (run stopped) for a #DF,
+    /// #GP(0) for anything else (interrupts, NMI, INT n, benign exceptions). `None`: the page
+    /// accepts writes; the fault is handled as usual.
+    pub(super) fn delivery_fault(&mut self, f: &MemFault) -> Option<Step> {
+        let d = self
+            .guest
+            .lock()
+            .delivery_write_violation(self.vcpu.id, f)?;
+        let info = vmr(vmcs::IDT_VECTORING_INFO);
+        log::debug!(
+            "software path: event delivery (idt-vectoring={info:#x}) writes gpa={:#x}: refused",
+            f.gpa.as_u64()
+        );
+        if let Some(s) = self.sw_abort() {
+            return Some(s);
+        }
+        if let Action::Stop(_) = d.action {
+            log::error!(
+                "guest stopped: event delivery (idt-vectoring={info:#x}) writes protected guest memory gpa={:#x} ip={:#x}",
+                f.gpa.as_u64(),
+                f.ip.as_u64()
+            );
+            self.dump_state();
+            return Some(Step::Do(d.action));
+        }
+        let vector = info & 0xff;
+        let hw_exception = (info >> 8) & 7 == 3;
+        Some(match vector {
+            8 if hw_exception => {
+                log::error!(
+                    "guest crashed: delivering #DF wrote protected guest memory gpa={:#x} (triple fault)",
+                    f.gpa.as_u64()
+                );
+                self.dump_state();
+                stop(STATUS_BULWARK_FAILURE, reason::GUEST_CRASH)
+            }
+            0 | 10..=14 if hw_exception => Step::Exception {
+                vector: 8,
+                error: Some(0),
+            },
+            _ => Step::Exception {
+                vector: 13,
+                error: Some(0),
+            },
+        })
     }
 
     fn sw_restore(&mut self, st: &Stepping) {

@@ -209,7 +209,7 @@ impl<'a, const XO: bool> Vm<'a, XO> {
         max_phys_bits: u8,
         guest_line: &'a dyn Fn(&str),
     ) -> Self {
-        let sw = swpath::SwPath::new(&mut frames, caps.procbased);
+        let sw = swpath::SwPath::new(&mut frames, caps.procbased, caps.pinbased);
         if sw.available() {
             guest.lock().enable_shadow_step();
             log::info!(
@@ -414,6 +414,9 @@ impl<'a, const XO: bool> Vm<'a, XO> {
             self.dump_state();
             return stop(STATUS_BULWARK_FAILURE, reason::UNHANDLED_EXIT);
         }
+        if let Some(s) = self.sw_guard(basic) {
+            return s;
+        }
         match basic {
             er::CPUID => self.cpuid(),
             er::VMCALL => {
@@ -461,6 +464,11 @@ impl<'a, const XO: bool> Vm<'a, XO> {
                     access.as_str(),
                     q
                 );
+                if access == Access::Write && vmr(vmcs::IDT_VECTORING_INFO) & (1 << 31) != 0 {
+                    if let Some(s) = self.delivery_fault(&f) {
+                        return s;
+                    }
+                }
                 self.decide(Exit::MemFault(f))
             }
             er::EPT_MISCONFIG => {
@@ -554,7 +562,9 @@ impl<'a, const XO: bool> Vm<'a, XO> {
                 }
                 if self.sw.stepping() && matches!(d.action, Action::InjectFault | Action::Stop(_)) {
                     // A later page of the instruction decided: nothing of it is written.
-                    self.sw_abort();
+                    if let Some(s) = self.sw_abort() {
+                        return s;
+                    }
                 }
                 Step::Do(d.action)
             }

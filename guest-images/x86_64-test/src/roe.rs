@@ -23,13 +23,14 @@ use super::{exit, Com1};
 use core::fmt::Write as _;
 
 /// Scenario names this module runs.
-const SCENARIOS: [&str; 7] = [
+const SCENARIOS: [&str; 8] = [
     "roe-basic",
     "roe-page-skip",
     "roe-page-inject",
     "roe-page-halt",
     "roe-chunk",
     "roe-chunk-inject",
+    "roe-escape",
     "demo",
 ];
 
@@ -52,6 +53,7 @@ pub fn run(s: &str) -> ! {
         "roe-page-halt" => page(&mut t, ViolationPolicy::Halt),
         "roe-chunk" => chunk(&mut t, ViolationPolicy::Skip),
         "roe-chunk-inject" => chunk(&mut t, ViolationPolicy::Inject),
+        "roe-escape" => escape(&mut t),
         _ => demo(),
     }
     say!("{s}: {} check(s) failed", t.failed);
@@ -1834,4 +1836,120 @@ fn demo() {
     }
     say!("demo: FAILED ({blocked} of {tries} attacks blocked; ROE calls returned {v}, {r1}, {r2})");
     exit(1)
+}
+
+// ---- roe-escape: an event delivered onto a chunk page (review A1) --------------------------------
+
+/// IST1 stack for #GP in `roe-escape` (the interrupted stack is the chunk page itself).
+static mut ESC_IST: Stack = Stack([0; 16384]);
+#[no_mangle]
+static mut ROE_ESC_TARGET: u64 = 0;
+#[no_mangle]
+static mut ROE_ESC_SEEN: u64 = 0;
+#[no_mangle]
+static mut ROE_ESC_RAN: u64 = 0;
+const ESC_VECTOR: usize = 0x81;
+
+core::arch::global_asm!(
+    ".section .text",
+    ".global roe_escape_isr",
+    "roe_escape_isr:",
+    "push rax",
+    "push rbx",
+    "mov rbx, [rip + ROE_ESC_TARGET]",
+    "mov rax, 0xdeadbeef",
+    "mov [rbx], rax",
+    "mov rax, [rbx]",
+    "mov [rip + ROE_ESC_SEEN], rax",
+    "mov qword ptr [rip + ROE_ESC_RAN], 1",
+    "pop rbx",
+    "pop rax",
+    "iretq",
+);
+
+/// `scenario=roe-escape` (violation=inject): CHUNK-protect a qword of a page, point RSP at an
+/// unprotected offset of the same page and execute `int 0x81`, whose handler stores 0xdeadbeef
+/// into the protected qword and reads it back. The frame push is a write by event delivery to
+/// a page with protected bytes: Bulwark must never single-step it (the handler would run
+/// untraced against a writable shadow); it logs a `roe-chunk` violation and replaces the
+/// delivery by #GP(0) at the INT (taken here on an IST stack). The handler must never run, and
+/// the protected qword must never be seen changed.
+fn escape(t: &mut T) {
+    extern "C" {
+        static roe_escape_isr: u8;
+    }
+    let pg = pages(1);
+    let target = pg.va + 0x800;
+    let before = rd64(target);
+    // SAFETY: single-threaded; the handler reads it.
+    unsafe { ROE_ESC_TARGET = target };
+    t.ret("escape-chunk", chunk_protect(target, 8), 8);
+    // SAFETY: our own TSS and IDT, single-threaded: IST1 = a stack of its own, #GP uses it.
+    unsafe {
+        let tss = &mut *core::ptr::addr_of_mut!(TSS);
+        let ist = core::ptr::addr_of!(ESC_IST) as u64 + 16384;
+        tss.0[9] = ist as u32;
+        tss.0[10] = (ist >> 32) as u32;
+        let idt = &mut *core::ptr::addr_of_mut!(IDT);
+        idt.0[2 * 13] |= 1 << 32;
+    }
+    set_gate(ESC_VECTOR, core::ptr::addr_of!(roe_escape_isr) as u64, 0);
+    let gp0 = GP_COUNT.load(Ordering::SeqCst);
+    let stack = pg.va + 0xf00;
+    let int_at: u64;
+    say!("roe-escape: int {ESC_VECTOR:#x} with RSP on the chunk page (unprotected bytes)");
+    // SAFETY: the stack is switched to an unprotected part of our own test page for one INT;
+    // a #GP (expected) resumes at label 2 with RSP as at the INT; RSP is restored from r12.
+    unsafe {
+        asm!(
+            "lea {t}, [rip + 2f]",
+            "mov [{resume}], {t}",
+            "lea {at}, [rip + 3f]",
+            "mov r12, rsp",
+            "mov rsp, {st}",
+            "3:",
+            "int 0x81",
+            "2:",
+            "mov rsp, r12",
+            t = out(reg) _,
+            at = out(reg) int_at,
+            resume = in(reg) RESUME.as_ptr(),
+            st = in(reg) stack,
+            out("r12") _,
+        );
+    }
+    RESUME.store(0, Ordering::SeqCst);
+    // SAFETY: single-threaded reads of the handler's results.
+    let (seen, ran) = unsafe {
+        (
+            core::ptr::read_volatile(core::ptr::addr_of!(ROE_ESC_SEEN)),
+            core::ptr::read_volatile(core::ptr::addr_of!(ROE_ESC_RAN)),
+        )
+    };
+    t.check(
+        "escape-handler-never-ran",
+        ran == 0 && seen != 0xdead_beef,
+        format_args!("the handler ran ({ran}) and read back {seen:#x}"),
+    );
+    let after = rd64(target);
+    t.check(
+        "escape-protected-unchanged",
+        after == before,
+        format_args!("{after:#x}, expected {before:#x}"),
+    );
+    let gps = GP_COUNT.load(Ordering::SeqCst) - gp0;
+    let gp_rip = GP_RIP.load(Ordering::SeqCst);
+    t.check(
+        "escape-gp-at-int",
+        gps == 1 && gp_rip == int_at,
+        format_args!("{gps} #GP, last at {gp_rip:#x}, INT at {int_at:#x}"),
+    );
+    // The page still takes ordinary stores to its unprotected bytes (the software path).
+    // SAFETY: an unprotected byte of our own test page.
+    unsafe { core::ptr::write_volatile((pg.va + 0xf10) as *mut u64, 0x1234) };
+    t.check(
+        "escape-unprotected-store",
+        rd64(pg.va + 0xf10) == 0x1234 && rd64(target) == before,
+        format_args!("{:#x}", rd64(pg.va + 0xf10)),
+    );
 }

@@ -952,6 +952,36 @@ impl Guest {
         self.violation(vcpu, &at, kind, None)
     }
 
+    /// A write by the CPU's own event delivery (x86: IDT-vectoring information valid at the
+    /// fault, i.e. an exception or interrupt frame pushed onto this page) to RAM whose store
+    /// state refuses writes (a ROE page, a chunk page, a host attribute without W). The back
+    /// end can neither single-step such a write (delivery clears RFLAGS.TF, so the handler
+    /// would run untraced against a writable shadow) nor skip it (there is no instruction to
+    /// skip for an interrupt): a violation of the page's kind is logged at the faulting byte
+    /// (protected or not) with `inject` under `skip` and `inject`, `halt` under `halt`.
+    /// `None`: the page accepts writes (or is not RAM); handle the fault as usual.
+    pub fn delivery_write_violation(&mut self, vcpu: u32, f: &MemFault) -> Option<FaultDecision> {
+        if !self.is_ram(f.gpa) {
+            return None;
+        }
+        let st = self.store.state(f.gpa.frame());
+        let kind = if st.roe {
+            ViolationKind::Roe
+        } else if !st.allowed.write() {
+            ViolationKind::Attr
+        } else if st.chunk {
+            ViolationKind::RoeChunk
+        } else {
+            return None;
+        };
+        self.spurious_streak.3 = 0;
+        let at = MemFault {
+            access: Access::Write,
+            ..*f
+        };
+        Some(self.violation_as(vcpu, &at, kind, None, false))
+    }
+
     fn spurious(&mut self, vcpu: u32, f: &MemFault, page: Option<GpaRange>) -> FaultDecision {
         self.counters.spurious_faults += 1;
         let key = (vcpu, f.gpa.frame(), f.ip.as_u64());
@@ -998,6 +1028,19 @@ impl Guest {
         // `skip` is defined for writes to ROE-protected memory; reads, executes and MMIO-guard
         // accesses cannot be skipped meaningfully and are injected (or halt under `halt`).
         let skippable = f.access == Access::Write && kind != ViolationKind::MmioGuard;
+        self.violation_as(vcpu, f, kind, emu, skippable)
+    }
+
+    /// [`Guest::violation`] with the caller deciding whether `skip` applies (`skippable`
+    /// false: `inject` under `skip`).
+    fn violation_as(
+        &mut self,
+        vcpu: u32,
+        f: &MemFault,
+        kind: ViolationKind,
+        emu: Option<StoreEmulation>,
+        skippable: bool,
+    ) -> FaultDecision {
         let (word, action) = match self.policy {
             ViolationPolicy::Halt => (
                 ActionWord::Halt,
