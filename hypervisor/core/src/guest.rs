@@ -750,19 +750,26 @@ impl Guest {
         if u128::from(start) + len > Self::va_limit(narrow) {
             return Err(Errno::Inval);
         }
-        let mut frames: Vec<u64> = Vec::new();
-        frames
-            .try_reserve_exact(usize::try_from(pages).map_err(|_| Errno::Inval)?)
-            .map_err(|_| Errno::NoMem)?;
+        // Physically contiguous pages collapse into one run as they translate, so memory grows
+        // with the number of discontiguous pieces, not with the page count (1 GiB in one call
+        // must fit Bulwark's heap).
+        let mut runs: Vec<(u64, u64)> = Vec::new();
         for i in 0..pages {
             let gva = GuestVirtAddr::new(start.wrapping_add(i * PAGE_SIZE));
             let gpa = tr.translate(gva).map_err(|()| Errno::Inval)?;
             if !self.is_ram(gpa) {
                 return Err(Errno::Inval);
             }
-            frames.push(gpa.frame());
+            let f = gpa.frame();
+            match runs.last_mut() {
+                Some(last) if last.1 == f => last.1 = f + 1,
+                _ => {
+                    runs.try_reserve(1).map_err(|_| Errno::NoMem)?;
+                    runs.push((f, f + 1));
+                }
+            }
         }
-        let changed = self.store.roe_lock_frames(&frames).map_err(store_errno)?;
+        let changed = self.store.roe_lock_runs(&runs).map_err(store_errno)?;
         self.counters.roe_pages_requested = self.counters.roe_pages_requested.saturating_add(pages);
         Ok((pages, changed))
     }

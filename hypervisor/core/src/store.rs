@@ -234,7 +234,23 @@ impl AttrStore {
             return Err(StoreError::Wraps);
         }
         let ranges = coalesce(frames)?;
-        let (runs, changed) = self.rebuild(&ranges, |st| PageState { roe: true, ..st })?;
+        self.roe_lock_sorted(&ranges)
+    }
+
+    /// Lock whole pages given as frame runs `[start, end)`, in any order, overlapping or not
+    /// (ROE_MPROTECT of a large range: memory grows with the number of discontiguous runs, not
+    /// with the number of pages). All or nothing, idempotent, like [`Self::roe_lock_frames`].
+    pub fn roe_lock_runs(&mut self, runs: &[(u64, u64)]) -> Result<Option<GpaRange>, StoreError> {
+        if runs.iter().any(|&(s, e)| s >= e || e > MAX_FRAME) {
+            return Err(StoreError::Wraps);
+        }
+        let ranges = merge_runs(runs)?;
+        self.roe_lock_sorted(&ranges)
+    }
+
+    /// `ranges` sorted, disjoint and non-adjacent (as [`coalesce`] / [`merge_runs`] return).
+    fn roe_lock_sorted(&mut self, ranges: &[(u64, u64)]) -> Result<Option<GpaRange>, StoreError> {
+        let (runs, changed) = self.rebuild(ranges, |st| PageState { roe: true, ..st })?;
         self.runs = runs;
         Ok(changed)
     }
@@ -423,6 +439,27 @@ fn coalesce(frames: &[u64]) -> Result<Vec<(u64, u64)>, StoreError> {
     Ok(out)
 }
 
+/// Sort frame runs `[start, end)` and merge overlapping or adjacent ones.
+fn merge_runs(runs: &[(u64, u64)]) -> Result<Vec<(u64, u64)>, StoreError> {
+    let mut sorted: Vec<(u64, u64)> = Vec::new();
+    sorted
+        .try_reserve_exact(runs.len())
+        .map_err(|_| StoreError::NoMem)?;
+    sorted.extend_from_slice(runs);
+    sorted.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    for (s, e) in sorted {
+        match out.last_mut() {
+            Some(last) if s <= last.1 => last.1 = last.1.max(e),
+            _ => {
+                out.try_reserve(1).map_err(|_| StoreError::NoMem)?;
+                out.push((s, e));
+            }
+        }
+    }
+    Ok(out)
+}
+
 fn join(a: Option<GpaRange>, b: Option<GpaRange>) -> Option<GpaRange> {
     match (a, b) {
         (Some(x), Some(y)) => Some(x.union(y)),
@@ -522,6 +559,40 @@ mod tests {
         // rwx = no entry.
         s.set_attributes(0x10_0000, 0x10_0000, 7, 0).unwrap();
         assert_eq!(s.run_count(), 0);
+    }
+
+    #[test]
+    fn roe_lock_runs_match_frame_locks_without_per_page_memory() {
+        // Unsorted, overlapping and adjacent runs lock exactly their union, like the same frames.
+        let mut a = AttrStore::new(StoreLimits::default(), false);
+        let mut b = AttrStore::new(StoreLimits::default(), false);
+        let ra = a
+            .roe_lock_runs(&[(9, 10), (3, 5), (4, 6)])
+            .unwrap()
+            .unwrap();
+        let rb = b.roe_lock_frames(&[3, 4, 5, 9]).unwrap().unwrap();
+        assert_eq!(ra, rb);
+        for f in 0..12 {
+            assert_eq!(a.state(f), b.state(f), "frame {f}");
+        }
+        assert_eq!(a.roe_lock_runs(&[(4, 5)]).unwrap(), None, "idempotent");
+        // 1 GiB in one run: no per-page allocation.
+        let mut c = AttrStore::new(StoreLimits::default(), false);
+        let r = c
+            .roe_lock_runs(&[(0x1_0000, 0x1_0000 + 262_144)])
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.len(), 262_144 * 4096);
+        // Bad runs change nothing.
+        assert_eq!(c.roe_lock_runs(&[(7, 7)]), Err(StoreError::Wraps));
+        assert_eq!(
+            c.roe_lock_runs(&[(1, MAX_FRAME + 1)]),
+            Err(StoreError::Wraps)
+        );
+        assert_eq!(
+            merge_runs(&[(5, 8), (1, 2), (2, 3), (7, 9), (20, 21)]).unwrap(),
+            vec![(1, 3), (5, 9), (20, 21)]
+        );
     }
 
     #[test]
