@@ -84,7 +84,7 @@ fn real_main(args: &[String]) -> Result<u8, String> {
             let o = RunOpts::parse(rest, None)?;
             let arch = o.arch.ok_or("run needs --arch x86_64|aarch64")?;
             let out = match arch {
-                Arch::X86_64 => x86_64::run(&o)?,
+                Arch::X86_64 => x86_64::run(&with_x86_demo(o))?,
                 Arch::Aarch64 => aarch64::run(&o)?,
             };
             Ok(out.report())
@@ -92,7 +92,7 @@ fn real_main(args: &[String]) -> Result<u8, String> {
         "qemu" => {
             let mut o = RunOpts::parse(rest, Some(Arch::X86_64))?;
             let out = match o.arch.unwrap_or(Arch::X86_64) {
-                Arch::X86_64 => x86_64::qemu(&o)?,
+                Arch::X86_64 => x86_64::qemu(&with_x86_demo(o.clone()))?,
                 Arch::Aarch64 => {
                     o.emulator = Some("qemu".into());
                     aarch64::run(&o)?
@@ -104,4 +104,14 @@ fn real_main(args: &[String]) -> Result<u8, String> {
         "bench" => bench::main(rest),
         other => Err(format!("unknown command '{other}'\n{USAGE}")),
     }
+}
+
+/// With no `--guest` and no `--guest-cmdline`, x86 runs the demo: the test guest locks its "syscall
+/// table" page and IDT bytes with ROE, then plays a root attacker (the arm64 default does the same
+/// with its own demo).
+fn with_x86_demo(mut o: RunOpts) -> RunOpts {
+    if o.guest.is_none() && o.guest_cmdline.is_empty() {
+        o.guest_cmdline = "scenario=demo".into();
+    }
+    o
 }
