@@ -337,7 +337,7 @@ impl<const XO: bool> Vm<'_, XO> {
             return fail("write fault on a page that is already shadowed");
         }
         let first = st.shadows.iter().all(Option::is_none);
-        if let Err(why) = self.sw_shadow(page) {
+        if let Err(why) = self.sw_shadow(page, violation_logged) {
             let _ = self.sw_abort();
             return fail(why);
         }
@@ -371,7 +371,7 @@ impl<const XO: bool> Vm<'_, XO> {
                     if !known {
                         // A neighbour that cannot be shadowed (not RAM, read-only) is left:
                         // the store faults there by itself if it reaches it.
-                        let _ = self.sw_shadow(np);
+                        let _ = self.sw_shadow(np, false);
                     }
                 }
             }
@@ -380,7 +380,10 @@ impl<const XO: bool> Vm<'_, XO> {
     }
 
     /// Copy guest page `page` into a free scratch frame and map the frame at `page`, writable.
-    fn sw_shadow(&mut self, page: GuestPhysAddr) -> Result<(), &'static str> {
+    /// `discard_ok`: the page may be one whose host attributes refuse writes (review C2: an
+    /// `attr` write violation under skip); nothing of its shadow is ever merged back, and a
+    /// page the guest may not read is shadowed by zeros (the instruction learns nothing).
+    fn sw_shadow(&mut self, page: GuestPhysAddr, discard_ok: bool) -> Result<(), &'static str> {
         let end = page.as_u64().saturating_add(PAGE_SIZE);
         if !self.plan.is_ram(page.as_u64(), end) || end > 1 << 32 {
             return Err("the page is not guest RAM Bulwark can reach");
@@ -400,22 +403,43 @@ impl<const XO: bool> Vm<'_, XO> {
         let Some(entry) = st.shadows.iter_mut().find(|s| s.is_none()) else {
             return Err("no free shadow entry");
         };
-        // SAFETY: `page` is 4 KiB of guest RAM below 4 GiB (checked above; identity mapped) and
-        // the only vCPU is stopped; `hpa` is one of Bulwark's scratch frames, which nothing
-        // else references (the guest reaches it only through the EPT leaf set below).
-        unsafe { page_mut(hpa.as_u64()).copy_from_slice(page_ref(page.as_u64())) };
+        let allowed = self.guest.lock().store().state(page.frame()).allowed;
+        let discard = !(allowed.read() && allowed.write());
+        if discard && !discard_ok {
+            return Err("the page's host attributes refuse writes");
+        }
+        if allowed.read() {
+            // SAFETY: `page` is 4 KiB of guest RAM below 4 GiB (checked above; identity
+            // mapped) and the only vCPU is stopped; `hpa` is one of Bulwark's scratch frames,
+            // which nothing else references (the guest reaches it only through the EPT leaf
+            // set below).
+            unsafe { page_mut(hpa.as_u64()).copy_from_slice(page_ref(page.as_u64())) };
+        } else {
+            // SAFETY: as above, for the scratch frame alone.
+            unsafe { page_mut(hpa.as_u64()).fill(0) };
+        }
         let mut flush = EptFlush {
             caps: &self.caps,
             eptp: self.ept.eptp(),
             flushes: 0,
         };
-        let r = self.guest.lock().sync_ept_shadow(
-            &mut self.frames,
-            &mut self.ept,
-            page,
-            hpa,
-            &mut flush,
-        );
+        let r = if discard {
+            self.guest.lock().sync_ept_shadow_discard(
+                &mut self.frames,
+                &mut self.ept,
+                page,
+                hpa,
+                &mut flush,
+            )
+        } else {
+            self.guest.lock().sync_ept_shadow(
+                &mut self.frames,
+                &mut self.ept,
+                page,
+                hpa,
+                &mut flush,
+            )
+        };
         if let Err(e) = r {
             log::debug!(
                 "software path: shadowing gpa={:#x} refused: {e:?}",
@@ -482,13 +506,23 @@ impl<const XO: bool> Vm<'_, XO> {
         self.sw_step_end(true)
     }
 
+    /// The bytes of `page` a step must never write back: every byte of a page whose host
+    /// attributes refuse writes, else the core's protected bytes (ROE page, chunk bits).
+    fn sw_mask(&self, page: GuestPhysAddr) -> [u64; PAGE / 64] {
+        let g = self.guest.lock();
+        if !g.store().state(page.frame()).allowed.write() {
+            return [u64::MAX; PAGE / 64];
+        }
+        g.protected_page(page.frame())
+    }
+
     /// The first protected byte the instruction changed, over every shadowed page.
     fn sw_changed(&self, st: &Stepping) -> Option<GuestPhysAddr> {
         for s in st.shadows.iter().flatten() {
             let Some(Some(hpa)) = self.sw.frames.get(s.slot).copied() else {
                 continue;
             };
-            let mask = self.guest.lock().protected_page(s.page.frame());
+            let mask = self.sw_mask(s.page);
             // SAFETY: as in `sw_shadow`: a guest RAM page (checked there) and Bulwark's frame;
             // the vCPU is stopped.
             let (p, c) = unsafe { (page_ref(s.page.as_u64()), page_ref(hpa.as_u64())) };
@@ -537,7 +571,7 @@ impl<const XO: bool> Vm<'_, XO> {
                     let Some(Some(hpa)) = self.sw.frames.get(s.slot).copied() else {
                         continue;
                     };
-                    let mask = self.guest.lock().protected_page(s.page.frame());
+                    let mask = self.sw_mask(s.page);
                     // SAFETY: as above; the vCPU is stopped, so this is the only access.
                     let (p, c) = unsafe { (page_mut(s.page.as_u64()), page_ref(hpa.as_u64())) };
                     shadow::merge_unprotected(p, c, &mask);

@@ -13,7 +13,7 @@ use bulwark_core::addr::{GuestPhysAddr, GuestVirtAddr};
 use bulwark_core::exit::{Access, Action, Exit, Hypercall, MemFault, StopReason};
 use bulwark_core::guest::{FaultKind, Guest, GuestTranslate, HypercallOutcome};
 use bulwark_core::gwalk::x86::{X86PagingState, X86Walker};
-use bulwark_core::gwalk::GuestWalker;
+use bulwark_core::gwalk::{GuestWalker, WalkError};
 use bulwark_core::pt::ept::Ept;
 use bulwark_core::pt::sppt::Sppt;
 use bulwark_core::violation::ViolationKind;
@@ -161,6 +161,17 @@ fn ud() -> Step {
     Step::Exception {
         vector: 6,
         error: None,
+    }
+}
+
+/// #PF with `error` at linear address `lin` (CR2 loaded now: a VM entry does not load it).
+fn page_fault(lin: u64, error: u32) -> Step {
+    // SAFETY: CR2 only holds the last page-fault address; Bulwark never reads it, and the
+    // guest sees it as the address of the #PF delivered on this entry.
+    unsafe { core::arch::asm!("mov cr2, {}", in(reg) lin) };
+    Step::Exception {
+        vector: 14,
+        error: Some(error),
     }
 }
 
@@ -331,6 +342,16 @@ impl<'a, const XO: bool> Vm<'a, XO> {
     }
 
     fn advance(&mut self) -> Option<StopReason> {
+        if self.basic_reason() == er::EPT_VIOLATION {
+            // The instruction-length field is undefined for EPT violations (review C2): such
+            // exits complete or refuse the instruction through the software path instead.
+            log::error!("cannot skip the guest instruction of an EPT violation: no length");
+            self.dump_state();
+            return Some(StopReason {
+                status: STATUS_BULWARK_FAILURE,
+                reason: reason::UNHANDLED_EXIT,
+            });
+        }
         let len = vmr(vmcs::EXIT_INSTRUCTION_LENGTH);
         if !(1..=15).contains(&len) {
             log::error!(
@@ -550,8 +571,13 @@ impl<'a, const XO: bool> Vm<'a, XO> {
                 if f.access == Access::Write {
                     let logged = match (d.kind, d.action) {
                         (FaultKind::ShadowStep, _) => Some(false),
+                        // `attr` too (review C2): the exit's instruction length is undefined
+                        // for an EPT violation, so skip completes the instruction against a
+                        // shadow whose bytes are all dropped.
                         (
-                            FaultKind::Violation(ViolationKind::Roe | ViolationKind::RoeChunk),
+                            FaultKind::Violation(
+                                ViolationKind::Roe | ViolationKind::RoeChunk | ViolationKind::Attr,
+                            ),
                             Action::Advance,
                         ) => Some(true),
                         _ => None,
@@ -748,7 +774,13 @@ impl<'a, const XO: bool> Vm<'a, XO> {
     /// INS/OUTS (with or without REP): elements move between the port and guest memory at
     /// segment:RSI (OUTS) or ES:RDI (INS), translated through the guest's paging. At most
     /// `STRING_IO_CHUNK` elements per exit; an unfinished REP re-executes (RIP unchanged).
-    /// Guest memory the guest itself may not read/write (ROE, attributes) is refused with #GP.
+    /// Every byte of an element is checked before anything moves (review C4): what the guest's
+    /// own paging refuses (not present, reserved bits, U/S at CPL 3, R/W with CR0.WP or at
+    /// CPL 3, SMAP) is a #PF with the architectural error code and CR2. A byte of INS into
+    /// memory whose store state refuses writes goes through the core per byte (review C3):
+    /// unprotected bytes of a chunk page are written, a protected byte is a violation line with
+    /// the policy's action (skip: that byte dropped; inject: #GP(0) at this element; halt:
+    /// stop). OUTS from memory the host attributes make unreadable: #GP(0).
     fn string_io(&mut self, port: u16, size: u8, is_in: bool, rep: bool) -> Step {
         const STRING_IO_CHUNK: u64 = 4096;
         let info = vmr(vmcs::EXIT_INSTRUCTION_INFO);
@@ -765,7 +797,12 @@ impl<'a, const XO: bool> Vm<'a, XO> {
         } else {
             vmr(vmcs::GUEST_ES_BASE + 2 * seg as u32)
         };
-        let down = vmr(vmcs::GUEST_RFLAGS) & (1 << 10) != 0;
+        let rflags = vmr(vmcs::GUEST_RFLAGS);
+        let down = rflags & (1 << 10) != 0;
+        let cpl = self.cpl();
+        let wp = vmr(vmcs::GUEST_CR0) & (1 << 16) != 0;
+        // SMAP: supervisor data accesses to user pages fault unless RFLAGS.AC.
+        let smap = vmr(vmcs::GUEST_CR4) & (1 << 21) != 0 && cpl < 3 && rflags & (1 << 18) == 0;
         let mut count = if rep {
             self.vcpu.regs.rcx & addr_mask
         } else {
@@ -774,39 +811,78 @@ impl<'a, const XO: bool> Vm<'a, XO> {
         let reg = if is_in { 7 } else { 6 }; // RDI or RSI
         let walker = X86Walker::new(self.paging_state());
         let ram = GuestRam { plan: self.plan };
+        let ip = GuestVirtAddr::new(vmr(vmcs::GUEST_RIP));
         let mut done = 0u64;
         while count > 0 && done < STRING_IO_CHUNK {
             let offset = self.vcpu.regs.get(reg) & addr_mask;
-            let mut bytes = [0u8; 4];
-            let value = if is_in { self.port_in(port, size) } else { 0 };
-            for (i, b) in bytes.iter_mut().enumerate().take(usize::from(size)) {
+            // (gpa, write it) per byte of the element, decided before anything moves.
+            let mut plan = [(0u64, false); 4];
+            for (i, slot) in plan.iter_mut().enumerate().take(usize::from(size)) {
                 let lin = base.wrapping_add((offset.wrapping_add(i as u64)) & addr_mask);
                 let lin = if long { lin } else { lin & 0xffff_ffff };
-                let Ok(t) = walker.translate(&ram, GuestVirtAddr::new(lin)) else {
-                    log::debug!("string I/O: linear {lin:#x} does not translate: #GP");
-                    return gp();
+                let pf = |present: bool, rsvd: bool| -> u32 {
+                    u32::from(present)
+                        | (u32::from(is_in) << 1)
+                        | (u32::from(cpl == 3) << 2)
+                        | (u32::from(rsvd) << 3)
                 };
-                let gpa = t.gpa.as_u64();
-                let st = self.guest.lock().store().state(t.gpa.frame());
-                if is_in {
-                    if st.write_protected() {
-                        log::warn!("INS into write-protected guest memory gpa={gpa:#x}: #GP");
+                let t = match walker.translate(&ram, GuestVirtAddr::new(lin)) {
+                    Ok(t) => t,
+                    Err(WalkError::NotPresent { .. }) => return page_fault(lin, pf(false, false)),
+                    Err(WalkError::Reserved { .. }) => return page_fault(lin, pf(true, true)),
+                    Err(e) => {
+                        log::debug!("string I/O: linear {lin:#x} does not translate ({e:?}): #GP");
                         return gp();
                     }
-                    if ram.write_byte(gpa, (value >> (8 * i)) as u8).is_err() {
-                        return gp();
-                    }
+                };
+                let p = t.perms;
+                let denied = if cpl == 3 {
+                    !p.user || (is_in && !p.writable)
                 } else {
-                    if !st.allowed.read() {
+                    (is_in && wp && !p.writable) || (smap && p.user)
+                };
+                if denied {
+                    return page_fault(lin, pf(true, false));
+                }
+                let st = self.guest.lock().store().state(t.gpa.frame());
+                let mut write = is_in;
+                if is_in && st.write_protected() {
+                    let f = MemFault {
+                        gpa: t.gpa,
+                        gva: Some(GuestVirtAddr::new(lin)),
+                        ip,
+                        access: Access::Write,
+                        size: Some(1),
+                    };
+                    let d = self.guest.lock().handle_fault(self.vcpu.id, &f);
+                    match d.action {
+                        // An unprotected byte of a chunk page (or a stale refusal).
+                        Action::EmulateStore(_) | Action::Retry => {}
+                        // skip: this byte is dropped.
+                        Action::Advance => write = false,
+                        Action::Stop(_) => return Step::Do(d.action),
+                        _ => return gp(),
+                    }
+                } else if !is_in && !st.allowed.read() {
+                    return gp();
+                }
+                *slot = (t.gpa.as_u64(), write);
+            }
+            let mut bytes = [0u8; 4];
+            if is_in {
+                let value = self.port_in(port, size);
+                for (i, &(gpa, write)) in plan.iter().enumerate().take(usize::from(size)) {
+                    if write && ram.write_byte(gpa, (value >> (8 * i)) as u8).is_err() {
                         return gp();
                     }
+                }
+            } else {
+                for (b, &(gpa, _)) in bytes.iter_mut().zip(plan.iter()).take(usize::from(size)) {
                     match ram.read_byte(gpa) {
                         Ok(v) => *b = v,
                         Err(_) => return gp(),
                     }
                 }
-            }
-            if !is_in {
                 let v = u64::from(u32::from_le_bytes(bytes));
                 if let Some(step) = self.port_out(port, size, v) {
                     return step;

@@ -481,6 +481,10 @@ static GP_COUNT: AtomicU64 = AtomicU64::new(0);
 static GP_RIP: AtomicU64 = AtomicU64::new(0);
 static GP_ERR: AtomicU64 = AtomicU64::new(0);
 static BP_COUNT: AtomicU64 = AtomicU64::new(0);
+/// #PF taken while RESUME was set (roe-escape's string I/O checks): count, error code, CR2.
+static PF_COUNT: AtomicU64 = AtomicU64::new(0);
+static PF_ERR: AtomicU64 = AtomicU64::new(0);
+static PF_CR2: AtomicU64 = AtomicU64::new(0);
 /// Ring-3 round trip: kernel stack pointer and continuation address.
 static RING3_KRSP: AtomicU64 = AtomicU64::new(0);
 static RING3_BACK: AtomicU64 = AtomicU64::new(0);
@@ -516,6 +520,19 @@ extern "C" fn roe_exception(f: &mut Frame) {
         3 => {
             BP_COUNT.fetch_add(1, Ordering::SeqCst);
             return;
+        }
+        14 => {
+            let r = RESUME.swap(0, Ordering::SeqCst);
+            if r != 0 {
+                let cr2: u64;
+                // SAFETY: reads CR2 in ring 0.
+                unsafe { asm!("mov {}, cr2", out(reg) cr2, options(nostack)) };
+                PF_COUNT.fetch_add(1, Ordering::SeqCst);
+                PF_ERR.store(f.error, Ordering::SeqCst);
+                PF_CR2.store(cr2, Ordering::SeqCst);
+                f.rip = r;
+                return;
+            }
         }
         6 => {
             // VMCALL (0f 01 c1) raising #UD: no hypervisor underneath (e.g. plain QEMU). Treat
@@ -1951,5 +1968,93 @@ fn escape(t: &mut T) {
         "escape-unprotected-store",
         rd64(pg.va + 0xf10) == 0x1234 && rd64(target) == before,
         format_args!("{:#x}", rd64(pg.va + 0xf10)),
+    );
+    string_io(t, pg, before);
+}
+
+/// Port 0x2f8 has no device: reads return all ones, writes are dropped.
+const NO_DEVICE_PORT: u16 = 0x2f8;
+
+/// Run one string I/O instruction with #GP/#PF recovery (resume right after it).
+macro_rules! guarded_io {
+    ($insn:literal, $rdi:expr, $rsi:expr, $rcx:expr) => {{
+        // SAFETY: INS/OUTS on our own test addresses; a #GP or #PF resumes at label 2.
+        unsafe {
+            asm!(
+                "lea {t}, [rip + 2f]",
+                "mov [{resume}], {t}",
+                $insn,
+                "2:",
+                t = out(reg) _,
+                resume = in(reg) RESUME.as_ptr(),
+                inout("rdi") $rdi => _,
+                inout("rsi") $rsi => _,
+                inout("rcx") $rcx => _,
+                in("dx") NO_DEVICE_PORT,
+                options(nostack)
+            );
+        }
+        RESUME.store(0, Ordering::SeqCst);
+    }};
+}
+
+/// Review C3/C4: INS/OUTS emulation applies the store policy per byte and the guest's paging.
+fn string_io(t: &mut T, pg: Pg, before: u64) {
+    let target = pg.va + 0x800;
+    // Unprotected bytes of the chunk page: written, no fault.
+    // SAFETY: unprotected bytes of our own test page.
+    unsafe { core::ptr::write_volatile((pg.va + 0xf20) as *mut u32, 0) };
+    let gp0 = GP_COUNT.load(Ordering::SeqCst);
+    guarded_io!("rep insb", pg.va + 0xf20, 0u64, 4u64);
+    // SAFETY: as above.
+    let got = unsafe { core::ptr::read_volatile((pg.va + 0xf20) as *const u32) };
+    t.check(
+        "ins-chunk-unprotected",
+        got == u32::MAX && GP_COUNT.load(Ordering::SeqCst) == gp0,
+        format_args!("{got:#x}, {} #GP", GP_COUNT.load(Ordering::SeqCst) - gp0),
+    );
+    // A protected byte: a roe-chunk violation (inject: #GP(0)), the byte unchanged.
+    guarded_io!("insb", target + 2, 0u64, 0u64);
+    t.check(
+        "ins-chunk-protected-gp",
+        GP_COUNT.load(Ordering::SeqCst) == gp0 + 1 && rd64(target) == before,
+        format_args!(
+            "{} #GP, protected qword {:#x}",
+            GP_COUNT.load(Ordering::SeqCst) - gp0,
+            rd64(target)
+        ),
+    );
+    // The guest's own paging: INS into a page it maps read-only (CR0.WP set) is #PF(P|W).
+    let ro = pages(1);
+    map(ro.va, ro.pa, P | ACC | DIRTY);
+    // SAFETY: sets CR0.WP (bit 16) in ring 0.
+    unsafe {
+        asm!("mov {r}, cr0", "bts {r}, 16", "mov cr0, {r}", r = out(reg) _, options(nostack))
+    };
+    let old = rd(ro.va + 0x10);
+    let pf0 = PF_COUNT.load(Ordering::SeqCst);
+    guarded_io!("insb", ro.va + 0x10, 0u64, 0u64);
+    let (n, err, cr2) = (
+        PF_COUNT.load(Ordering::SeqCst) - pf0,
+        PF_ERR.load(Ordering::SeqCst),
+        PF_CR2.load(Ordering::SeqCst),
+    );
+    t.check(
+        "ins-readonly-pf",
+        n == 1 && err == 3 && cr2 == ro.va + 0x10 && rd(ro.va + 0x10) == old,
+        format_args!("{n} #PF, error {err:#x}, cr2 {cr2:#x}"),
+    );
+    // OUTS from a page that is not present: #PF(0), CR2 at the address.
+    let hole = slot();
+    guarded_io!("outsb", 0u64, hole + 0x20, 0u64);
+    let (n, err, cr2) = (
+        PF_COUNT.load(Ordering::SeqCst) - pf0,
+        PF_ERR.load(Ordering::SeqCst),
+        PF_CR2.load(Ordering::SeqCst),
+    );
+    t.check(
+        "outs-not-present-pf",
+        n == 2 && err == 0 && cr2 == hole + 0x20,
+        format_args!("{} #PF, error {err:#x}, cr2 {cr2:#x}", n),
     );
 }

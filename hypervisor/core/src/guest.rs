@@ -499,6 +499,42 @@ impl Guest {
         ept.sync(mem, range, &layout, tlb)
     }
 
+    /// Like [`Guest::sync_ept_shadow`], for a RAM page whose host attributes refuse writes
+    /// (or reads): `shadow` is mapped with the page's derived rights plus read and write. Used
+    /// by the x86 software path to complete a store under `skip` whose bytes on this page are
+    /// all dropped (an `attr` write violation: no instruction length to skip by); the back end
+    /// fills `shadow` (a copy only where the page is readable) and merges nothing from it.
+    pub fn sync_ept_shadow_discard<const XO: bool>(
+        &self,
+        mem: &mut dyn PhysMem,
+        ept: &mut PageTable<EptFormat<XO>>,
+        page: GuestPhysAddr,
+        shadow: HostPhysAddr,
+        tlb: &mut dyn TlbFlush,
+    ) -> Result<Invalidation, PtError> {
+        let page = page.page_base();
+        let st = self.store.state(page.frame());
+        if !self.is_ram(page) {
+            return Err(PtError::Unrepresentable(LeafAttrs::ram(st.allowed)));
+        }
+        if !shadow.is_aligned(PAGE_SIZE) {
+            return Err(PtError::BadOutput(shadow));
+        }
+        let range = GpaRange::new(page, PAGE_SIZE).ok_or(PtError::OutOfRange)?;
+        let layout = Shadowed {
+            inner: Derived {
+                guest: self,
+                spp: false,
+            },
+            page,
+            target: Mapping {
+                hpa: shadow,
+                attrs: LeafAttrs::ram(Self::ram_perms(&st).union(Perms::R).union(Perms::W)),
+            },
+        };
+        ept.sync(mem, range, &layout, tlb)
+    }
+
     /// Re-derive `range` into the stage-2 tables.
     pub fn sync_stage2(
         &self,
