@@ -72,6 +72,33 @@ struct Snapshot {
     rsp: u64,
     rflags: u64,
     interruptibility: u64,
+    /// ES, CS, SS, DS, FS, GS: selector, base, limit, access rights (review C5: a far CALL
+    /// through a gate or a privilege-changing transfer whose store is rolled back must not
+    /// leave the guest running its old RIP/RSP with the new CS/SS).
+    segs: [Segment; 6],
+}
+
+/// One segment register as the VMCS holds it.
+#[derive(Clone, Copy, Default)]
+struct Segment {
+    sel: u64,
+    base: u64,
+    limit: u64,
+    ar: u64,
+}
+
+/// VMCS field of segment `i` (0 = ES .. 5 = GS) for the ES field `es` (fields are 2 apart).
+fn seg_field(es: u32, i: usize) -> u32 {
+    es + 2 * i as u32
+}
+
+fn read_segs() -> [Segment; 6] {
+    core::array::from_fn(|i| Segment {
+        sel: vmr(seg_field(vmcs::GUEST_ES_SEL, i)),
+        base: vmr(seg_field(vmcs::GUEST_ES_BASE, i)),
+        limit: vmr(seg_field(vmcs::GUEST_ES_LIMIT, i)),
+        ar: vmr(seg_field(vmcs::GUEST_ES_AR, i)),
+    })
 }
 
 /// One shadowed page: guest page base and the scratch frame that backs it now.
@@ -303,6 +330,7 @@ impl<const XO: bool> Vm<'_, XO> {
                 rsp: vmr(vmcs::GUEST_RSP),
                 rflags: vmr(vmcs::GUEST_RFLAGS),
                 interruptibility: vmr(vmcs::GUEST_INTERRUPTIBILITY),
+                segs: read_segs(),
             };
             let exception_bitmap = vmr(vmcs::EXCEPTION_BITMAP);
             let armed = arm(self.sw.mtf_allowed, self.sw.timer_allowed);
@@ -705,6 +733,12 @@ impl<const XO: bool> Vm<'_, XO> {
         let _ = vmwrite(vmcs::GUEST_RSP, s.rsp);
         let _ = vmwrite(vmcs::GUEST_RFLAGS, s.rflags);
         let _ = vmwrite(vmcs::GUEST_INTERRUPTIBILITY, s.interruptibility);
+        for (i, g) in s.segs.iter().enumerate() {
+            let _ = vmwrite(seg_field(vmcs::GUEST_ES_SEL, i), g.sel);
+            let _ = vmwrite(seg_field(vmcs::GUEST_ES_BASE, i), g.base);
+            let _ = vmwrite(seg_field(vmcs::GUEST_ES_LIMIT, i), g.limit);
+            let _ = vmwrite(seg_field(vmcs::GUEST_ES_AR, i), g.ar);
+        }
     }
 
     /// Point every shadowed page back at its own frame with the derived rights.
