@@ -30,7 +30,7 @@ struct Case {
     lines: &'static [&'static str],
 }
 
-static CASES: [Case; 8] = [
+static CASES: [Case; 9] = [
     Case {
         scenario: "roe-basic",
         policy: ViolationPolicy::Skip,
@@ -92,6 +92,13 @@ static CASES: [Case; 8] = [
             "PASS outs-not-present-pf",
             "roe-escape: 0 check(s) failed",
         ],
+    },
+    // The same under halt: the frame push stops the run (violation-halt).
+    Case {
+        scenario: "roe-escape",
+        policy: ViolationPolicy::Halt,
+        kinds: &[ViolationKind::RoeChunk],
+        lines: &["roe-escape: int 0x81 with RSP on the chunk page"],
     },
     Case {
         scenario: "demo",

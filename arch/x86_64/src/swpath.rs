@@ -182,6 +182,15 @@ impl SwPath {
         }
     }
 
+    /// What bounds a step in time besides its exits ("the preemption timer" or "exits only").
+    pub fn bound(&self) -> &'static str {
+        if self.timer_allowed {
+            "the VMX-preemption timer"
+        } else {
+            "exit count only (no VMX-preemption timer)"
+        }
+    }
+
     pub fn stepping(&self) -> bool {
         self.step.is_some()
     }

@@ -224,9 +224,10 @@ impl<'a, const XO: bool> Vm<'a, XO> {
         if sw.available() {
             guest.lock().enable_shadow_step();
             log::info!(
-                "software path: {} shadow frames, single-step by {}",
+                "software path: {} shadow frames, single-step by {} (IF clear, NMIs blocked; bounded by {})",
                 swpath::MAX_SHADOWS,
-                sw.mode()
+                sw.mode(),
+                sw.bound()
             );
         } else {
             log::warn!(
