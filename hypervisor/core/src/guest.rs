@@ -478,25 +478,17 @@ impl Guest {
     ) -> Result<Invalidation, PtError> {
         let page = page.page_base();
         let st = self.store.state(page.frame());
-        if !self.is_ram(page) || !st.allowed.read() || !st.allowed.write() {
+        if !st.allowed.read() || !st.allowed.write() {
             return Err(PtError::Unrepresentable(LeafAttrs::ram(st.allowed)));
         }
-        if !shadow.is_aligned(PAGE_SIZE) {
-            return Err(PtError::BadOutput(shadow));
-        }
-        let range = GpaRange::new(page, PAGE_SIZE).ok_or(PtError::OutOfRange)?;
-        let layout = Shadowed {
-            inner: Derived {
-                guest: self,
-                spp: false,
-            },
+        self.map_shadow(
+            mem,
+            ept,
             page,
-            target: Mapping {
-                hpa: shadow,
-                attrs: LeafAttrs::ram(Self::ram_perms(&st).union(Perms::W)),
-            },
-        };
-        ept.sync(mem, range, &layout, tlb)
+            shadow,
+            Self::ram_perms(&st).union(Perms::W),
+            tlb,
+        )
     }
 
     /// Like [`Guest::sync_ept_shadow`], for a RAM page whose host attributes refuse writes
@@ -514,7 +506,23 @@ impl Guest {
     ) -> Result<Invalidation, PtError> {
         let page = page.page_base();
         let st = self.store.state(page.frame());
+        let perms = Self::ram_perms(&st).union(Perms::R).union(Perms::W);
+        self.map_shadow(mem, ept, page, shadow, perms, tlb)
+    }
+
+    /// The one place a shadow leaf is mapped: `page` (4 KiB-aligned RAM) -> `shadow` with
+    /// `perms`, no SPP; every other page keeps its derived mapping.
+    fn map_shadow<const XO: bool>(
+        &self,
+        mem: &mut dyn PhysMem,
+        ept: &mut PageTable<EptFormat<XO>>,
+        page: GuestPhysAddr,
+        shadow: HostPhysAddr,
+        perms: Perms,
+        tlb: &mut dyn TlbFlush,
+    ) -> Result<Invalidation, PtError> {
         if !self.is_ram(page) {
+            let st = self.store.state(page.frame());
             return Err(PtError::Unrepresentable(LeafAttrs::ram(st.allowed)));
         }
         if !shadow.is_aligned(PAGE_SIZE) {
@@ -529,7 +537,7 @@ impl Guest {
             page,
             target: Mapping {
                 hpa: shadow,
-                attrs: LeafAttrs::ram(Self::ram_perms(&st).union(Perms::R).union(Perms::W)),
+                attrs: LeafAttrs::ram(perms),
             },
         };
         ept.sync(mem, range, &layout, tlb)
