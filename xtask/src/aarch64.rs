@@ -141,7 +141,10 @@ pub fn run_with(o: &RunOpts, x: &Extra) -> Result<Outcome, String> {
     cmd.args(["-M", machine])
         .args(["-cpu", o.cpu.as_deref().unwrap_or("max")])
         .args(["-m", MEMORY])
-        .args(["-nographic", "-no-reboot", "-semihosting"])
+        // No emulator backdoor in a run with a guest (no `-semihosting`: an EL1 guest's
+        // `hlt #0xf000` would be served by QEMU past Bulwark), and no default NIC (QEMU virt
+        // would add a virtio-net PCI device, a DMA master). The verdict is Bulwark's console line.
+        .args(["-nographic", "-no-reboot", "-nic", "none"])
         .arg(if x.as_firmware { "-bios" } else { "-kernel" })
         .arg(&bulwark);
     if let Some(g) = &guest {
@@ -356,7 +359,7 @@ fn init_timestamp(out: &Outcome) -> Option<f64> {
 fn run_linux_bare(kernel: &Path, initrd: &Path, icount: bool) -> Result<Outcome, String> {
     let mut cmd = Command::new(QEMU);
     cmd.args(["-M", "virt,gic-version=3", "-cpu", LINUX_CPU, "-m", MEMORY])
-        .args(["-nographic", "-no-reboot"])
+        .args(["-nographic", "-no-reboot", "-nic", "none"])
         .arg("-kernel")
         .arg(kernel)
         .arg("-initrd")

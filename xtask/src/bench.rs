@@ -347,7 +347,8 @@ fn arm_run(b: &ArmBuild, spec: &RunSpec, tag: &str) -> Result<Outcome, String> {
             ]);
     }
     cmd.args(["-cpu", "max", "-m", &format!("{}M", spec.mem_mib)])
-        .args(["-nographic", "-no-reboot", "-semihosting"])
+        // No emulator backdoor (semihosting) and no default NIC: see xtask/src/aarch64.rs.
+        .args(["-nographic", "-no-reboot", "-nic", "none"])
         .args(["-icount", "shift=0,sleep=off"]);
     util::run_emulator(Emulator {
         cmd,

@@ -1,39 +1,11 @@
-//! Ending the run: semihosting exit (keeps the status; needs QEMU `-semihosting`), PSCI
-//! SYSTEM_OFF through the firmware's conduit, then a `wfe` park.
+//! Ending the run: PSCI SYSTEM_OFF through the firmware's conduit, then a `wfe` park.
 //!
-//! Order: status 0 tries PSCI SYSTEM_OFF first (a clean power-off, works without semihosting);
-//! a non-zero status tries semihosting first so the emulator's exit code carries it. A semihosting
-//! trap on a QEMU without `-semihosting` is an undefined instruction: the EL2 exception handler
-//! recognises it through [`semihosting_in_progress`] and skips it.
-
-use core::sync::atomic::{AtomicBool, Ordering};
+//! The run's verdict travels by Bulwark's console line (`bulwark: result status=N reason=WORD`,
+//! printed before this is called), never by an emulator backdoor: Bulwark does not use
+//! semihosting, and the test harness never enables it (a guest could use it to bypass Bulwark:
+//! docs/aarch64.md, "Ending a run"). The emulator's normal power-off ends the process.
 
 use bulwark_abi::smccc::PSCI_SYSTEM_OFF;
-
-static SEMIHOSTING: AtomicBool = AtomicBool::new(false);
-
-/// True while a semihosting call is being attempted (for the EL2 exception handler).
-pub fn semihosting_in_progress() -> bool {
-    SEMIHOSTING.load(Ordering::Acquire)
-}
-
-/// Semihosting SYS_EXIT with an ADP_Stopped_ApplicationExit reason and `status` as the exit code.
-fn semihosting_exit(status: u32) {
-    let block: [u64; 2] = [0x20026, u64::from(status)];
-    SEMIHOSTING.store(true, Ordering::Release);
-    // SAFETY: `hlt #0xf000` is the AArch64 semihosting trap; with semihosting on, QEMU reads the
-    // two-word parameter block and exits; with it off the instruction is undefined and our EL2
-    // handler skips it (see module docs). `block` outlives the call.
-    unsafe {
-        core::arch::asm!(
-            "hlt #0xf000",
-            inout("x0") 0x18u64 => _,
-            in("x1") block.as_ptr(),
-            options(nostack)
-        );
-    }
-    SEMIHOSTING.store(false, Ordering::Release);
-}
 
 /// PSCI SYSTEM_OFF via SMC (from EL2/EL3) or HVC (from EL1, where QEMU's conduit is HVC).
 fn psci_off(el: u64) {
@@ -52,17 +24,10 @@ fn psci_off(el: u64) {
     }
 }
 
-/// End the run with `status`. Never returns.
-pub fn stop(status: u32) -> ! {
+/// End the run (the status is already on the console in the result line). Never returns.
+pub fn stop(_status: u32) -> ! {
     crate::pl011::flush();
-    let el = crate::sysreg::current_el();
-    if status == 0 {
-        psci_off(el);
-        semihosting_exit(status);
-    } else {
-        semihosting_exit(status);
-        psci_off(el);
-    }
+    psci_off(crate::sysreg::current_el());
     park()
 }
 

@@ -12,7 +12,7 @@
 //! FP/SIMD registers are switched because Bulwark's compiled code uses them (memcpy, NEON).
 //! Only the low 128 bits of SVE Z registers survive an exit (documented in docs/aarch64.md).
 //!
-//! Exceptions taken at EL2 itself (a Bulwark bug, or the semihosting probe) go to
+//! Exceptions taken at EL2 itself (a Bulwark bug) go to
 //! `bulwark_el2_exception(frame, kind)`, which the binary provides; it may return to resume.
 
 use core::mem::offset_of;

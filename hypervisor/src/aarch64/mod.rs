@@ -146,11 +146,6 @@ static IN_EL2_EXCEPTION: AtomicBool = AtomicBool::new(false);
 #[no_mangle]
 pub extern "C" fn bulwark_el2_exception(frame: &mut El2Frame, kind: u64) {
     let esr = Esr(read_sysreg!("esr_el2"));
-    if kind == el2_kind::SPX_SYNC && esr.ec() == 0 && power::semihosting_in_progress() {
-        // The semihosting trap on an emulator without semihosting: skip the `hlt`.
-        frame.elr = frame.elr.wrapping_add(4);
-        return;
-    }
     if IN_EL2_EXCEPTION.swap(true, Ordering::AcqRel) {
         // An exception while reporting one: do not risk another; stop right away.
         crate::logger::write_fmt_unlocked(format_args!(
