@@ -92,6 +92,12 @@ pub struct Config {
     /// Where each range of `attrs` came from (same order), for errors found when a back end
     /// applies it ([`Config::attr_refused`]).
     pub attr_origins: Vec<AttrOrigin>,
+    /// `passthrough=`: device-tree node names (`fw-cfg@9020000`) of devices Bulwark hides (DMA
+    /// masters, unknown devices) that the user hands to the guest anyway (arm64; docs/aarch64.md,
+    /// "Device policy"). Empty by default.
+    pub passthrough: Vec<String>,
+    /// The `passthrough=` token as typed (for errors found when the device tree is read).
+    pub passthrough_token: String,
 }
 
 /// The command-line text an `attr=` range came from.
@@ -113,6 +119,8 @@ impl Default for Config {
             spp: false,
             attrs: Vec::new(),
             attr_origins: Vec::new(),
+            passthrough: Vec::new(),
+            passthrough_token: String::new(),
         }
     }
 }
@@ -124,6 +132,10 @@ pub const DEFAULT_MAX_RESETS: u32 = 8;
 pub const MAX_MAX_RESETS: u32 = 1000;
 /// At most this many `attr=` ranges (keeps boot-time storage bounded).
 pub const MAX_ATTR_RANGES: usize = 64;
+/// At most this many device names in `passthrough=`.
+pub const MAX_PASSTHROUGH: usize = 8;
+/// Longest device-tree node name `passthrough=` accepts (the spec's limit is 31 + `@unit`).
+pub const MAX_NODE_NAME: usize = 63;
 
 /// A rejected command line: the token and the reason.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -177,6 +189,7 @@ pub fn parse(cmdline: &str) -> Result<Config, CmdlineError> {
     let mut seen_ratelimit = false;
     let mut seen_maxresets = false;
     let mut seen_spp = false;
+    let mut seen_passthrough = false;
     for token in cmdline.split_ascii_whitespace() {
         let Some((key, value)) = token.split_once('=') else {
             return Err(err(token, "expected key=value (see docs/cmdline.md)"));
@@ -226,6 +239,11 @@ pub fn parse(cmdline: &str) -> Result<Config, CmdlineError> {
                     _ => return Err(err(token, "spp must be on or off")),
                 };
             }
+            "passthrough" => {
+                once(&mut seen_passthrough, token)?;
+                cfg.passthrough = parse_passthrough(value).map_err(|why| err(token, why))?;
+                cfg.passthrough_token = token.to_string();
+            }
             "attr" => {
                 if value.is_empty() {
                     return Err(err(token, "attr needs at least one START+SIZE:PERMS range"));
@@ -257,12 +275,10 @@ pub fn parse(cmdline: &str) -> Result<Config, CmdlineError> {
                     origin.push((r, token, spec));
                 }
             }
-            _ => {
-                return Err(err(
-                    token,
-                    "unknown key (known: violation, log, ratelimit, maxresets, spp, attr)",
-                ))
-            }
+            _ => return Err(err(
+                token,
+                "unknown key (known: violation, log, ratelimit, maxresets, spp, attr, passthrough)",
+            )),
         }
     }
     origin.sort_by_key(|(r, _, _)| r.start);
@@ -318,6 +334,48 @@ impl Config {
         };
         err(&token, alloc::format!("'{spec}': {why}"))
     }
+}
+
+impl Config {
+    /// The error for a `passthrough=` name that matches no device Bulwark hides (or one it
+    /// cannot hand over): found when the device tree is read, reported like a parse error.
+    pub fn passthrough_refused(&self, name: &str, why: &str) -> CmdlineError {
+        err(&self.passthrough_token, alloc::format!("'{name}': {why}"))
+    }
+}
+
+/// `NAME[,NAME...]`: device-tree node names (`node-name@unit-address`, the characters the
+/// devicetree spec allows), each at most once.
+fn parse_passthrough(value: &str) -> Result<Vec<String>, String> {
+    if value.is_empty() {
+        return Err(
+            "passthrough needs at least one device-tree node name (e.g. fw-cfg@9020000)".into(),
+        );
+    }
+    let mut names: Vec<String> = Vec::new();
+    for name in value.split(',') {
+        if name.is_empty() || name.len() > MAX_NODE_NAME {
+            return Err(alloc::format!(
+                "device name '{name}' must be 1 to {MAX_NODE_NAME} characters"
+            ));
+        }
+        let ok = name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b",._+-@".contains(&b));
+        if !ok || name.starts_with('@') || name.matches('@').count() > 1 {
+            return Err(alloc::format!(
+                "'{name}' is not a device-tree node name (node-name[@unit-address], characters a-z A-Z 0-9 , . _ + -)"
+            ));
+        }
+        if names.iter().any(|n| n == name) {
+            return Err(alloc::format!("'{name}' named twice"));
+        }
+        if names.len() >= MAX_PASSTHROUGH {
+            return Err(alloc::format!("more than {MAX_PASSTHROUGH} devices"));
+        }
+        names.push(name.to_string());
+    }
+    Ok(names)
 }
 
 fn once(seen: &mut bool, token: &str) -> Result<(), CmdlineError> {
@@ -455,6 +513,41 @@ mod tests {
     fn empty_is_default() {
         assert_eq!(parse("").unwrap(), Config::default());
         assert_eq!(parse("   ").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn passthrough_names() {
+        assert!(Config::default().passthrough.is_empty());
+        let c = parse("passthrough=fw-cfg@9020000").unwrap();
+        assert_eq!(c.passthrough, ["fw-cfg@9020000"]);
+        assert_eq!(c.passthrough_token, "passthrough=fw-cfg@9020000");
+        let c = parse("passthrough=virtio_mmio@a000000,flash@0,pcie@10000000").unwrap();
+        assert_eq!(c.passthrough.len(), 3);
+        assert!(e("passthrough=").why.contains("at least one"));
+        assert!(e("passthrough=fw-cfg,").why.contains("1 to 63"));
+        assert!(e("passthrough=a/b")
+            .why
+            .contains("not a device-tree node name"));
+        assert!(e("passthrough=@1000")
+            .why
+            .contains("not a device-tree node name"));
+        assert!(e("passthrough=a@1@2")
+            .why
+            .contains("not a device-tree node name"));
+        assert!(e("passthrough=x,x").why.contains("named twice"));
+        assert!(e(&alloc::format!("passthrough={}", "a".repeat(64)))
+            .why
+            .contains("1 to 63"));
+        assert!(e("passthrough=a,b,c,d,e,f,g,h,i")
+            .why
+            .contains("more than 8"));
+        assert!(e("passthrough=a passthrough=b").why.contains("given twice"));
+        let r = c.passthrough_refused("flash@0", "no such device");
+        assert_eq!(
+            r.token,
+            "passthrough=virtio_mmio@a000000,flash@0,pcie@10000000"
+        );
+        assert!(r.why.contains("'flash@0': no such device"));
     }
 
     #[test]

@@ -9,6 +9,9 @@
 //!
 //! The source tree is read through the `fdt` crate only (see [`crate::fdt`]).
 
+use alloc::string::String;
+use alloc::vec::Vec;
+
 use crate::fdt::{self, DtError, Node};
 
 const FDT_BEGIN_NODE: u32 = 1;
@@ -229,6 +232,8 @@ pub struct GuestDtPlan<'a> {
     pub boot_cpu: u64,
     /// PSCI conduit Bulwark implements for the guest (`"hvc"`).
     pub psci_method: &'a str,
+    /// Node names the user hands over although the device policy hides them (`passthrough=`).
+    pub passthrough: &'a [String],
 }
 
 impl GuestDtPlan<'_> {
@@ -327,12 +332,18 @@ pub fn derive(
                     w.property_u64("linux,initrd-start", s)?;
                     w.property_u64("linux,initrd-end", e)?;
                 }
-                copy_children(&mut w, &child, 2)?;
+                copy_children(&mut w, &child, 2, Ctx::Verbatim, &[])?;
                 w.end_node()?;
             }
             ("cpus", None) => emit_cpus(&mut w, &child, plan)?,
             ("reserved-memory", None) => emit_reserved(&mut w, &child, plan)?,
-            _ => copy_node(&mut w, &child, 1)?,
+            _ => copy_node(
+                &mut w,
+                &child,
+                1,
+                Ctx::Devices { identity: true },
+                plan.passthrough,
+            )?,
         }
     }
     if !memory_done {
@@ -402,44 +413,329 @@ fn copy_props(w: &mut FdtWriter<'_>, node: &Node<'_>, skip: &[&str]) -> Result<(
     Ok(())
 }
 
-fn copy_children(w: &mut FdtWriter<'_>, node: &Node<'_>, depth: usize) -> Result<(), DtError> {
+fn copy_children(
+    w: &mut FdtWriter<'_>,
+    node: &Node<'_>,
+    depth: usize,
+    ctx: Ctx,
+    passthrough: &[String],
+) -> Result<(), DtError> {
     for c in node.children()?.iter() {
-        copy_node(w, &c?, depth)?;
+        copy_node(w, &c?, depth, ctx, passthrough)?;
     }
     Ok(())
 }
 
-/// Devices the guest is not given: they master DMA with the addresses the guest programs (IPAs),
-/// which are not host-physical addresses under Bulwark's linear offset, and there is no IOMMU.
-/// The GIC ITS keeps its tables in memory the guest allocates; passed through, it would write
-/// into the wrong host pages. Their nodes are left out of the guest's tree and their registers
-/// unmapped from stage 2 ([`hidden_ranges`]).
-pub const HIDDEN_COMPATIBLES: &[&str] = &["arm,gic-v3-its"];
-
-fn is_hidden(node: &Node<'_>) -> Result<bool, DtError> {
-    for c in HIDDEN_COMPATIBLES {
-        if fdt::has_string(node, "compatible", c)? {
-            return Ok(true);
-        }
-    }
-    Ok(false)
+/// Which devices the guest gets (issue 13 item 1; docs/aarch64.md, "Device policy").
+///
+/// A device is a node with a `reg` property outside `/cpus`, `/memory`, `/reserved-memory` and
+/// `/chosen`. It passes through only when its `compatible` names a device known **not** to
+/// master DMA ([`NON_DMA`]) and its registers are addressed 1:1 from the root (every bus above it
+/// has an empty `ranges`); everything else is hidden: left out of the guest's tree (with its
+/// subtree) and given no stage-2 mapping, so an MMIO-guard MAP of its pages is refused too.
+/// Without an IOMMU that Bulwark controls, a DMA master writes any host-physical address past
+/// stage 2 (the ROE locks and Bulwark's own memory included), and devices see the guest's IPAs,
+/// which are not host addresses under Bulwark's linear offset. Nodes without `reg` (the
+/// architected timer, PMU, PSCI, clocks, gpio-keys, buses) are kept; their children are
+/// classified the same way.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Known not to master DMA: in the guest's tree, its registers mapped.
+    Pass(&'static str),
+    /// Hidden from the guest, and why.
+    Hide(&'static str),
+    /// The policy would hide it (the reason), but `passthrough=` names it: handed over with a
+    /// warning that the locks no longer hold against it.
+    PassRequested(&'static str),
 }
 
-/// Register ranges of the devices in [`HIDDEN_COMPATIBLES`] (host-physical), for stage 2.
-pub fn hidden_ranges(src: &[u8]) -> Result<fdt::RangeList, DtError> {
+impl Verdict {
+    pub fn passes(&self) -> bool {
+        !matches!(self, Verdict::Hide(_))
+    }
+}
+
+/// Which `reg` entries of a passed device are mapped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Regs {
+    All,
+    /// GICv3: entry 0 (distributor) and the `#redistributor-regions` entries after it; the
+    /// optional GICC/GICH/GICV entries (GICH is the hypervisor's control interface) stay unmapped.
+    GicV3,
+}
+
+/// Devices known not to master DMA: `(compatible, what, which reg entries)`.
+const NON_DMA: &[(&str, &str, Regs)] = &[
+    ("arm,pl011", "PL011 UART", Regs::All),
+    ("arm,pl031", "PL031 RTC", Regs::All),
+    ("arm,pl061", "PL061 GPIO", Regs::All),
+    (
+        "arm,gic-v3",
+        "GICv3 distributor and redistributors (LPIs off)",
+        Regs::GicV3,
+    ),
+];
+
+/// Devices known to master DMA: `(compatible, why hidden)`.
+const DMA_MASTERS: &[(&str, &str)] = &[
+    (
+        "qemu,fw-cfg-mmio",
+        "DMA master: fw_cfg's DMA interface writes any physical address",
+    ),
+    (
+        "virtio,mmio",
+        "DMA master: virtio-mmio queues and buffers are DMA",
+    ),
+    (
+        "pci-host-ecam-generic",
+        "DMA master: PCI host bridge, its devices master DMA",
+    ),
+    (
+        "pci-host-cam-generic",
+        "DMA master: PCI host bridge, its devices master DMA",
+    ),
+    (
+        "arm,gic-v3-its",
+        "DMA master: the GIC ITS keeps its tables in memory",
+    ),
+    ("arm,smmu-v3", "IOMMU: Bulwark does not drive the SMMU yet"),
+];
+
+const UNKNOWN: &str = "not on Bulwark's list of devices that master no DMA";
+const TRANSLATED: &str =
+    "its registers are not addressed 1:1 from the root (a bus with address translation)";
+/// Hidden and not passed through on request: Bulwark cannot compute where its registers are.
+const NOT_MAPPABLE: &str = "not memory-mapped 1:1, so it cannot be passed through";
+
+/// How the walk treats a subtree.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Ctx {
+    /// Nodes are classified; `identity`: `reg` here is a root (host-physical) address.
+    Devices { identity: bool },
+    /// Copied verbatim (`/chosen`, `/cpus`, `/reserved-memory` children).
+    Verbatim,
+}
+
+fn node_name(node: &Node<'_>) -> Result<NameBuf, DtError> {
+    let name = node.name()?;
+    let mut nbuf = NameBuf::default();
+    match name.unit_address {
+        Some(u) => nbuf.push_fmt(format_args!("{}@{}", name.name, u))?,
+        None => nbuf.push_fmt(format_args!("{}", name.name))?,
+    }
+    Ok(nbuf)
+}
+
+/// The verdict for one node, `None` when it is not a device (no `reg`).
+fn classify(
+    node: &Node<'_>,
+    identity: bool,
+    passthrough: &[String],
+) -> Result<Option<(Verdict, Regs)>, DtError> {
+    let has_reg = node.raw_property("reg")?.is_some();
+    let mut dma = None;
+    for (c, why) in DMA_MASTERS {
+        if fdt::has_string(node, "compatible", c)? {
+            dma = Some(*why);
+        }
+    }
+    if !has_reg && dma.is_none() {
+        return Ok(None);
+    }
+    let mut known = None;
+    for (c, what, regs) in NON_DMA {
+        if fdt::has_string(node, "compatible", c)? {
+            known = Some((*what, *regs));
+        }
+    }
+    let hide = match (dma, known) {
+        (Some(why), _) => why,
+        (None, Some((what, regs))) if identity => return Ok(Some((Verdict::Pass(what), regs))),
+        (None, Some(_)) => TRANSLATED,
+        (None, None) => UNKNOWN,
+    };
+    let name = node_name(node)?;
+    if passthrough.iter().any(|p| p == name.as_str()) {
+        if !identity || !has_reg {
+            return Ok(Some((Verdict::Hide(NOT_MAPPABLE), Regs::All)));
+        }
+        return Ok(Some((Verdict::PassRequested(hide), Regs::All)));
+    }
+    Ok(Some((Verdict::Hide(hide), Regs::All)))
+}
+
+/// The `Ctx` for the children of `node` (which is itself classified in `ctx`).
+fn child_ctx(node: &Node<'_>, ctx: Ctx) -> Result<Ctx, DtError> {
+    Ok(match ctx {
+        Ctx::Verbatim => Ctx::Verbatim,
+        Ctx::Devices { identity } => Ctx::Devices {
+            identity: identity
+                && node
+                    .raw_property("ranges")?
+                    .is_some_and(|p| p.value.is_empty()),
+        },
+    })
+}
+
+/// One device of the received tree and Bulwark's decision.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Device {
+    /// Path from the root (`/intc@8000000/its@8080000`).
+    pub path: String,
+    /// The node's own name (what `passthrough=` matches).
+    pub name: String,
+    pub verdict: Verdict,
+    /// Host-physical ranges: for a passed device the ones to map; for a hidden one every
+    /// `reg` entry (empty when they are not addressed 1:1).
+    pub ranges: Vec<fdt::PhysRange>,
+}
+
+/// Every device of `src` with Bulwark's decision (the same one [`derive`] applies to the guest's
+/// tree). Errors when a `passthrough=` name matches no hidden device, or one that cannot be
+/// mapped: `Err((name, why))`.
+pub fn device_policy(
+    src: &[u8],
+    passthrough: &[String],
+) -> Result<Result<Vec<Device>, (String, &'static str)>, DtError> {
     let (tree, _) = fdt::open(src)?;
-    let mut list = fdt::RangeList::default();
-    for n in tree.root()?.all_nodes()? {
-        let (_, n) = n?;
-        if is_hidden(&n)? {
-            for (a, s) in fdt::reg_entries(&n)? {
+    let root = tree.root()?;
+    let root_node = root
+        .find_node("/")?
+        .ok_or(DtError::Missing("a root node"))?;
+    let mut out = Vec::new();
+    for child in root_node.children()?.iter() {
+        let child = child?;
+        let name = child.name()?;
+        let special = matches!(
+            (name.name, name.unit_address),
+            (
+                "chosen" | "cpus" | "reserved-memory" | "psci" | "aliases",
+                None
+            )
+        ) || name.name == "memory"
+            || fdt::prop_str(&child, "device_type")? == Some("memory");
+        if !special {
+            collect(&child, "", 1, true, passthrough, &mut out)?;
+        }
+    }
+    for p in passthrough {
+        let ok = out
+            .iter()
+            .any(|d| &d.name == p && matches!(d.verdict, Verdict::PassRequested(_)));
+        if !ok {
+            let why = if out
+                .iter()
+                .any(|d| &d.name == p && d.verdict == Verdict::Hide(NOT_MAPPABLE))
+            {
+                NOT_MAPPABLE
+            } else if out.iter().any(|d| &d.name == p) {
+                "Bulwark passes this device through anyway (it masters no DMA)"
+            } else {
+                "no device of that name in the device tree"
+            };
+            return Ok(Err((p.clone(), why)));
+        }
+    }
+    Ok(Ok(out))
+}
+
+fn collect(
+    node: &Node<'_>,
+    parent_path: &str,
+    depth: usize,
+    identity: bool,
+    passthrough: &[String],
+    out: &mut Vec<Device>,
+) -> Result<(), DtError> {
+    if depth > fdt::MAX_DEPTH {
+        return Err(DtError::TooDeep);
+    }
+    let name = String::from(node_name(node)?.as_str());
+    let path = alloc::format!("{parent_path}/{name}");
+    let verdict = classify(node, identity, passthrough)?;
+    if let Some((v, regs)) = verdict {
+        let mut ranges = Vec::new();
+        if identity {
+            let gic_count = match regs {
+                Regs::All => usize::MAX,
+                Regs::GicV3 => {
+                    let n = fdt::prop_num(node, "#redistributor-regions")?.unwrap_or(1);
+                    usize::try_from(n).unwrap_or(usize::MAX).saturating_add(1)
+                }
+            };
+            let take = if v.passes() { gic_count } else { usize::MAX };
+            for (a, s) in fdt::reg_entries(node)?.take(take) {
                 if let Some(r) = fdt::PhysRange::new(a, s) {
-                    list.push(r, "hidden device ranges")?;
+                    ranges.push(r);
                 }
             }
         }
+        out.push(Device {
+            path: path.clone(),
+            name,
+            verdict: v,
+            ranges,
+        });
+        if !v.passes() {
+            return Ok(());
+        }
     }
-    Ok(list)
+    let ctx = child_ctx(node, Ctx::Devices { identity })?;
+    let child_identity = matches!(ctx, Ctx::Devices { identity: true });
+    for c in node.children()?.iter() {
+        collect(&c?, &path, depth + 1, child_identity, passthrough, out)?;
+    }
+    Ok(())
+}
+
+/// `[start, end)` rounded out to 4 KiB pages; `None` when the end would wrap.
+fn pages_out(start: u64, end: u64) -> Option<(u64, u64)> {
+    Some((start & !0xfff, end.checked_next_multiple_of(4096)?))
+}
+
+/// Sorted, overlapping or adjacent ranges merged.
+fn merge(mut v: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
+    v.sort_unstable();
+    let mut out: Vec<(u64, u64)> = Vec::with_capacity(v.len());
+    for (s, e) in v {
+        match out.last_mut() {
+            Some(last) if s <= last.1 => last.1 = last.1.max(e),
+            _ => out.push((s, e)),
+        }
+    }
+    out
+}
+
+/// The host-physical pages the guest's stage 2 maps for its devices (identity, pass-through):
+/// every passed device's ranges rounded out to pages, merged, minus every page a hidden device
+/// touches (a hidden device wins a shared page) and minus `exclude` (RAM, emulated pages).
+pub fn stage2_device_ranges(devices: &[Device], exclude: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let pages = |pass: bool| -> Vec<(u64, u64)> {
+        devices
+            .iter()
+            .filter(|d| d.verdict.passes() == pass)
+            .flat_map(|d| d.ranges.iter())
+            .filter_map(|r| pages_out(r.base.as_u64(), r.end()))
+            .collect()
+    };
+    let want = merge(pages(true));
+    let mut holes = pages(false);
+    holes.extend(exclude.iter().filter_map(|&(s, e)| pages_out(s, e)));
+    let holes = merge(holes);
+    let mut out = Vec::new();
+    for (s, e) in want {
+        let mut at = s;
+        for &(hs, he) in holes.iter().filter(|&&(hs, he)| hs < e && he > s) {
+            if hs > at {
+                out.push((at, hs));
+            }
+            at = at.max(he);
+        }
+        if at < e {
+            out.push((at, e));
+        }
+    }
+    out
 }
 
 /// The GICv3 redistributor regions (host-physical) of the `arm,gic-v3` node: its `reg` entries
@@ -465,16 +761,24 @@ pub fn gicv3_redistributor_ranges(src: &[u8]) -> Result<fdt::RangeList, DtError>
     Ok(list)
 }
 
-fn copy_node(w: &mut FdtWriter<'_>, node: &Node<'_>, depth: usize) -> Result<(), DtError> {
+fn copy_node(
+    w: &mut FdtWriter<'_>,
+    node: &Node<'_>,
+    depth: usize,
+    ctx: Ctx,
+    passthrough: &[String],
+) -> Result<(), DtError> {
     if depth > fdt::MAX_DEPTH {
         return Err(DtError::TooDeep);
     }
-    if is_hidden(node)? {
-        return Ok(());
+    if let Ctx::Devices { identity } = ctx {
+        if let Some((Verdict::Hide(_), _)) = classify(node, identity, passthrough)? {
+            return Ok(());
+        }
     }
     begin_named(w, node)?;
     copy_props(w, node, &[])?;
-    copy_children(w, node, depth + 1)?;
+    copy_children(w, node, depth + 1, child_ctx(node, ctx)?, passthrough)?;
     w.end_node()
 }
 
@@ -501,7 +805,7 @@ fn emit_cpus(
         if c.name()?.name == "cpu-map" {
             continue;
         }
-        copy_node(w, &c, 2)?;
+        copy_node(w, &c, 2, Ctx::Verbatim, &[])?;
     }
     if !kept {
         return Err(DtError::Missing("a /cpus node for the boot CPU"));
@@ -509,7 +813,7 @@ fn emit_cpus(
     // cpu-map names CPUs by phandle: keep it only when no CPU was dropped.
     if !dropped {
         if let Some(map) = cpus.children()?.find("cpu-map")? {
-            copy_node(w, &map, 2)?;
+            copy_node(w, &map, 2, Ctx::Verbatim, &[])?;
         }
     }
     w.end_node()
@@ -549,7 +853,7 @@ fn emit_reserved(
         if has_reg {
             w.property_reg("reg", ac, sc, regs.get(..n).unwrap_or(&[]))?;
         }
-        copy_children(w, &c, 3)?;
+        copy_children(w, &c, 3, Ctx::Verbatim, &[])?;
         w.end_node()?;
     }
     w.end_node()
@@ -571,6 +875,7 @@ mod tests {
             initrd: Some((0x5d00_0000, 0x5d00_1000)),
             boot_cpu: 0,
             psci_method: "hvc",
+            passthrough: &[],
         }
     }
 
@@ -603,12 +908,163 @@ mod tests {
                 .is_none(),
             "ITS hidden"
         );
-        let hidden: Vec<_> = hidden_ranges(VIRT).unwrap().iter().collect();
-        assert_eq!(hidden, [PhysRange::new(0x0808_0000, 0x2_0000).unwrap()]);
+        for gone in [
+            "/fw-cfg@9020000",
+            "/virtio_mmio@a000000",
+            "/virtio_mmio@a003e00",
+            "/pcie@10000000",
+            "/flash@0",
+        ] {
+            assert!(root.find_node(gone).unwrap().is_none(), "{gone} hidden");
+        }
+        for kept in [
+            "/pl011@9000000",
+            "/pl031@9010000",
+            "/pl061@9030000",
+            "/gpio-keys",
+            "/pmu",
+            "/apb-pclk",
+            "/platform-bus@c000000",
+        ] {
+            assert!(root.find_node(kept).unwrap().is_some(), "{kept} kept");
+        }
         let rd: Vec<_> = gicv3_redistributor_ranges(VIRT).unwrap().iter().collect();
         assert_eq!(rd, [PhysRange::new(0x080a_0000, 0xf6_0000).unwrap()]);
         let psci = root.find_node("/psci").unwrap().unwrap();
         assert!(crate::fdt::has_string(&psci, "compatible", "arm,psci-0.2").unwrap());
+    }
+
+    fn policy(pt: &[String]) -> Vec<Device> {
+        device_policy(VIRT, pt).unwrap().unwrap()
+    }
+
+    #[test]
+    fn device_policy_of_qemu_virt() {
+        let devs = policy(&[]);
+        let find = |p: &str| devs.iter().find(|d| d.path == p).expect(p).clone();
+        let r = |a, s| PhysRange::new(a, s).unwrap();
+        // Known non-DMA devices pass, with exactly their registers.
+        assert_eq!(find("/pl011@9000000").verdict, Verdict::Pass("PL011 UART"));
+        assert_eq!(find("/pl011@9000000").ranges, [r(0x0900_0000, 0x1000)]);
+        assert!(find("/pl031@9010000").verdict.passes());
+        assert!(find("/pl061@9030000").verdict.passes());
+        let gic = find("/intc@8000000");
+        assert!(gic.verdict.passes());
+        assert_eq!(
+            gic.ranges,
+            [r(0x0800_0000, 0x1_0000), r(0x080a_0000, 0xf6_0000)]
+        );
+        // DMA masters and unknown devices are hidden, with their reason and registers.
+        let fw = find("/fw-cfg@9020000");
+        assert!(matches!(fw.verdict, Verdict::Hide(w) if w.contains("fw_cfg")));
+        assert_eq!(fw.ranges, [r(0x0902_0000, 0x18)]);
+        assert!(
+            matches!(find("/virtio_mmio@a000000").verdict, Verdict::Hide(w) if w.contains("virtio"))
+        );
+        assert!(matches!(find("/pcie@10000000").verdict, Verdict::Hide(w) if w.contains("PCI")));
+        assert!(
+            matches!(find("/intc@8000000/its@8080000").verdict, Verdict::Hide(w) if w.contains("ITS"))
+        );
+        assert_eq!(find("/flash@0").verdict, Verdict::Hide(UNKNOWN));
+        assert_eq!(
+            devs.iter()
+                .filter(|d| d.path.starts_with("/virtio_mmio@"))
+                .count(),
+            32
+        );
+        // No CPU, memory, timer or PSCI node is a device; nothing else passes.
+        assert!(devs.iter().all(|d| !d.path.starts_with("/cpus")));
+        assert!(devs.iter().all(|d| d.path != "/timer" && d.path != "/psci"));
+        let passed: Vec<_> = devs
+            .iter()
+            .filter(|d| d.verdict.passes())
+            .map(|d| d.path.as_str())
+            .collect();
+        assert_eq!(
+            passed,
+            [
+                "/pl061@9030000",
+                "/pl031@9010000",
+                "/pl011@9000000",
+                "/intc@8000000"
+            ]
+        );
+    }
+
+    #[test]
+    fn stage2_ranges_of_qemu_virt() {
+        let devs = policy(&[]);
+        // The GIC's first redistributor control page is emulated (excluded), RAM excluded.
+        let got = stage2_device_ranges(
+            &devs,
+            &[(0x080a_0000, 0x080a_1000), (0x4000_0000, 0x6000_0000)],
+        );
+        assert_eq!(
+            got,
+            [
+                (0x0800_0000, 0x0801_0000),
+                (0x080a_1000, 0x0900_1000),
+                (0x0901_0000, 0x0901_1000),
+                (0x0903_0000, 0x0903_1000),
+            ]
+        );
+        // fw_cfg passed on request: its page joins the map.
+        let pt = [String::from("fw-cfg@9020000")];
+        let got = stage2_device_ranges(&policy(&pt), &[]);
+        assert!(got.contains(&(0x0902_0000, 0x0902_1000)), "{got:x?}");
+    }
+
+    #[test]
+    fn hidden_device_wins_a_shared_page() {
+        let dev = |v, a, s| Device {
+            path: String::new(),
+            name: String::new(),
+            verdict: v,
+            ranges: vec![PhysRange::new(a, s).unwrap()],
+        };
+        let devs = [
+            dev(Verdict::Pass("x"), 0x1000_0000, 0x3000),
+            dev(Verdict::Hide("y"), 0x1000_1800, 0x10),
+            dev(Verdict::Pass("z"), 0x2000_0100, 0x10),
+            dev(Verdict::Pass("w"), u64::MAX - 0x10, 0x10),
+        ];
+        assert_eq!(
+            stage2_device_ranges(&devs, &[]),
+            [
+                (0x1000_0000, 0x1000_1000),
+                (0x1000_2000, 0x1000_3000),
+                (0x2000_0000, 0x2000_1000)
+            ]
+        );
+    }
+
+    #[test]
+    fn passthrough_by_name() {
+        let pt = [String::from("fw-cfg@9020000")];
+        let devs = policy(&pt);
+        let fw = devs.iter().find(|d| d.name == "fw-cfg@9020000").unwrap();
+        assert!(matches!(fw.verdict, Verdict::PassRequested(w) if w.contains("fw_cfg")));
+        let mut p = plan();
+        p.passthrough = &pt;
+        let mut out = vec![0u8; 1 << 20];
+        let mut scratch = vec![0u8; 64 << 10];
+        let n = derive(VIRT, &p, &mut out, &mut scratch).unwrap();
+        let (tree, _) = crate::fdt::open(&out[..n]).unwrap();
+        let root = tree.root().unwrap();
+        assert!(root.find_node("/fw-cfg@9020000").unwrap().is_some());
+        assert!(root.find_node("/virtio_mmio@a000000").unwrap().is_none());
+        // Names that match nothing hidden are refused, never ignored.
+        for (name, why) in [
+            ("fw-cfg@9020001", "no device"),
+            ("pl011@9000000", "passes this device through anyway"),
+            ("cpu@0", "no device"),
+        ] {
+            let e = device_policy(VIRT, &[String::from(name)])
+                .unwrap()
+                .unwrap_err();
+            assert_eq!(e.0, name);
+            assert!(e.1.contains(why), "{name}: {}", e.1);
+        }
     }
 
     #[test]
@@ -664,6 +1120,7 @@ mod tests {
                 blob[i] = (x >> 32) as u8;
             }
             let _ = derive(&blob, &plan(), &mut out, &mut scratch);
+            let _ = device_policy(&blob, &[String::from("fw-cfg@9020000")]);
         }
     }
 }

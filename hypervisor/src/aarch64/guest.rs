@@ -14,7 +14,7 @@ use bulwark_abi::console::{reason, STATUS_BULWARK_FAILURE};
 use bulwark_abi::smccc::BULWARK_GUEST_EXIT;
 use bulwark_boot::cmdline::{self, LogLevel};
 use bulwark_boot::fdt::BootDescription;
-use bulwark_boot::fdt_guest::{self, GuestDtPlan};
+use bulwark_boot::fdt_guest::{self, GuestDtPlan, Verdict};
 use bulwark_core::addr::{GpaRange, GuestPhysAddr, GuestVirtAddr, HostPhysAddr};
 use bulwark_core::exit::{Access, Action, Exit, Hypercall, MemFault, StopReason};
 use bulwark_core::guest::{
@@ -33,10 +33,6 @@ use bulwark_core::violation::ViolationPolicy;
 pub const BULWARK_RESERVED: u64 = 32 << 20;
 /// Smallest guest RAM worth starting.
 const MIN_GUEST_RAM: u64 = 16 << 20;
-/// Devices above RAM are passed through up to this address (QEMU virt's high PCIe window ends
-/// at 1 TiB).
-const DEVICE_HIGH_LIMIT: u64 = 1 << 40;
-const GIB: u64 = 1 << 30;
 /// VMID of the one guest.
 const VMID: u8 = 1;
 /// Status of a run that ended at a PSCI SYSTEM_RESET Bulwark did not turn into a reboot (past
@@ -91,22 +87,59 @@ impl GuestRam {
     }
 }
 
-/// Guest RAM as the core's page-table walkers read it (through the linear offset).
-struct GuestMem(GuestRam);
+/// Guest RAM as the core's page-table walkers read it (through the linear offset), with the
+/// guest's own read permission: Bulwark reads guest memory on the guest's behalf (the ROE
+/// address walk, the instruction at the PC) only where the guest itself may read. A page whose
+/// boot-time `attr=` has no R is refused like memory that does not exist, so a guest cannot
+/// use Bulwark's walker to learn the contents of a page it may not read (issue 12, breach 3).
+/// Devices hidden by the device policy are not guest RAM and are refused anyway.
+struct GuestMem<'a> {
+    ram: GuestRam,
+    /// Guest frames `[start, end)` the guest may not read ([`unreadable_frames`]).
+    no_read: &'a [(u64, u64)],
+    /// The first refused read of an unreadable page (for the log line).
+    refused: core::cell::Cell<Option<GuestPhysAddr>>,
+}
 
-impl GuestMem {
+impl<'a> GuestMem<'a> {
+    fn new(ram: GuestRam, no_read: &'a [(u64, u64)]) -> Self {
+        Self {
+            ram,
+            no_read,
+            refused: core::cell::Cell::new(None),
+        }
+    }
+
     fn host(&self, gpa: GuestPhysAddr, size: u64) -> Result<u64, NotGuestRam> {
         let a = gpa.as_u64();
-        let g = &self.0;
+        let g = &self.ram;
         let end = a.checked_add(size).ok_or(NotGuestRam)?;
         if a < g.ipa_base || end > g.ipa_base + g.size || !a.is_multiple_of(size) {
+            return Err(NotGuestRam);
+        }
+        let frame = gpa.frame();
+        if self.no_read.iter().any(|&(s, e)| frame >= s && frame < e) {
+            if self.refused.get().is_none() {
+                self.refused.set(Some(gpa));
+            }
             return Err(NotGuestRam);
         }
         Ok(g.host(a))
     }
 }
 
-impl GuestMemRead for GuestMem {
+/// The guest frames whose host attributes (boot-time `attr=`) withhold read permission, from
+/// the core's store. Readability is fixed for a boot: only `attr=` (applied when the core guest
+/// is created) removes R; ROE and chunk locks only remove W.
+fn unreadable_frames(core: &Guest) -> alloc::vec::Vec<(u64, u64)> {
+    core.store()
+        .runs()
+        .filter(|(_, _, st)| !st.allowed.read())
+        .map(|(s, e, _)| (s, e))
+        .collect()
+}
+
+impl GuestMemRead for GuestMem<'_> {
     fn read_u64(&self, gpa: GuestPhysAddr) -> Result<u64, NotGuestRam> {
         let h = self.host(gpa, 8)?;
         // SAFETY: `h` is an aligned address inside guest RAM's host range (checked above),
@@ -117,6 +150,13 @@ impl GuestMemRead for GuestMem {
         let h = self.host(gpa, 4)?;
         // SAFETY: as in `read_u64`.
         Ok(unsafe { core::ptr::read_volatile(h as *const u32) })
+    }
+    /// Guest RAM membership only (a ROE range may name a page the guest may not read: locking
+    /// it reads nothing from it).
+    fn contains_ram(&self, range: GpaRange) -> bool {
+        let g = &self.ram;
+        range.start().as_u64() >= g.ipa_base
+            && range.end().as_u64() <= g.ipa_base.saturating_add(g.size)
     }
 }
 
@@ -284,6 +324,14 @@ pub fn boot_and_run(dt: &'static [u8], desc: &BootDescription<'_>) -> ! {
         .zip(place.initrd)
         .map(|(i, ipa)| (ipa, ipa + i.len));
 
+    // The device policy (docs/aarch64.md, "Device policy"): which devices the guest gets.
+    let devices = match fdt_guest::device_policy(dt, &cfg.passthrough) {
+        Ok(Ok(d)) => d,
+        Ok(Err((name, why))) => refuse(format_args!("{}", cfg.passthrough_refused(&name, why))),
+        Err(e) => refuse(format_args!("device tree: {e}")),
+    };
+    log_device_policy(&devices);
+
     // The guest's device tree.
     let mpidr = read_sysreg!("mpidr_el1") & 0xff_00ff_ffff;
     let plan = GuestDtPlan {
@@ -294,6 +342,7 @@ pub fn boot_and_run(dt: &'static [u8], desc: &BootDescription<'_>) -> ! {
         initrd: initrd_ipa,
         boot_cpu: mpidr,
         psci_method: "hvc",
+        passthrough: &cfg.passthrough,
     };
     let (os, oe) = region(Region::DtOut);
     let scratch_len = 256 << 10;
@@ -336,10 +385,6 @@ pub fn boot_and_run(dt: &'static [u8], desc: &BootDescription<'_>) -> ! {
         Ok(c) => c,
         Err(e) => refuse(format_args!("stage 2: {e:?}")),
     };
-    let hidden = match fdt_guest::hidden_ranges(dt) {
-        Ok(h) => h,
-        Err(e) => refuse(format_args!("device tree: {e}")),
-    };
     // GICv3 redistributors' RD_base control pages: emulated, not mapped (gicr.rs: LPIs off).
     let gicr = match fdt_guest::gicv3_redistributor_ranges(dt) {
         Ok(r) => gicr::RdPages::discover(r.iter().map(|r| (r.base.as_u64(), r.size))),
@@ -350,39 +395,48 @@ pub fn boot_and_run(dt: &'static [u8], desc: &BootDescription<'_>) -> ! {
             "GICv3: {n} redistributor control page(s) from {first:#x} emulated (LPIs hidden: GICR_TYPER.PLPIS reads 0, EnableLPIs/PROPBASER/PENDBASER writes ignored)"
         );
     }
-    let ram_end_all = desc.ram.iter().map(|r| r.end()).max().unwrap_or(ram.end());
-    let high_start = ram_end_all.div_ceil(GIB) * GIB;
-    let high_end = DEVICE_HIGH_LIMIT.min(1u64 << s2cfg.ipa_bits);
+    // Devices: identity-mapped pass-through pages of the devices the policy passes, minus every
+    // page of a hidden device, the emulated redistributor control pages and all RAM.
+    let mut exclude: alloc::vec::Vec<(u64, u64)> =
+        gicr.pages().iter().map(|&p| (p, p + 4096)).collect();
+    exclude.extend(desc.ram.iter().map(|r| (r.base.as_u64(), r.end())));
     let mut regions = alloc::vec![MemRegion {
         gpa: GuestPhysAddr::new(gram.ipa_base),
         len: gram.size,
         hpa: HostPhysAddr::new(gram.host_base),
         kind: RegionKind::Ram,
     }];
-    for (s, e) in [(0, ram_base), (high_start, high_end)] {
-        let mut at = s;
-        let mut holes: alloc::vec::Vec<(u64, u64)> = hidden
-            .iter()
-            .map(|r| (r.base.as_u64() & !0xfff, r.end().div_ceil(4096) * 4096))
-            .chain(gicr.pages().iter().map(|&p| (p, p + 4096)))
-            .filter(|&(hs, he)| hs < e && he > s)
-            .collect();
-        holes.sort_unstable();
-        for (hs, he) in holes.into_iter().chain(core::iter::once((e, e))) {
-            if hs > at {
-                regions.push(MemRegion {
-                    gpa: GuestPhysAddr::new(at),
-                    len: hs - at,
-                    hpa: HostPhysAddr::new(at),
-                    kind: RegionKind::Device,
-                });
-            }
-            if hs < e && !gicr.pages().contains(&hs) {
-                log::info!("stage 2: {hs:#x}..{he:#x} not given to the guest (DMA master, see docs/aarch64.md)");
-            }
-            at = at.max(he);
+    let ipa_limit = 1u64 << s2cfg.ipa_bits;
+    for (s, e) in fdt_guest::stage2_device_ranges(&devices, &exclude) {
+        if e > ipa_limit {
+            log::warn!(
+                "stage 2: device pages {s:#x}..{e:#x} lie above the {}-bit IPA space: not given to the guest",
+                s2cfg.ipa_bits
+            );
+            continue;
         }
+        regions.push(MemRegion {
+            gpa: GuestPhysAddr::new(s),
+            len: e - s,
+            hpa: HostPhysAddr::new(s),
+            kind: RegionKind::Device,
+        });
     }
+    let hidden: alloc::vec::Vec<HiddenDevice> = devices
+        .iter()
+        .filter_map(|d| match d.verdict {
+            Verdict::Hide(why) => Some((d, why)),
+            _ => None,
+        })
+        .flat_map(|(d, why)| {
+            d.ranges.iter().map(move |r| HiddenDevice {
+                start: r.base.as_u64() & !0xfff,
+                end: r.end().saturating_add(0xfff) & !0xfff,
+                name: d.path.clone(),
+                why,
+            })
+        })
+        .collect();
     for r in &regions {
         log::info!(
             "stage 2: {:?} IPA {:#x}..{:#x} -> PA {:#x}",
@@ -465,6 +519,7 @@ pub fn boot_and_run(dt: &'static [u8], desc: &BootDescription<'_>) -> ! {
         entry: place.kernel,
         dtb_ipa: place.dtb,
     });
+    let no_read = unreadable_frames(&core_guest);
     let mut vm = Vm {
         regs: VcpuRegs::default(),
         core: core_guest,
@@ -475,8 +530,11 @@ pub fn boot_and_run(dt: &'static [u8], desc: &BootDescription<'_>) -> ! {
         injections_in_a_row: 0,
         last_vector: None,
         step: None,
+        sw_restarts: (0, 0),
         scratch,
         gicr,
+        hidden,
+        no_read,
         stats: ExitStats::default(),
         reboot: Reboot {
             reload,
@@ -529,6 +587,81 @@ fn keep_pristine(pb: u64, size: u64, image_end: u64, reserved_end: u64, max: u32
     Some(start)
 }
 
+/// Pages of a device the policy hides (host-physical = IPA: devices are identity-mapped).
+struct HiddenDevice {
+    start: u64,
+    end: u64,
+    name: alloc::string::String,
+    why: &'static str,
+}
+
+/// The boot log of the device policy: one line per device (consecutive hidden devices of one
+/// kind, such as QEMU virt's 32 virtio-mmio transports, share a line), a warning for each
+/// device passed through on request (`passthrough=`), and a summary.
+fn log_device_policy(devices: &[fdt_guest::Device]) {
+    use core::fmt::Write as _;
+    let (mut passed, mut hidden, mut requested) = (0u32, 0u32, 0u32);
+    let kind = |d: &fdt_guest::Device| d.name.split('@').next().unwrap_or("").len();
+    let mut i = 0;
+    while let Some(d) = devices.get(i) {
+        let mut regs = alloc::string::String::new();
+        for r in &d.ranges {
+            let _ = write!(regs, " {:#x}..{:#x}", r.base, r.end());
+        }
+        i += 1;
+        match d.verdict {
+            Verdict::Pass(what) => {
+                passed += 1;
+                log::info!("device {}: passed through ({what}):{regs}", d.path);
+            }
+            Verdict::Hide(why) => {
+                // The run of hidden devices of the same kind and reason that starts here.
+                let n = kind(d);
+                let same = |e: &&fdt_guest::Device| {
+                    e.verdict == d.verdict && kind(e) == n && e.name.get(..n) == d.name.get(..n)
+                };
+                let run = devices
+                    .get(i..)
+                    .unwrap_or(&[])
+                    .iter()
+                    .take_while(same)
+                    .count();
+                let last = devices.get(i + run.saturating_sub(1)).filter(|_| run > 0);
+                i += run;
+                hidden += 1 + run as u32;
+                match last {
+                    None => log::info!(
+                        "device {}: hidden from the guest ({why}): not in its device tree, no stage-2 mapping{}",
+                        d.path,
+                        if regs.is_empty() { alloc::string::String::new() } else { alloc::format!(" for{regs}") }
+                    ),
+                    Some(l) => {
+                        let lo = d.ranges.first().map_or(0, |r| r.base.as_u64());
+                        let hi = l.ranges.last().map_or(0, |r| r.end());
+                        log::info!(
+                            "devices {} .. {} ({} nodes): hidden from the guest ({why}): not in its device tree, no stage-2 mapping for {lo:#x}..{hi:#x}",
+                            d.path,
+                            l.path,
+                            run + 1
+                        );
+                    }
+                }
+            }
+            Verdict::PassRequested(why) => {
+                requested += 1;
+                log::warn!(
+                    "device {}: passed through because passthrough= names it, although Bulwark would hide it ({why}):{regs}; the ROE locks, boot-time attributes and Bulwark's own memory no longer hold against this device (no IOMMU confines it, and it sees host-physical addresses, not the guest's IPAs)",
+                    d.path
+                );
+            }
+        }
+    }
+    log::info!(
+        "device policy: {passed} device(s) passed through, {hidden} hidden (DMA masters and unknown devices: no IOMMU Bulwark controls confines them){}",
+        if requested > 0 { alloc::format!(", {requested} passed through on request (WARNING above)") } else { alloc::string::String::new() }
+    );
+}
+
 /// A fresh core guest: the memory map and the boot-time `attr=` ranges, nothing else (no ROE,
 /// no MMIO guard enrolment).
 fn new_core(gcfg: &GuestConfig, cfg: &cmdline::Config) -> Result<Guest, alloc::string::String> {
@@ -578,10 +711,18 @@ struct Vm {
     last_vector: Option<u64>,
     /// A software step in progress (swstore.rs).
     step: Option<swstore::Step>,
+    /// Software-path starts at one PC since the last completed step: `(pc, count)`, bounded by
+    /// [`swstore::MAX_STEP_RESTARTS`].
+    sw_restarts: (u64, u32),
     /// Scratch frames (host addresses) the software step redirects pages to.
     scratch: [u64; swstore::STEP_PAGES],
     /// GICv3 redistributor control pages Bulwark emulates (gicr.rs).
     gicr: gicr::RdPages,
+    /// Devices hidden from the guest (named in the abort line when the guest touches one).
+    hidden: alloc::vec::Vec<HiddenDevice>,
+    /// Guest frames the guest may not read ([`unreadable_frames`] of `core`): Bulwark's reads
+    /// on the guest's behalf refuse them too.
+    no_read: alloc::vec::Vec<(u64, u64)>,
     stats: ExitStats,
     reboot: Reboot,
     /// The core's counters of the boots before the last reboot (the core guest is new per boot).
@@ -693,7 +834,7 @@ impl Vm {
                 Action::AdvanceWithResult(bulwark_abi::errno::Errno::NoSys.to_reg(false))
             }
             Exit::Hypercall(hc) => {
-                let mem = GuestMem(self.gram);
+                let mem = GuestMem::new(self.gram, &self.no_read);
                 let walker = Arm64Walker::new(Arm64TranslationRegs {
                     sctlr_el1: read_sysreg!("sctlr_el1"),
                     tcr_el1: read_sysreg!("tcr_el1"),
@@ -702,6 +843,11 @@ impl Vm {
                 });
                 let mut tr = WalkTranslate::new(walker, &mem);
                 let outcome = self.core.handle_hypercall(&hc, &mut tr);
+                if let Some(gpa) = mem.refused.get() {
+                    log::warn!(
+                        "guest: the ROE address walk needed a page-table entry at ipa={gpa:#x}, in a page the guest may not read (attr= without r): not read, the call fails (-EINVAL)"
+                    );
+                }
                 if let Some(e) = tr.last_error {
                     log::warn!(
                         "guest: a ROE address did not translate through the guest's stage-1 tables: {e:?}{}",
@@ -830,6 +976,7 @@ impl Vm {
         // Pending rate-limited violation counts of the ending boot first.
         self.core.violation_log().flush();
         add_counters(&mut self.earlier, &self.core.counters());
+        self.no_read = unreadable_frames(&core);
         self.core = core;
         self.step = None;
 
@@ -933,6 +1080,15 @@ impl Vm {
         let esr = d.esr;
         let inside_ram = f.gpa.as_u64() >= self.gram.ipa_base
             && f.gpa.as_u64() < self.gram.ipa_base + self.gram.size;
+        let hidden = self
+            .hidden
+            .iter()
+            .find(|h| f.gpa.as_u64() >= h.start && f.gpa.as_u64() < h.end);
+        let what = match hidden {
+            Some(h) => alloc::format!("hidden device {} ({})", h.name, h.why),
+            None if inside_ram => "inside guest RAM".into(),
+            None => alloc::string::String::from("no memory or device at this IPA"),
+        };
         log::warn!(
             "stage-2 abort: ipa={:#x} va={:#x}{} pc={:#x} access={} size={} esr={:#x} ({}, {} level {}{}) {}",
             f.gpa,
@@ -946,7 +1102,7 @@ impl Vm {
             fsc_name(esr.fsc()),
             fsc_level(esr.fsc()),
             if esr.s1ptw() { ", stage-1 walk" } else { "" },
-            if inside_ram { "inside guest RAM" } else { "no memory or device at this IPA" }
+            what
         );
         self.inject_or_stop(f)
     }

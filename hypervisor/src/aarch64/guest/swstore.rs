@@ -23,6 +23,8 @@
 //!   0), writing only unprotected bytes. One vCPU and no emulated DMA: no other observer can have
 //!   written the location between the guest's LDXR and its STXR.
 
+extern crate alloc;
+
 use super::{Decoded, GuestMem, Stage2Tlb, Vm};
 use bulwark_aarch64::esr::ec;
 use bulwark_aarch64::inject::spsr_with_aif_of;
@@ -61,8 +63,17 @@ const PSTATE_SS: u64 = 1 << 21;
 const PSTATE_AIF: u64 = 0b111 << 6;
 /// Bytes in a page.
 const PAGE: usize = PAGE_SIZE as usize;
-/// Pages one instruction may write (the widest store, 64 bytes, touches at most two).
+/// Pages with protected bytes one stepped instruction may write: the widest contiguous store
+/// (64 bytes) touches at most two. An instruction that writes a third such page (an SVE
+/// scatter store, a store whose stage-1 descriptor update also lands on one) ends the run with a
+/// clear line instead of cycling through the two scratch frames (issue 12).
 pub const STEP_PAGES: usize = 2;
+/// Exits one step may take: a write abort for each further page, then the Software Step
+/// exception; more means something else is going on and the run stops.
+const MAX_STEP_EXITS: u32 = 2 * STEP_PAGES as u32 + 2;
+/// Software-path starts at one PC without a completed step in between before the run stops
+/// (an instruction that keeps aborting the path would otherwise restart it forever).
+pub const MAX_STEP_RESTARTS: u32 = 8;
 
 /// One page redirected to a scratch frame for a step.
 #[derive(Clone, Copy, Debug)]
@@ -92,6 +103,8 @@ pub struct Step {
     /// The fault was a stage-1 walk's descriptor update: HPFAR names the descriptor's page, but
     /// FAR is the instruction's VA, so neither the byte nor a VA of the page is known.
     s1ptw: bool,
+    /// Exits taken while this step was armed (bounded by [`MAX_STEP_EXITS`]).
+    exits: u32,
 }
 
 /// Clean and invalidate `[addr, addr+len)` to the point of coherency (a guest running with its
@@ -142,7 +155,7 @@ impl Vm {
 
     /// The instruction word at the guest's PC (through its stage-1 tables).
     fn insn_at_pc(&self) -> Option<u32> {
-        let mem = GuestMem(self.gram);
+        let mem = GuestMem::new(self.gram, &self.no_read);
         let walker = Arm64Walker::new(Arm64TranslationRegs {
             sctlr_el1: read_sysreg!("sctlr_el1"),
             tcr_el1: read_sysreg!("tcr_el1"),
@@ -156,6 +169,23 @@ impl Vm {
 
     /// Start the software path for `f` (see the module docs).
     pub(super) fn software_store(&mut self, d: &Decoded, f: &MemFault) -> Action {
+        // Bound restarts at one PC (no completed step in between).
+        let pc = self.regs.pc;
+        self.sw_restarts = match self.sw_restarts {
+            (p, n) if p == pc => (p, n.saturating_add(1)),
+            _ => (pc, 1),
+        };
+        if self.sw_restarts.1 > MAX_STEP_RESTARTS {
+            log::error!(
+                "software store: the store at pc={pc:#x} (ipa={:#x}) restarted the software path {} times without completing a step; stopping",
+                f.gpa,
+                self.sw_restarts.1 - 1
+            );
+            return Action::Stop(StopReason {
+                status: STATUS_BULWARK_FAILURE,
+                reason: reason::UNHANDLED_EXIT,
+            });
+        }
         let s1ptw = d.esr.s1ptw();
         if !s1ptw {
             if let Some(x) = self.insn_at_pc().and_then(decode_exclusive) {
@@ -171,6 +201,7 @@ impl Vm {
             os_locked: read_sysreg!("oslsr_el1") & OSLSR_OSLK != 0,
             double_locked: read_sysreg!("osdlr_el1") & OSDLR_DLK != 0,
             s1ptw,
+            exits: 0,
         };
         if let Err(a) = self.redirect(&mut step, 0, f, s1ptw) {
             return a;
@@ -290,9 +321,24 @@ impl Vm {
         let Some(mut step) = self.step.take() else {
             return self.handle(d);
         };
-        if d.esr.ec() == EC_SOFTSTEP_LOWER {
+        step.exits = step.exits.saturating_add(1);
+        if d.esr.ec() == EC_SOFTSTEP_LOWER && step.exits <= MAX_STEP_EXITS {
             self.stats.exit_step += 1;
+            self.sw_restarts = (0, 0);
             return self.finish_step(d, step);
+        }
+        if step.exits > MAX_STEP_EXITS {
+            log::error!(
+                "software store: the step of the store at pc={:#x} (ipa={:#x}) took {} exits (bound {MAX_STEP_EXITS}); scratch mapping removed, stopping",
+                step.saved.pc,
+                step.fault.gpa,
+                step.exits
+            );
+            let _ = self.step_teardown(&step);
+            return Action::Stop(StopReason {
+                status: STATUS_BULWARK_FAILURE,
+                reason: reason::UNHANDLED_EXIT,
+            });
         }
         // The instruction also writes another protected page: give it the second frame and
         // step again (nothing was written: the instruction aborted).
@@ -317,6 +363,21 @@ impl Vm {
                     self.step = Some(step);
                     return Action::Retry;
                 }
+                // A third page with protected bytes: the instruction cannot be completed with
+                // two scratch frames, and abandoning the step would restart it forever.
+                let mut held = alloc::string::String::new();
+                for p in step.pages.iter().flatten() {
+                    let _ = core::fmt::Write::write_fmt(&mut held, format_args!(" {:#x}", p.ipa));
+                }
+                log::error!(
+                    "software store: the store at pc={:#x} writes a third page with protected bytes (ipa={page:#x}) besides{held}; the software path holds {STEP_PAGES} scratch pages, so it cannot complete this instruction: scratch mapping removed, stopping",
+                    step.saved.pc
+                );
+                let _ = self.step_teardown(&step);
+                return Action::Stop(StopReason {
+                    status: STATUS_BULWARK_FAILURE,
+                    reason: reason::UNHANDLED_EXIT,
+                });
             }
         }
         // A write abort at the same PC: the instruction did not run (nothing escaped); abandon
