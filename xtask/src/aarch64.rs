@@ -441,9 +441,152 @@ fn linux_scenario() -> Result<(), String> {
     Ok(())
 }
 
+/// The host-physical address of `needle` in Bulwark's Image (linked and loaded at 0x40080000;
+/// the flat Image's first byte is that address).
+fn bulwark_string_addr(needle: &[u8]) -> Result<u64, String> {
+    let img = out()?.join("bulwark.img");
+    let bytes = std::fs::read(&img).map_err(|e| format!("{}: {e}", img.display()))?;
+    let off = bytes
+        .windows(needle.len())
+        .position(|w| w == needle)
+        .ok_or_else(|| format!("{:?} not found in {}", String::from_utf8_lossy(needle), img.display()))?;
+    Ok(0x4008_0000 + off as u64)
+}
+
+fn refute(out: &Outcome, needle: &str, why: &str) -> Result<(), String> {
+    if out.has(needle) {
+        return Err(format!("{why}: console has {needle:?}\n--- console tail ---\n{}", out.tail(25)));
+    }
+    Ok(())
+}
+
+/// The breach scenarios of issue 12 and the device-policy ones of issue 13 (arm64).
+fn breach_scenarios(emu: &'static str) -> Vec<Scenario> {
+    vec![
+        Scenario::new(
+            "aarch64: fw_cfg DMA (issue 12.1): device hidden, locked page and Bulwark's memory unchanged",
+            emu,
+            || {
+                build(false)?;
+                // DMA aimed at the text of Bulwark's own counters line: were it performed, the
+                // line would read "QEMUters exits=".
+                let target = bulwark_string_addr(b"counters exits=")?;
+                let o = RunOpts {
+                    guest_cmdline: format!("scenario=fwcfg fwcfg-target={target:#x}"),
+                    ..quiet()
+                };
+                let out = run_guest(&o)?;
+                out.expect(0, reason::GUEST_EXIT)?;
+                need(&out, "testguest: fwcfg: all checks passed")?;
+                need(&out, "bulwark: INFO device /fw-cfg@9020000: hidden from the guest (DMA master: fw_cfg")?;
+                need(&out, "(32 nodes): hidden from the guest (DMA master: virtio-mmio")?;
+                need(&out, "device /pcie@10000000: hidden from the guest (DMA master: PCI host bridge")?;
+                need(&out, "bulwark: WARN stage-2 abort: ipa=0x9020010")?;
+                need(&out, "hidden device /fw-cfg@9020000 (DMA master")?;
+                need(&out, "bulwark: INFO counters exits=")?;
+                refute(&out, "QEMUters", "fw_cfg DMA wrote into Bulwark's memory")?;
+                refute(&out, "testguest: FAIL", "a guest check failed")
+            },
+        ),
+        Scenario::new(
+            "aarch64: passthrough=fw-cfg@9020000 hands the device over with a warning; unknown names refused",
+            emu,
+            || {
+                let o = RunOpts {
+                    cmdline: "passthrough=fw-cfg@9020000".into(),
+                    guest_cmdline: "scenario=fwcfg-pass".into(),
+                    ..quiet()
+                };
+                let out = run_guest(&o)?;
+                out.expect(0, reason::GUEST_EXIT)?;
+                need(&out, "testguest: fwcfg-pass: all checks passed")?;
+                need(&out, "bulwark: WARN device /fw-cfg@9020000: passed through because passthrough= names it")?;
+                need(&out, "no longer hold against this device")?;
+                need(&out, "1 passed through on request (WARNING above)")?;
+                let o = RunOpts {
+                    cmdline: "passthrough=fw-cfg@9020001".into(),
+                    guest_cmdline: "scenario=fwcfg-pass".into(),
+                    ..quiet()
+                };
+                let out = run_guest(&o)?;
+                out.expect(STATUS_BULWARK_FAILURE, reason::REFUSED)?;
+                need(&out, "bad command-line token 'passthrough=fw-cfg@9020001': 'fw-cfg@9020001': no device of that name")
+            },
+        ),
+        Scenario::new(
+            "aarch64: semihosting (issue 12.2): hlt #0xf000 is undefined at EL1, the verdict is Bulwark's",
+            emu,
+            || {
+                let file = std::path::Path::new("bulwark-semihosting-breach.txt");
+                let _ = std::fs::remove_file(file);
+                let o = RunOpts {
+                    guest_cmdline: "scenario=semihost".into(),
+                    ..quiet()
+                };
+                let out = run_guest(&o)?;
+                // A served SYS_EXIT would end QEMU without Bulwark's result line.
+                out.expect(0, reason::GUEST_EXIT)?;
+                need(&out, "testguest: semihost: all checks passed")?;
+                need(&out, "bulwark: INFO guest: PSCI SYSTEM_OFF")?;
+                refute(&out, "SEMIHOSTING-BREACH", "a semihosting SYS_WRITE0 was served")?;
+                if file.exists() {
+                    return Err(format!("a semihosting SYS_OPEN created {}", file.display()));
+                }
+                Ok(())
+            },
+        ),
+        Scenario::new(
+            "aarch64: ROE walk through a page table in an attr=--- page (issue 12.3) is refused",
+            emu,
+            || {
+                build(false)?;
+                let elf = util::target_dir()
+                    .join(TARGET)
+                    .join("debug")
+                    .join("aarch64-testguest");
+                let a = crate::attr_tests::symbols(&elf, &["NOREAD_TABLE"])?[0];
+                let o = RunOpts {
+                    cmdline: format!("attr={a:#x}+4K:---"),
+                    guest_cmdline: "scenario=walk-noread".into(),
+                    ..quiet()
+                };
+                let out = run_guest(&o)?;
+                out.expect(0, reason::GUEST_EXIT)?;
+                need(&out, "testguest: walk-noread: all checks passed")?;
+                need(
+                    &out,
+                    &format!("needed a page-table entry at ipa={a:#x}, in a page the guest may not read"),
+                )
+            },
+        ),
+        Scenario::new(
+            "aarch64: a store writing a third protected page (issue 12) ends the run with a clear line",
+            emu,
+            || {
+                let o = RunOpts {
+                    guest_cmdline: "scenario=third-page".into(),
+                    timeout: Some(20),
+                    ..quiet()
+                };
+                let out = run_guest(&o)?;
+                out.expect(STATUS_BULWARK_FAILURE, reason::UNHANDLED_EXIT)?;
+                need(&out, "software store: the store at pc=")?;
+                need(&out, "writes a third page with protected bytes")?;
+                refute(&out, "still running after the scatter store", "the guest continued")
+            },
+        ),
+    ]
+}
+
 /// The arm64 rows of `cargo xtask test`.
 pub fn scenarios() -> Vec<Scenario> {
     let emu = "qemu virt el2";
+    let mut v = breach_scenarios(emu);
+    v.splice(0..0, base_scenarios(emu));
+    v
+}
+
+fn base_scenarios(emu: &'static str) -> Vec<Scenario> {
     vec![
         Scenario::new("aarch64: banner without a guest", emu, || {
             let out = run_with(

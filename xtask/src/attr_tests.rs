@@ -74,7 +74,7 @@ impl Pages {
 }
 
 /// Addresses of `names` in the ELF `elf` (`llvm-nm`), in order.
-fn symbols(elf: &Path, names: &[&str]) -> Result<Vec<u64>, String> {
+pub(crate) fn symbols(elf: &Path, names: &[&str]) -> Result<Vec<u64>, String> {
     util::need_tool("llvm-nm", "llvm")?;
     let out = Command::new("llvm-nm")
         .arg(elf)

@@ -182,6 +182,7 @@ macro_rules! say {
 
 mod attr;
 mod bench;
+mod breach;
 mod demo;
 mod gic;
 mod mmio_guard;
@@ -471,6 +472,17 @@ extern "C" fn guest_main(dtb: u64, el: u64) -> ! {
         .any(|t| t == "scenario=roe-stp")
     {
         roe::stp_first()
+    }
+    match bootargs
+        .split_ascii_whitespace()
+        .find_map(|t| t.strip_prefix("scenario="))
+    {
+        Some("fwcfg") => breach::fwcfg(dtb, bootargs),
+        Some("fwcfg-pass") => breach::fwcfg_pass(dtb),
+        Some("semihost") => breach::semihosting(),
+        Some("walk-noread") => breach::walk_noread(),
+        Some("third-page") => breach::third_page(),
+        _ => {}
     }
     let (img_s, img_e) = (
         core::ptr::addr_of!(__image_start) as u64,
