@@ -149,8 +149,8 @@ fn finish(c: &Checks, what: &str) -> ! {
     system_off()
 }
 
-/// Ask fw_cfg's DMA interface to copy the 4-byte signature to `target` (an IPA, which QEMU
-/// treats as a host-physical address). Returns the aborts of the two register writes.
+/// Ask fw_cfg's DMA interface to copy the 4-byte signature to `target`, a host-physical
+/// address (a device does not go through stage 2). Returns the aborts of the two register writes.
 fn fwcfg_dma_read_signature(target: u64) -> [Result<(), u64>; 2] {
     let d = addr(&DMA_DESC);
     // FWCfgDmaAccess { be32 control; be32 length; be64 address }.
@@ -160,7 +160,9 @@ fn fwcfg_dma_read_signature(target: u64) -> [Result<(), u64>; 2] {
     // SAFETY: a barrier so the descriptor is in memory before the device is told about it.
     unsafe { core::arch::asm!("dsb sy", options(nostack)) };
     // The DMA register takes the descriptor's address big-endian, high word then low word (the
-    // low word starts the transfer), as Linux's driver writes it.
+    // low word starts the transfer), as Linux's driver writes it. The device reads the
+    // descriptor at a host-physical address too.
+    let d = d + BULWARK_RESERVED;
     [
         try_w32(FW_CFG_DMA, ((d >> 32) as u32).to_be()),
         try_w32(FW_CFG_DMA + 4, (d as u32).to_be()),
