@@ -449,13 +449,22 @@ fn bulwark_string_addr(needle: &[u8]) -> Result<u64, String> {
     let off = bytes
         .windows(needle.len())
         .position(|w| w == needle)
-        .ok_or_else(|| format!("{:?} not found in {}", String::from_utf8_lossy(needle), img.display()))?;
+        .ok_or_else(|| {
+            format!(
+                "{:?} not found in {}",
+                String::from_utf8_lossy(needle),
+                img.display()
+            )
+        })?;
     Ok(0x4008_0000 + off as u64)
 }
 
 fn refute(out: &Outcome, needle: &str, why: &str) -> Result<(), String> {
     if out.has(needle) {
-        return Err(format!("{why}: console has {needle:?}\n--- console tail ---\n{}", out.tail(25)));
+        return Err(format!(
+            "{why}: console has {needle:?}\n--- console tail ---\n{}",
+            out.tail(25)
+        ));
     }
     Ok(())
 }

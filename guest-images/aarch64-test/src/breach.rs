@@ -85,7 +85,9 @@ fn try_w32(a: u64, v: u32) -> Result<(), u64> {
 fn try_w16(a: u64, v: u16) -> Result<(), u64> {
     EXPECT_ABORT.store(true, Ordering::Release);
     // SAFETY: as `try_w32`.
-    unsafe { core::arch::asm!("strh {v:w}, [{a}]", a = in(reg) a, v = in(reg) u32::from(v), options(nostack)) };
+    unsafe {
+        core::arch::asm!("strh {v:w}, [{a}]", a = in(reg) a, v = in(reg) u32::from(v), options(nostack))
+    };
     if EXPECT_ABORT.swap(false, Ordering::AcqRel) {
         Ok(())
     } else {
@@ -155,7 +157,10 @@ fn fwcfg_dma_read_signature(target: u64) -> [Result<(), u64>; 2] {
     let d = addr(&DMA_DESC);
     // FWCfgDmaAccess { be32 control; be32 length; be64 address }.
     let control = (FW_CFG_SIGNATURE << 16) | DMA_SELECT | DMA_READ;
-    wr64(d, u64::from(control.to_be()) | u64::from(4u32.to_be()) << 32);
+    wr64(
+        d,
+        u64::from(control.to_be()) | u64::from(4u32.to_be()) << 32,
+    );
     wr64(d + 8, target.to_be());
     // SAFETY: a barrier so the descriptor is in memory before the device is told about it.
     unsafe { core::arch::asm!("dsb sy", options(nostack)) };
@@ -302,7 +307,11 @@ pub fn semihosting() -> ! {
     say!("testguest: semihost: semihosting calls from EL1");
     let text = b"SEMIHOSTING-BREACH: written by the guest through the emulator\n\0";
     let w = semihost(0x04, text.as_ptr() as u64); // SYS_WRITE0
-    let open_block: [u64; 3] = [SEMIHOST_FILE.as_ptr() as u64, 4, SEMIHOST_FILE.len() as u64 - 1];
+    let open_block: [u64; 3] = [
+        SEMIHOST_FILE.as_ptr() as u64,
+        4,
+        SEMIHOST_FILE.len() as u64 - 1,
+    ];
     let o = semihost(0x01, open_block.as_ptr() as u64); // SYS_OPEN "w"
     let exit_block: [u64; 2] = [0x20026, 0]; // ADP_Stopped_ApplicationExit, status 0
     let x = semihost(0x18, exit_block.as_ptr() as u64); // SYS_EXIT
@@ -310,7 +319,9 @@ pub fn semihosting() -> ! {
         // EC 0 (unknown reason), IL set: an undefined instruction taken at EL1.
         c.check(
             matches!(r, Err(esr) if esr >> 26 == 0 && esr & (1 << 25) != 0),
-            format_args!("semihost: {what} (hlt #0xf000) is an undefined instruction at EL1 ({r:x?})"),
+            format_args!(
+                "semihost: {what} (hlt #0xf000) is an undefined instruction at EL1 ({r:x?})"
+            ),
         );
     }
     finish(&c, "semihost")
@@ -389,7 +400,10 @@ pub fn third_page() -> ! {
     for p in [p1, p2, p3] {
         let r = roe(ROE_MPROTECT_CHUNK, p + 0x800, 1);
         if r != 1 {
-            say!("testguest: FAIL third-page: CHUNK {:#x} -> {r:#x}", p + 0x800);
+            say!(
+                "testguest: FAIL third-page: CHUNK {:#x} -> {r:#x}",
+                p + 0x800
+            );
             guest_exit(1)
         }
     }
@@ -410,7 +424,11 @@ pub fn third_page() -> ! {
     };
     // Element 0 at the last 4 bytes of p1 (crossing into p2), element 1 in p3.
     let addrs: [u64; 2] = [p2 - 4, p3 + 8];
-    say!("testguest: third-page: an SVE scatter store to {:#x} (crossing into {p2:#x}) and {:#x}", addrs[0], addrs[1]);
+    say!(
+        "testguest: third-page: an SVE scatter store to {:#x} (crossing into {p2:#x}) and {:#x}",
+        addrs[0],
+        addrs[1]
+    );
     // SAFETY: writes 8 bytes at each of the two addresses, all inside THREE.
     unsafe {
         core::arch::asm!(
