@@ -73,6 +73,34 @@ pub struct BootDescription {
     pub cmdline: String,
     pub boot_loader: Option<String>,
     pub acpi: Option<AcpiRoot>,
+    /// The firmware that started the boot loader, as far as the boot information says.
+    pub firmware: Firmware,
+    /// Which table `memory` was taken from.
+    pub memory_source: MemorySource,
+}
+
+/// The platform firmware, as far as the boot information tells it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Firmware {
+    /// No EFI tag: a BIOS (legacy) boot, or a device tree on arm64.
+    #[default]
+    Legacy,
+    /// UEFI: the loader passed the EFI system table (multiboot2 tag 12 or 11) or the EFI
+    /// memory map (tag 17). The value is the system table's physical address (0 when only the
+    /// memory map was passed).
+    Uefi { system_table: u64 },
+}
+
+/// Where [`BootDescription::memory`] came from.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MemorySource {
+    /// The multiboot2 memory map (tag 6), or the device tree.
+    #[default]
+    Standard,
+    /// The EFI memory map (tag 17), used only when tag 6 is absent.
+    Efi,
+    /// Neither: no memory map at all.
+    None,
 }
 
 impl BootDescription {
@@ -124,6 +152,11 @@ pub const MULTIBOOT2_MAGIC: u32 = 0x36d7_6289;
 const TAG_END: u32 = 0;
 const TAG_MMAP: u32 = 6;
 const MMAP_ENTRY_SIZE: u32 = 24;
+const TAG_EFI32: u32 = 11;
+const TAG_EFI64: u32 = 12;
+const TAG_EFI_MMAP: u32 = 17;
+/// Size of an EFI memory descriptor as UEFI 2.x defines it (`EFI_MEMORY_DESCRIPTOR`, version 1).
+const EFI_DESC_MIN: u32 = 40;
 
 fn read_u32(b: &[u8], off: usize) -> Option<u32> {
     let end = off.checked_add(4)?;
@@ -146,6 +179,9 @@ fn min_tag_size(typ: u32) -> usize {
         TAG_MMAP => 16, // header + entry size + entry version
         14 => 28,       // RSDP v1 copy: header + 20 bytes
         15 => 44,       // RSDP v2 copy: header + 36 bytes
+        TAG_EFI32 => 12,
+        TAG_EFI64 => 16,
+        TAG_EFI_MMAP => 16, // header + descriptor size + descriptor version
         _ => 8,
     }
 }
@@ -178,6 +214,18 @@ fn validate_raw(b: &[u8]) -> Result<(), ParseError> {
         if typ == TAG_MMAP {
             let entry_size = read_u32(b, off + 8).ok_or(ParseError::BadMemoryMap)?;
             if size < 16 || entry_size != MMAP_ENTRY_SIZE || !(size - 16).is_multiple_of(24) {
+                return Err(ParseError::BadMemoryMap);
+            }
+        }
+        if typ == TAG_EFI_MMAP {
+            // The crate asserts on all of these; UEFI firmware uses 48-byte descriptors today.
+            let desc_size = read_u32(b, off + 8).ok_or(ParseError::BadMemoryMap)?;
+            let desc_version = read_u32(b, off + 12).ok_or(ParseError::BadMemoryMap)?;
+            if desc_version != 1
+                || desc_size < EFI_DESC_MIN
+                || !desc_size.is_multiple_of(8)
+                || !(size - 16).is_multiple_of(desc_size as usize)
+            {
                 return Err(ParseError::BadMemoryMap);
             }
         }
@@ -218,8 +266,12 @@ pub fn parse(bytes: &[u8]) -> Result<BootDescription, ParseError> {
     let info = unsafe { ::multiboot2::BootInformation::load(ptr.cast()) }
         .map_err(|_| ParseError::Rejected)?;
 
-    let mut desc = BootDescription::default();
+    let mut desc = BootDescription {
+        memory_source: MemorySource::None,
+        ..BootDescription::default()
+    };
     if let Some(mmap) = info.memory_map_tag() {
+        desc.memory_source = MemorySource::Standard;
         for area in mmap.memory_areas() {
             let start = area.start_address();
             let end = start.checked_add(area.size()).ok_or(ParseError::BadRange)?;
@@ -234,6 +286,37 @@ pub fn parse(bytes: &[u8]) -> Result<BootDescription, ParseError> {
                 desc.memory.push(MemRange { start, end, kind });
             }
         }
+    }
+    if let Some(efi) = info.efi_memory_map_tag() {
+        if desc.firmware == Firmware::Legacy {
+            desc.firmware = Firmware::Uefi { system_table: 0 };
+        }
+        // GRUB passes both maps on UEFI, the standard one derived from the EFI one: prefer the
+        // standard map, fall back to the EFI map when a loader passes only that.
+        if desc.memory_source == MemorySource::None {
+            desc.memory_source = MemorySource::Efi;
+            for d in efi.memory_areas() {
+                let start = d.phys_start;
+                let len = d.page_count.checked_mul(4096).ok_or(ParseError::BadRange)?;
+                let end = start.checked_add(len).ok_or(ParseError::BadRange)?;
+                if end > start {
+                    desc.memory.push(MemRange {
+                        start,
+                        end,
+                        kind: efi_kind(d.ty.0),
+                    });
+                }
+            }
+        }
+    }
+    if let Some(t) = info.efi_sdt64_tag() {
+        desc.firmware = Firmware::Uefi {
+            system_table: t.sdt_address() as u64,
+        };
+    } else if let Some(t) = info.efi_sdt32_tag() {
+        desc.firmware = Firmware::Uefi {
+            system_table: t.sdt_address() as u64,
+        };
     }
     for m in info.module_tags() {
         let start = u64::from(m.start_address());
@@ -277,6 +360,19 @@ pub fn parse(bytes: &[u8]) -> Result<BootDescription, ParseError> {
         }
     }
     Ok(desc)
+}
+
+/// What an EFI memory type (UEFI 2.x, `EFI_MEMORY_TYPE`) is once boot services have exited.
+/// Loader and boot-services memory is free RAM then (GRUB's own copies of the modules are
+/// reported separately as modules); runtime-services memory, MMIO and anything unknown is not.
+fn efi_kind(ty: u32) -> MemKind {
+    match ty {
+        1..=4 | 7 => MemKind::Ram, // loader code/data, boot-services code/data, conventional
+        8 => MemKind::Defective,   // unusable
+        9 => MemKind::AcpiReclaimable,
+        10 => MemKind::AcpiNvs,
+        _ => MemKind::Reserved, // reserved, runtime code/data, MMIO, PAL, persistent, unknown
+    }
 }
 
 #[cfg(test)]
@@ -363,6 +459,119 @@ mod tests {
             )
             .tag(14, &rsdp)
             .finish()
+    }
+
+    /// An EFI memory map payload: descriptor size, version 1, then (type, start, pages) entries
+    /// laid out as `EFI_MEMORY_DESCRIPTOR` padded to `desc_size`.
+    fn efi_mmap(desc_size: u32, entries: &[(u32, u64, u64)]) -> Vec<u8> {
+        let mut p = Vec::new();
+        p.extend_from_slice(&desc_size.to_le_bytes());
+        p.extend_from_slice(&1u32.to_le_bytes());
+        for &(ty, start, pages) in entries {
+            let mut d = Vec::new();
+            d.extend_from_slice(&ty.to_le_bytes());
+            d.extend_from_slice(&0u32.to_le_bytes()); // padding
+            d.extend_from_slice(&start.to_le_bytes()); // physical start
+            d.extend_from_slice(&0u64.to_le_bytes()); // virtual start
+            d.extend_from_slice(&pages.to_le_bytes());
+            d.extend_from_slice(&0xfu64.to_le_bytes()); // attributes
+            d.resize(desc_size as usize, 0);
+            p.extend_from_slice(&d);
+        }
+        p
+    }
+
+    fn efi_sample() -> Vec<(u32, u64, u64)> {
+        vec![
+            (7, 0, 0xa0),              // conventional
+            (2, 0x10_0000, 0x100),     // loader data
+            (4, 0x20_0000, 0x200),     // boot-services data
+            (9, 0x40_0000, 0x10),      // ACPI reclaim
+            (10, 0x41_0000, 0x10),     // ACPI NVS
+            (5, 0x42_0000, 0x10),      // runtime-services code
+            (11, 0xfec0_0000, 1),      // MMIO
+            (7, 0x1_0000_0000, 0x400), // RAM above 4 GiB
+        ]
+    }
+
+    #[test]
+    fn uefi_boot_without_standard_map_uses_the_efi_map() {
+        let b = Mbi::new()
+            .tag(12, &0x0fe0_0018u64.to_le_bytes())
+            .tag(17, &efi_mmap(48, &efi_sample()))
+            .finish();
+        let d = parse(&b).expect("valid MBI");
+        assert_eq!(
+            d.firmware,
+            Firmware::Uefi {
+                system_table: 0x0fe0_0018
+            }
+        );
+        assert_eq!(d.memory_source, MemorySource::Efi);
+        let kinds: Vec<_> = d.memory.iter().map(|r| (r.start, r.end, r.kind)).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                (0, 0xa_0000, MemKind::Ram),
+                (0x10_0000, 0x20_0000, MemKind::Ram),
+                (0x20_0000, 0x40_0000, MemKind::Ram),
+                (0x40_0000, 0x41_0000, MemKind::AcpiReclaimable),
+                (0x41_0000, 0x42_0000, MemKind::AcpiNvs),
+                (0x42_0000, 0x43_0000, MemKind::Reserved),
+                (0xfec0_0000, 0xfec0_1000, MemKind::Reserved),
+                (0x1_0000_0000, 0x1_0040_0000, MemKind::Ram),
+            ]
+        );
+    }
+
+    #[test]
+    fn uefi_boot_prefers_the_standard_map() {
+        let b = Mbi::new()
+            .tag(6, &mmap(&[(0, 0x9f000, 1), (0x100000, 0x0fef_0000, 1)]))
+            .tag(17, &efi_mmap(48, &efi_sample()))
+            .finish();
+        let d = parse(&b).expect("valid MBI");
+        assert_eq!(d.firmware, Firmware::Uefi { system_table: 0 });
+        assert_eq!(d.memory_source, MemorySource::Standard);
+        assert_eq!(d.memory.len(), 2);
+        let bios = parse(&sample()).expect("valid MBI");
+        assert_eq!(bios.firmware, Firmware::Legacy);
+        assert_eq!(bios.memory_source, MemorySource::Standard);
+    }
+
+    #[test]
+    fn malformed_efi_maps_are_refused() {
+        // Descriptor smaller than EFI_MEMORY_DESCRIPTOR, unaligned, not dividing the payload,
+        // wrong version, a page count that overflows.
+        for desc_size in [0u32, 8, 32, 44] {
+            let b = Mbi::new()
+                .tag(17, &efi_mmap(desc_size.max(40), &efi_sample())[..])
+                .finish();
+            let mut b2 = b.clone();
+            // Patch the descriptor size in place (tag 17 starts at offset 8).
+            b2[16..20].copy_from_slice(&desc_size.to_le_bytes());
+            assert_eq!(
+                parse(&b2),
+                Err(ParseError::BadMemoryMap),
+                "size {desc_size}"
+            );
+        }
+        let mut v2 = efi_mmap(48, &efi_sample());
+        v2[4..8].copy_from_slice(&2u32.to_le_bytes());
+        let b = Mbi::new().tag(17, &v2).finish();
+        assert_eq!(parse(&b), Err(ParseError::BadMemoryMap));
+        let b = Mbi::new()
+            .tag(17, &efi_mmap(48, &[(7, 0x1000, u64::MAX / 2)]))
+            .finish();
+        assert_eq!(parse(&b), Err(ParseError::BadRange));
+        // Truncated EFI tags never panic.
+        let full = Mbi::new()
+            .tag(12, &0x1000u64.to_le_bytes())
+            .tag(17, &efi_mmap(48, &efi_sample()))
+            .finish();
+        for n in 0..full.len() {
+            let _ = parse(&full[..n]);
+        }
     }
 
     #[test]

@@ -28,9 +28,11 @@ commands:
   build --arch {x86_64,aarch64} [--release]
         build Bulwark (and the test guests) for one architecture
   iso   [--cmdline S] [--guest FILE] [--guest-cmdline S] [--release]
-        build a GRUB rescue ISO for x86_64 (grub.cfg inside is a template for real hardware)
+        build a GRUB rescue ISO for x86_64 that boots on BIOS and UEFI machines
+        (grub.cfg inside is a template for real hardware)
   run   --arch A [--emulator bochs|qemu] [--cpu MODEL] [--timeout S] [--cmdline S]
-        [--guest FILE] [--guest-cmdline S] [--release]
+        [--guest FILE] [--guest-cmdline S] [--release] [--firmware bios|uefi]
+        (--firmware uefi: x86_64 in QEMU with OVMF; boot path only, QEMU has no VMX)
         boot Bulwark in an emulator, stream the serial console, exit with the run's status
         (defaults: x86_64 -> Bochs tigerlake, aarch64 -> QEMU)
   qemu  [--arch A] [run options]

@@ -36,6 +36,8 @@ pub struct RunOpts {
     pub emulator: Option<String>,
     /// Emulator CPU model (Bochs `cpu: model=`, QEMU `-cpu`).
     pub cpu: Option<String>,
+    /// x86_64 firmware: `bios` (default) or `uefi` (QEMU with OVMF only).
+    pub firmware: Option<String>,
     /// Seconds before the run is declared hung and killed.
     pub timeout: Option<u64>,
     /// Bulwark's own command line.
@@ -71,6 +73,13 @@ impl RunOpts {
                     o.emulator = Some(e);
                 }
                 "--cpu" => o.cpu = Some(val("--cpu")?),
+                "--firmware" => {
+                    let f = val("--firmware")?;
+                    if f != "bios" && f != "uefi" {
+                        return Err(format!("unknown --firmware '{f}' (expected bios or uefi)"));
+                    }
+                    o.firmware = Some(f);
+                }
                 "--timeout" => {
                     let t = val("--timeout")?;
                     let secs: u64 = t
@@ -123,6 +132,17 @@ pub fn target_dir() -> PathBuf {
 /// One progress line for long steps.
 pub fn progress(msg: &str) {
     eprintln!("xtask: {msg}");
+}
+
+/// Fail with a one-line message naming the Debian package when a file a tool needs is missing.
+pub fn need_file(path: &str, debian_pkg: &str) -> Result<(), String> {
+    if Path::new(path).exists() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{path} not found: install it with `apt-get install --no-install-recommends {debian_pkg}`"
+        ))
+    }
 }
 
 /// Fail with a one-line message naming the Debian package when a tool is missing.

@@ -13,6 +13,8 @@ const TARGET: &str = "x86_64-unknown-none";
 const DEFAULT_BOCHS_CPU: &str = "tigerlake";
 const BOCHS_TIMEOUT_S: u64 = 60;
 const QEMU_TIMEOUT_S: u64 = 30;
+/// OVMF under TCG takes about 10 s to reach GRUB on 2 cores.
+const QEMU_UEFI_TIMEOUT_S: u64 = 120;
 const MEMORY_MIB: u32 = 256;
 
 fn out() -> Result<PathBuf, String> {
@@ -81,8 +83,19 @@ fn remove_run_files(iso: &Path) {
     }
 }
 
+/// GRUB's platform directories: grub-mkrescue puts every installed one into the image, so with
+/// both the ISO boots on BIOS (El Torito) and on UEFI (an EFI system partition image).
+const GRUB_BIOS_DIR: &str = "/usr/lib/grub/i386-pc";
+const GRUB_EFI_DIR: &str = "/usr/lib/grub/x86_64-efi";
+/// Debian's OVMF (package `ovmf`): code and a template of the variable store.
+const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+
 fn iso_named(o: &RunOpts, stem: &str) -> Result<PathBuf, String> {
     util::need_tool("grub-mkrescue", "grub-common grub-pc-bin")?;
+    // One hybrid image for BIOS and UEFI machines: refuse to make a half one.
+    util::need_file(GRUB_BIOS_DIR, "grub-pc-bin")?;
+    util::need_file(GRUB_EFI_DIR, "grub-efi-amd64-bin")?;
     util::need_tool("xorriso", "xorriso")?;
     util::need_tool("mformat", "mtools")?;
     let bulwark = build(o.release)?;
@@ -134,7 +147,14 @@ fn copy(from: &Path, to: &Path) -> Result<(), String> {
 /// Boot Bulwark: Bochs (default, VMX with EPT) or `--emulator qemu` (QEMU TCG: no VMX, so Bulwark
 /// boots, reports VMX absent and refuses; useful for the boot path).
 pub fn run(o: &RunOpts) -> Result<Outcome, String> {
+    let uefi = o.firmware.as_deref() == Some("uefi");
     match o.emulator.as_deref() {
+        None | Some("bochs") if uefi => Err(
+            "--firmware uefi needs --emulator qemu: Bochs runs only its own BIOS (it cannot run \
+             OVMF), and QEMU does not emulate VMX, so a UEFI run shows the boot path and ends in \
+             Bulwark's clean refusal"
+                .into(),
+        ),
         None | Some("bochs") => run_bochs(o),
         Some("qemu") => run_qemu(o, false),
         Some(e) => Err(format!("unknown emulator {e}")),
@@ -213,6 +233,25 @@ fn run_qemu(o: &RunOpts, kvm: bool) -> Result<Outcome, String> {
     } else {
         cmd.args(["-accel", "tcg", "-cpu", o.cpu.as_deref().unwrap_or("max")]);
     }
+    let uefi = o.firmware.as_deref() == Some("uefi");
+    let mut vars_copy = None;
+    if uefi {
+        util::need_file(OVMF_CODE, "ovmf")?;
+        util::need_file(OVMF_VARS, "ovmf")?;
+        // A private copy of the variable store: OVMF writes to it.
+        let vars = dir.join(format!("ovmf-vars-{}.fd", std::process::id()));
+        std::fs::copy(OVMF_VARS, &vars).map_err(|e| format!("copying {OVMF_VARS}: {e}"))?;
+        cmd.arg("-drive")
+            .arg(format!(
+                "if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"
+            ))
+            .arg("-drive")
+            .arg(format!(
+                "if=pflash,format=raw,unit=1,file={}",
+                vars.display()
+            ));
+        vars_copy = Some(vars);
+    }
     cmd.args(["-m", &format!("{MEMORY_MIB}M")])
         .arg("-cdrom")
         .arg(&iso)
@@ -231,11 +270,22 @@ fn run_qemu(o: &RunOpts, kvm: bool) -> Result<Outcome, String> {
     let r = util::run_emulator(Emulator {
         cmd,
         serial: Serial::Stdout,
-        timeout: Duration::from_secs(o.timeout.unwrap_or(QEMU_TIMEOUT_S)),
+        timeout: Duration::from_secs(o.timeout.unwrap_or(if uefi {
+            QEMU_UEFI_TIMEOUT_S
+        } else {
+            QEMU_TIMEOUT_S
+        })),
         echo: !o.quiet,
-        log: dir.join(if kvm { "qemu-kvm.log" } else { "qemu-tcg.log" }),
+        log: dir.join(match (kvm, uefi) {
+            (true, _) => "qemu-kvm.log",
+            (false, true) => "qemu-tcg-uefi.log",
+            (false, false) => "qemu-tcg.log",
+        }),
     });
     remove_run_files(&iso);
+    if let Some(v) = vars_copy {
+        let _ = std::fs::remove_file(v);
+    }
     r
 }
 
@@ -357,11 +407,38 @@ pub fn scenarios() -> Vec<Scenario> {
                     &[
                         "cpu: vendor=",
                         "vmx: absent",
+                        "boot: firmware=bios",
                         "memory: [",
                         "acpi: 1 CPU(s) in the MADT",
+                        "dma: unconfined: the platform reports no IOMMU",
                         "VMX is not available",
                     ],
                 )
+            },
+        ),
+        Scenario::new(
+            "x86 UEFI boot: OVMF, GRUB EFI, EFI tags, banner, clean refusal",
+            "qemu tcg ovmf",
+            || {
+                let mut o = opts(None, "qemu", "");
+                o.firmware = Some("uefi".into());
+                let out = run(&o)?;
+                out.expect(STATUS_BULWARK_FAILURE, reason::REFUSED)?;
+                expect_lines(
+                    &out,
+                    &[
+                        "boot: firmware=uefi efi-system-table=0x",
+                        "memory: [",
+                        "acpi: rsdp revision=2",
+                        "acpi: 1 CPU(s) in the MADT",
+                        "dma: unconfined: the platform reports no IOMMU",
+                        "VMX is not available",
+                    ],
+                )?;
+                if out.lines.iter().any(|l| l.contains("firmware=bios")) {
+                    return Err("a UEFI boot reported firmware=bios".into());
+                }
+                Ok(())
             },
         ),
         Scenario::new(

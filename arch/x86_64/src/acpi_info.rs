@@ -20,9 +20,22 @@ impl AcpiHandler for IdentityMap {
     fn unmap_physical_region<T>(_region: &PhysicalMapping<Self, T>) {}
 }
 
+/// What Bulwark reads from the ACPI tables at boot.
+pub struct AcpiSummary {
+    /// Enabled processors in the MADT.
+    pub cpus: usize,
+    /// Whether the platform has an Intel IOMMU (a DMAR table: VT-d remapping units).
+    pub dmar: bool,
+}
+
 /// Enabled processors listed in the MADT (local APIC and x2APIC entries with the enabled or
 /// online-capable flag). Errors are described as text for the banner.
 pub fn cpu_count(root: &AcpiRoot) -> Result<usize, &'static str> {
+    summary(root).map(|s| s.cpus)
+}
+
+/// The MADT CPU count and whether a DMAR table exists.
+pub fn summary(root: &AcpiRoot) -> Result<AcpiSummary, &'static str> {
     let (revision, addr) = match root.xsdt {
         Some(x) if root.revision >= 2 => (root.revision, x),
         _ => (0, u64::from(root.rsdt)),
@@ -42,5 +55,8 @@ pub fn cpu_count(root: &AcpiRoot) -> Result<usize, &'static str> {
             _ => {}
         }
     }
-    Ok(n)
+    let dmar = tables
+        .headers()
+        .any(|h| h.signature == acpi::sdt::Signature::DMAR);
+    Ok(AcpiSummary { cpus: n, dmar })
 }

@@ -1,7 +1,9 @@
 //! x86_64 glue: multiboot2 entry, console, banner, and the hand-over to the VMX back end.
 
 use bulwark_abi::console::{reason, STATUS_BULWARK_FAILURE};
-use bulwark_boot::multiboot2_info::{self, BootDescription, MULTIBOOT2_MAGIC};
+use bulwark_boot::multiboot2_info::{
+    self, BootDescription, Firmware, MemorySource, MULTIBOOT2_MAGIC,
+};
 use bulwark_x86_64::x86_64;
 use bulwark_x86_64::{acpi_info, cpu, heap, host, launch, layout, serial};
 use log::{error, info, warn};
@@ -229,6 +231,17 @@ fn banner(boot: &BootDescription, cpu: &cpu::CpuInfo) {
         boot.boot_loader.as_deref().unwrap_or("?"),
         boot.cmdline
     );
+    match boot.firmware {
+        Firmware::Legacy => info!("boot: firmware=bios"),
+        Firmware::Uefi { system_table } => {
+            info!("boot: firmware=uefi efi-system-table={system_table:#x}")
+        }
+    }
+    match boot.memory_source {
+        MemorySource::Standard => {}
+        MemorySource::Efi => info!("memory: taken from the EFI memory map (no multiboot2 map)"),
+        MemorySource::None => warn!("memory: the boot loader passed no memory map"),
+    }
     for r in &boot.memory {
         info!(
             "memory: [{:#012x}, {:#012x}) {}",
@@ -253,7 +266,10 @@ fn banner(boot: &BootDescription, cpu: &cpu::CpuInfo) {
         );
     }
     match &boot.acpi {
-        None => warn!("acpi: no RSDP in the boot information"),
+        None => {
+            warn!("acpi: no RSDP in the boot information");
+            dma_warning(None);
+        }
         Some(root) => {
             info!(
                 "acpi: rsdp revision={} rsdt={:#x} xsdt={:#x}",
@@ -261,10 +277,31 @@ fn banner(boot: &BootDescription, cpu: &cpu::CpuInfo) {
                 root.rsdt,
                 root.xsdt.unwrap_or(0)
             );
-            match acpi_info::cpu_count(root) {
-                Ok(n) => info!("acpi: {n} CPU(s) in the MADT"),
-                Err(e) => warn!("acpi: cannot count CPUs: {e}"),
+            match acpi_info::summary(root) {
+                Ok(s) => {
+                    info!("acpi: {} CPU(s) in the MADT", s.cpus);
+                    dma_warning(Some(s.dmar));
+                }
+                Err(e) => {
+                    warn!("acpi: cannot count CPUs: {e}");
+                    dma_warning(None);
+                }
             }
         }
     }
+}
+
+/// Bulwark does not program an IOMMU on x86 yet (docs/x86_64.md, "DMA and VT-d"): say plainly
+/// that the locks do not hold against devices, and whether the platform has the hardware that
+/// would close the gap.
+fn dma_warning(dmar: Option<bool>) {
+    let iommu = match dmar {
+        Some(true) => "the platform has VT-d (ACPI DMAR) but Bulwark does not program it yet",
+        Some(false) => "the platform reports no IOMMU (no ACPI DMAR table)",
+        None => "the ACPI tables could not be read, so no IOMMU is known",
+    };
+    warn!(
+        "dma: unconfined: {iommu}; any bus-mastering device the guest programs can write past \
+         ROE locks, attributes and Bulwark's own memory"
+    );
 }
