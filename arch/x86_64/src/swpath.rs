@@ -703,11 +703,12 @@ impl<const XO: bool> Vm<'_, XO> {
         if expected && !too_many {
             return Ok(None);
         }
+        // Where the step escaped to (read before the rollback; for the log line only).
+        let rip = show(vmcs::GUEST_RIP);
         let (first_ip, exits) = (st.first.ip.as_u64(), st.exits);
         if let Err(s) = self.sw_abort()? {
             return Ok(Some(s));
         }
-        let rip = show(vmcs::GUEST_RIP);
         let why = if basic == EXIT_PREEMPTION_TIMER {
             "the preemption timer expired"
         } else if too_many {

@@ -84,7 +84,8 @@ impl GuestRegs {
 // and the `regs` pointer on its stack, writes HOST_RSP, loads the guest registers and executes
 // VMLAUNCH (launched = 0) or VMRESUME. A VM exit lands at `bulwark_vmx_exit` (HOST_RIP) with
 // RSP = HOST_RSP: the guest registers are stored back and the function returns 0. A failed
-// VMLAUNCH/VMRESUME returns 1 (CF) or 2 (ZF; error number in VMCS field 0x4400).
+// VMLAUNCH/VMRESUME returns 1 (CF) or 2 (ZF; error number in VMCS field 0x4400); a failed
+// VMWRITE of HOST_RSP returns 3 (CF) or 4 (ZF).
 global_asm!(
     r#"
     .section .text
@@ -100,8 +101,8 @@ bulwark_vmx_enter:
     push rdi
     mov rax, 0x6c14
     vmwrite rax, rsp
-    jc 3f
-    jz 3f
+    jc 5f
+    jz 6f
     mov rax, rsi
     mov rbx, [rdi + 8]
     mov rcx, [rdi + 16]
@@ -129,6 +130,13 @@ bulwark_vmx_enter:
     mov eax, 1
     jc 4f
     mov eax, 2
+    jmp 4f
+5:
+    /* the HOST_RSP VMWRITE failed: CF -> 3, ZF -> 4 */
+    mov eax, 3
+    jmp 4f
+6:
+    mov eax, 4
 4:
     pop rdi
     pop r15
@@ -544,28 +552,25 @@ impl Vcpu {
         // assembly saves and restores every callee-saved register and returns through the
         // HOST_RIP/HOST_RSP written in the VMCS (this very stack frame).
         let r = unsafe { bulwark_vmx_enter(&mut self.regs, u64::from(self.launched)) };
-        let op = if self.launched {
-            vmx::VmxOp::Vmresume
-        } else {
-            vmx::VmxOp::Vmlaunch
-        };
-        // The world switch's own VMWRITE of HOST_RSP also ends in 1/2 (same RFLAGS convention).
-        let fail = match r {
+        let (op, field) = match r {
             0 => {
                 self.launched = true;
                 return Ok(());
             }
-            1 => vmx::VmxFail::Invalid,
-            _ => vmx::VmxFail::Valid(
+            3 | 4 => (vmx::VmxOp::Vmwrite, Some(vmcs::HOST_RSP)),
+            _ if self.launched => (vmx::VmxOp::Vmresume, None),
+            _ => (vmx::VmxOp::Vmlaunch, None),
+        };
+        let fail = if r == 1 || r == 3 {
+            vmx::VmxFail::Invalid
+        } else {
+            // An unreadable error field shows as `error=?`, never as a number.
+            vmx::VmxFail::Valid(
                 vmx::vmread(vmcs::VM_INSTRUCTION_ERROR)
                     .ok()
                     .map(|n| n as u32),
-            ),
+            )
         };
-        Err(VmxError {
-            op,
-            field: None,
-            fail,
-        })
+        Err(VmxError { op, field, fail })
     }
 }
