@@ -458,11 +458,20 @@ pub fn scenarios() -> Vec<Scenario> {
             "x86 test guest: environment checks",
             format!("bochs {model}"),
             move || {
-                let out = run(&opts(Some(model), "bochs", ""))?;
+                // log=debug: Bulwark's VMX self-check line proves on this CPU model that a
+                // failing VMREAD/VMWRITE is detected (docs/x86_64.md, "Fail closed").
+                let out = run(&RunOpts {
+                    cmdline: "log=debug".into(),
+                    ..opts(Some(model), "bochs", "")
+                })?;
                 out.expect(0, reason::GUEST_EXIT)?;
                 expect_lines(
                     &out,
-                    &["guest| PASS vmcall-unknown", "guest| 0 check(s) failed"],
+                    &[
+                        "bulwark: DEBUG VMX self-check: failing VMREAD/VMWRITE detected (unsupported field: error 12",
+                        "guest| PASS vmcall-unknown",
+                        "guest| 0 check(s) failed",
+                    ],
                 )
             },
         ));

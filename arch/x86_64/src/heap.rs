@@ -3,7 +3,8 @@
 
 use linked_list_allocator::LockedHeap;
 
-#[global_allocator]
+// Host unit tests (`cargo test -p bulwark-x86_64`) use the host's allocator.
+#[cfg_attr(not(test), global_allocator)]
 static HEAP: LockedHeap = LockedHeap::empty();
 
 /// Hand the heap region to the allocator. Called once, before anything allocates.

@@ -1,7 +1,11 @@
 //! Bulwark x86_64 back end: VMX, VMCS, EPT/SPPT hardware glue, exit decoding.
 //!
 //! Only builds for `x86_64-unknown-none` (port I/O, MSRs, VMX instructions).
-#![no_std]
+#![cfg_attr(not(test), no_std)]
+// Fail closed in the VMX layer (docs/x86_64.md): a VMX result (and any other `#[must_use]`
+// value) is never dropped, not even with `let _ =`.
+#![deny(unused_must_use)]
+#![deny(clippy::let_underscore_must_use)]
 
 extern crate alloc;
 

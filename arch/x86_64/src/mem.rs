@@ -10,6 +10,7 @@ use bulwark_core::pt::TlbFlush;
 
 use crate::cpu::VmxCaps;
 use crate::layout;
+use crate::vmx::VmxError;
 
 /// Page-table frames from Bulwark's heap (inside Bulwark's region, so never guest-reachable).
 pub struct HeapFrames {
@@ -62,17 +63,22 @@ impl PhysMem for HeapFrames {
 }
 
 /// The engine's TLB hook: every EPT edit that changes or removes a valid entry ends in
-/// [`crate::vmx::invalidate_ept`].
+/// [`crate::vmx::invalidate_ept`]. The hook cannot return an error to the engine, so the first
+/// failed INVEPT is kept in `failed`: whoever ran the edit checks it and stops the run (a stale
+/// translation could keep a revoked permission).
 pub struct EptFlush<'a> {
     pub caps: &'a VmxCaps,
     pub eptp: u64,
     pub flushes: u64,
+    pub failed: Option<VmxError>,
 }
 
 impl TlbFlush for EptFlush<'_> {
     fn flush(&mut self, _range: GpaRange) {
         self.flushes += 1;
-        crate::vmx::invalidate_ept(self.caps, self.eptp);
+        if let Err(e) = crate::vmx::invalidate_ept(self.caps, self.eptp) {
+            self.failed.get_or_insert(e);
+        }
     }
 }
 

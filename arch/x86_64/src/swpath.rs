@@ -29,7 +29,7 @@ use super::{stop, Step, Vm};
 use crate::mem::{EptFlush, GuestRam};
 use crate::vcpu::GuestRegs;
 use crate::vmcs;
-use crate::vmx::{vmr, vmwrite};
+use crate::vmx::{show, vmread, vmwrite, VmxError};
 
 /// Pages one instruction may write through the software path (a straddling store needs 2, a
 /// `rep movs` between two chunk pages crossing a boundary 3-4).
@@ -64,6 +64,14 @@ const STEP_TIMER_TICKS: u64 = 1 << 22;
 /// byte iterations, plus iterations on pages that need no shadow).
 const MAX_STEP_EXITS: u32 = 1 << 16;
 
+/// A VMX instruction failed: the run stops (`Vm::vmx_failed`).
+type VmxResult<T> = Result<T, VmxError>;
+
+/// Shadows pointed back at their own frames: `Ok(())` when every one is (or there was none),
+/// `Err(stop)` when one could not be: the guest must not run with a writable alias, the run
+/// stops with `stop`.
+type Restored = Result<(), Step>;
+
 /// Registers the instruction may change, for the rollback under `inject`.
 #[derive(Clone, Copy, Default)]
 struct Snapshot {
@@ -92,13 +100,17 @@ fn seg_field(es: u32, i: usize) -> u32 {
     es + 2 * i as u32
 }
 
-fn read_segs() -> [Segment; 6] {
-    core::array::from_fn(|i| Segment {
-        sel: vmr(seg_field(vmcs::GUEST_ES_SEL, i)),
-        base: vmr(seg_field(vmcs::GUEST_ES_BASE, i)),
-        limit: vmr(seg_field(vmcs::GUEST_ES_LIMIT, i)),
-        ar: vmr(seg_field(vmcs::GUEST_ES_AR, i)),
-    })
+fn read_segs() -> VmxResult<[Segment; 6]> {
+    let mut segs = [Segment::default(); 6];
+    for (i, g) in segs.iter_mut().enumerate() {
+        *g = Segment {
+            sel: vmread(seg_field(vmcs::GUEST_ES_SEL, i))?,
+            base: vmread(seg_field(vmcs::GUEST_ES_BASE, i))?,
+            limit: vmread(seg_field(vmcs::GUEST_ES_LIMIT, i))?,
+            ar: vmread(seg_field(vmcs::GUEST_ES_AR, i))?,
+        };
+    }
+    Ok(segs)
 }
 
 /// One shadowed page: guest page base and the scratch frame that backs it now.
@@ -230,83 +242,85 @@ unsafe fn page_mut<'x>(addr: u64) -> &'x mut [u8; PAGE] {
 /// anyway, and with IF clear and NMIs blocked nothing it blocks can arrive before it. (Not
 /// restored: the instruction in the shadow completes, or under inject the snapshot's
 /// interruptibility is restored.)
-fn arm(mtf: bool, timer: bool) -> Armed {
+fn arm(mtf: bool, timer: bool) -> VmxResult<Armed> {
     let mut armed = Armed::default();
-    let intr = vmr(vmcs::GUEST_INTERRUPTIBILITY);
+    let intr = vmread(vmcs::GUEST_INTERRUPTIBILITY)?;
     let mut new_intr = intr & !BLOCK_STI_MOVSS;
     if intr & BLOCK_NMI == 0 {
         new_intr |= BLOCK_NMI;
         armed.set_nmi_block = true;
     }
     if new_intr != intr {
-        let _ = vmwrite(vmcs::GUEST_INTERRUPTIBILITY, new_intr);
+        vmwrite(vmcs::GUEST_INTERRUPTIBILITY, new_intr)?;
     }
-    let f = vmr(vmcs::GUEST_RFLAGS);
+    let f = vmread(vmcs::GUEST_RFLAGS)?;
     armed.cleared_if = f & RFLAGS_IF != 0;
     let mut nf = f & !RFLAGS_IF;
     if mtf {
-        set_mtf(true);
+        set_mtf(true)?;
     } else {
         nf |= RFLAGS_TF;
-        let _ = vmwrite(vmcs::EXCEPTION_BITMAP, 0xffff_ffff);
+        vmwrite(vmcs::EXCEPTION_BITMAP, 0xffff_ffff)?;
     }
-    let _ = vmwrite(vmcs::GUEST_RFLAGS, nf);
+    vmwrite(vmcs::GUEST_RFLAGS, nf)?;
     if timer {
-        let p = vmr(vmcs::PIN_BASED_CONTROLS);
-        let _ = vmwrite(vmcs::PIN_BASED_CONTROLS, p | PIN_PREEMPTION_TIMER);
-        let _ = vmwrite(PREEMPTION_TIMER_VALUE, STEP_TIMER_TICKS);
+        let p = vmread(vmcs::PIN_BASED_CONTROLS)?;
+        vmwrite(vmcs::PIN_BASED_CONTROLS, p | PIN_PREEMPTION_TIMER)?;
+        vmwrite(PREEMPTION_TIMER_VALUE, STEP_TIMER_TICKS)?;
         armed.timer = true;
     }
-    armed
+    Ok(armed)
 }
 
 /// Undo [`arm`]: the guest's own TF comes back from the snapshot; IF comes back set if arm
 /// cleared it and the instruction left it clear (an instruction that set IF itself keeps its
 /// effect); blocking by NMI is lifted if arm set it; every other flag stays as the instruction
 /// left it.
-fn disarm(mtf: bool, st: &Stepping) {
-    let f = vmr(vmcs::GUEST_RFLAGS);
+fn disarm(mtf: bool, st: &Stepping) -> VmxResult<()> {
+    let f = vmread(vmcs::GUEST_RFLAGS)?;
     let mut nf = f;
     if mtf {
-        set_mtf(false);
+        set_mtf(false)?;
     } else {
         nf = (nf & !RFLAGS_TF) | (st.snapshot.rflags & RFLAGS_TF);
-        let _ = vmwrite(vmcs::EXCEPTION_BITMAP, st.exception_bitmap);
+        vmwrite(vmcs::EXCEPTION_BITMAP, st.exception_bitmap)?;
         // A single-step trap still pending (Bochs saves BS on a mid-instruction exit) belongs
         // to the step, not to the guest.
-        let pd = vmr(vmcs::GUEST_PENDING_DEBUG);
+        let pd = vmread(vmcs::GUEST_PENDING_DEBUG)?;
         if pd & (1 << 14) != 0 && st.snapshot.rflags & RFLAGS_TF == 0 {
-            let _ = vmwrite(vmcs::GUEST_PENDING_DEBUG, pd & !(1 << 14));
+            vmwrite(vmcs::GUEST_PENDING_DEBUG, pd & !(1 << 14))?;
         }
     }
     if st.armed.cleared_if && nf & RFLAGS_IF == 0 {
         nf |= RFLAGS_IF;
     }
     if nf != f {
-        let _ = vmwrite(vmcs::GUEST_RFLAGS, nf);
+        vmwrite(vmcs::GUEST_RFLAGS, nf)?;
     }
     if st.armed.set_nmi_block {
-        let intr = vmr(vmcs::GUEST_INTERRUPTIBILITY);
+        let intr = vmread(vmcs::GUEST_INTERRUPTIBILITY)?;
         if intr & BLOCK_NMI != 0 {
-            let _ = vmwrite(vmcs::GUEST_INTERRUPTIBILITY, intr & !BLOCK_NMI);
+            vmwrite(vmcs::GUEST_INTERRUPTIBILITY, intr & !BLOCK_NMI)?;
         }
     }
     if st.armed.timer {
-        let p = vmr(vmcs::PIN_BASED_CONTROLS);
-        let _ = vmwrite(vmcs::PIN_BASED_CONTROLS, p & !PIN_PREEMPTION_TIMER);
+        let p = vmread(vmcs::PIN_BASED_CONTROLS)?;
+        vmwrite(vmcs::PIN_BASED_CONTROLS, p & !PIN_PREEMPTION_TIMER)?;
     }
+    Ok(())
 }
 
-fn set_mtf(on: bool) {
-    let p = vmr(vmcs::PRIMARY_PROC_CONTROLS);
+fn set_mtf(on: bool) -> VmxResult<()> {
+    let p = vmread(vmcs::PRIMARY_PROC_CONTROLS)?;
     let v = if on {
         p | MONITOR_TRAP_FLAG
     } else {
         p & !MONITOR_TRAP_FLAG
     };
     if v != p {
-        let _ = vmwrite(vmcs::PRIMARY_PROC_CONTROLS, v);
+        vmwrite(vmcs::PRIMARY_PROC_CONTROLS, v)?;
     }
+    Ok(())
 }
 
 fn fail(why: &str) -> Step {
@@ -318,31 +332,30 @@ impl<const XO: bool> Vm<'_, XO> {
     /// A write fault the software path completes (see the module docs). `violation_logged`:
     /// the core already logged a violation for it (skip). Shadows the page and re-enters with
     /// the monitor-trap flag set.
-    pub(super) fn sw_fault(&mut self, f: &MemFault, violation_logged: bool) -> Step {
+    pub(super) fn sw_fault(&mut self, f: &MemFault, violation_logged: bool) -> VmxResult<Step> {
         if !self.sw.available() {
-            return fail("its scratch frames could not be allocated");
+            return Ok(fail("its scratch frames could not be allocated"));
         }
         let page = f.gpa.page_base();
         let end = page.as_u64().saturating_add(PAGE_SIZE);
         if !self.plan.is_ram(page.as_u64(), end) || end > 1 << 32 {
-            return fail("the faulting page is not guest RAM Bulwark can reach");
+            return Ok(fail("the faulting page is not guest RAM Bulwark can reach"));
         }
-        if vmr(vmcs::IDT_VECTORING_INFO) & (1 << 31) != 0 {
+        if vmread(vmcs::IDT_VECTORING_INFO)? & (1 << 31) != 0 {
             // `delivery_fault` handles these before the core is asked; never step a delivery.
-            let _ = self.sw_abort();
-            return fail("write fault during event delivery reached the single step");
+            return self.sw_abort_fail("write fault during event delivery reached the single step");
         }
         if self.sw.step.is_none() {
             let snapshot = Snapshot {
                 regs: self.vcpu.regs,
-                rip: vmr(vmcs::GUEST_RIP),
-                rsp: vmr(vmcs::GUEST_RSP),
-                rflags: vmr(vmcs::GUEST_RFLAGS),
-                interruptibility: vmr(vmcs::GUEST_INTERRUPTIBILITY),
-                segs: read_segs(),
+                rip: vmread(vmcs::GUEST_RIP)?,
+                rsp: vmread(vmcs::GUEST_RSP)?,
+                rflags: vmread(vmcs::GUEST_RFLAGS)?,
+                interruptibility: vmread(vmcs::GUEST_INTERRUPTIBILITY)?,
+                segs: read_segs()?,
             };
-            let exception_bitmap = vmr(vmcs::EXCEPTION_BITMAP);
-            let armed = arm(self.sw.mtf_allowed, self.sw.timer_allowed);
+            let exception_bitmap = vmread(vmcs::EXCEPTION_BITMAP)?;
+            let armed = arm(self.sw.mtf_allowed, self.sw.timer_allowed)?;
             self.sw.step = Some(Stepping {
                 snapshot,
                 first: *f,
@@ -354,7 +367,7 @@ impl<const XO: bool> Vm<'_, XO> {
             });
         }
         let Some(st) = self.sw.step.as_mut() else {
-            return fail("lost the step state");
+            return Ok(fail("lost the step state"));
         };
         st.violation_logged |= violation_logged;
         if !self.sw.mtf_allowed {
@@ -363,20 +376,18 @@ impl<const XO: bool> Vm<'_, XO> {
             // single-step trap (BS) in the pending-debug-exceptions field, and the next entry
             // delivers that #DB before the instruction re-executes. The instruction has not
             // completed: drop the pending trap; TF traps again after it completes.
-            let pd = vmr(vmcs::GUEST_PENDING_DEBUG);
+            let pd = vmread(vmcs::GUEST_PENDING_DEBUG)?;
             if pd & (1 << 14) != 0 {
-                let _ = vmwrite(vmcs::GUEST_PENDING_DEBUG, pd & !(1 << 14));
+                vmwrite(vmcs::GUEST_PENDING_DEBUG, pd & !(1 << 14))?;
             }
         }
         if st.shadows.iter().flatten().any(|s| s.page == page) {
             // The shadow is writable: a second write fault on it means the tables disagree.
-            let _ = self.sw_abort();
-            return fail("write fault on a page that is already shadowed");
+            return self.sw_abort_fail("write fault on a page that is already shadowed");
         }
         let first = st.shadows.iter().all(Option::is_none);
-        if let Err(why) = self.sw_shadow(page, violation_logged) {
-            let _ = self.sw_abort();
-            return fail(why);
+        if let Err(why) = self.sw_shadow(page, violation_logged)? {
+            return self.sw_abort_fail(why);
         }
         // Under inject a store that turns out to change protected bytes must write nothing at
         // all, also not its bytes on a neighbouring page that needs no exit (a store
@@ -393,7 +404,7 @@ impl<const XO: bool> Vm<'_, XO> {
                 if off >= PAGE_SIZE - 64 {
                     near[1] = gva.as_u64().checked_add(PAGE_SIZE);
                 }
-                let walker = X86Walker::new(self.paging_state());
+                let walker = X86Walker::new(self.paging_state()?);
                 let ram = GuestRam { plan: self.plan };
                 for v in near.into_iter().flatten() {
                     let Ok(t) = walker.translate(&ram, GuestVirtAddr::new(v)) else {
@@ -408,42 +419,62 @@ impl<const XO: bool> Vm<'_, XO> {
                     if !known {
                         // A neighbour that cannot be shadowed (not RAM, read-only) is left:
                         // the store faults there by itself if it reaches it.
-                        let _ = self.sw_shadow(np, false);
+                        if let Err(why) = self.sw_shadow(np, false)? {
+                            log::debug!(
+                                "software path: neighbour gpa={:#x} not shadowed: {why}",
+                                np.as_u64()
+                            );
+                        }
                     }
                 }
             }
         }
-        Step::Do(Action::Retry)
+        Ok(Step::Do(Action::Retry))
+    }
+
+    /// Abort the step (nothing merged) and stop the run with `why`; a shadow that cannot be
+    /// restored stops it too (`sw_abort` logs that).
+    fn sw_abort_fail(&mut self, why: &str) -> VmxResult<Step> {
+        let restored = self.sw_abort()?;
+        let stop = fail(why);
+        Ok(match restored {
+            Ok(()) => stop,
+            Err(s) => s,
+        })
     }
 
     /// Copy guest page `page` into a free scratch frame and map the frame at `page`, writable.
     /// `discard_ok`: the page may be one whose host attributes refuse writes (review C2: an
     /// `attr` write violation under skip); nothing of its shadow is ever merged back, and a
     /// page the guest may not read is shadowed by zeros (the instruction learns nothing).
-    fn sw_shadow(&mut self, page: GuestPhysAddr, discard_ok: bool) -> Result<(), &'static str> {
+    fn sw_shadow(
+        &mut self,
+        page: GuestPhysAddr,
+        discard_ok: bool,
+    ) -> VmxResult<Result<(), &'static str>> {
         let end = page.as_u64().saturating_add(PAGE_SIZE);
         if !self.plan.is_ram(page.as_u64(), end) || end > 1 << 32 {
-            return Err("the page is not guest RAM Bulwark can reach");
+            return Ok(Err("the page is not guest RAM Bulwark can reach"));
         }
         let frames = self.sw.frames;
         let Some(st) = self.sw.step.as_mut() else {
-            return Err("no step in progress");
+            return Ok(Err("no step in progress"));
         };
         let used: [bool; MAX_SHADOWS] =
             core::array::from_fn(|i| st.shadows.iter().flatten().any(|s| s.slot == i));
         let Some(slot) = (0..MAX_SHADOWS).find(|i| !used.get(*i).copied().unwrap_or(true)) else {
-            return Err("one instruction writes more pages with protected bytes than the software path shadows");
+            return Ok(Err("one instruction writes more pages with protected bytes than the software path shadows"));
         };
         let Some(Some(hpa)) = frames.get(slot).copied() else {
-            return Err("scratch frame missing");
+            return Ok(Err("scratch frame missing"));
         };
         let Some(entry) = st.shadows.iter_mut().find(|s| s.is_none()) else {
-            return Err("no free shadow entry");
+            return Ok(Err("no free shadow entry"));
         };
         let allowed = self.guest.lock().store().state(page.frame()).allowed;
         let discard = !(allowed.read() && allowed.write());
         if discard && !discard_ok {
-            return Err("the page's host attributes refuse writes");
+            return Ok(Err("the page's host attributes refuse writes"));
         }
         if allowed.read() {
             // SAFETY: `page` is 4 KiB of guest RAM below 4 GiB (checked above; identity
@@ -459,6 +490,7 @@ impl<const XO: bool> Vm<'_, XO> {
             caps: &self.caps,
             eptp: self.ept.eptp(),
             flushes: 0,
+            failed: None,
         };
         let r = if discard {
             self.guest.lock().sync_ept_shadow_discard(
@@ -477,12 +509,15 @@ impl<const XO: bool> Vm<'_, XO> {
                 &mut flush,
             )
         };
+        if let Some(e) = flush.failed {
+            return Err(e);
+        }
         if let Err(e) = r {
             log::debug!(
                 "software path: shadowing gpa={:#x} refused: {e:?}",
                 page.as_u64()
             );
-            return Err("the page could not be shadowed");
+            return Ok(Err("the page could not be shadowed"));
         }
         *entry = Some(Shadowed { page, slot });
         log::debug!(
@@ -490,56 +525,59 @@ impl<const XO: bool> Vm<'_, XO> {
             page.as_u64(),
             hpa.as_u64()
         );
-        Ok(())
+        Ok(Ok(()))
     }
 
     /// An exception exit (TF mode intercepts them all during a step): the #DB single-step
     /// trap ends the step like an MTF exit; any other exception means the instruction did not
     /// complete (or an earlier `rep` iteration did): end the step the same way (merging is
     /// still correct: only unprotected bytes), then deliver the exception to the guest.
-    pub(super) fn sw_exception(&mut self) -> Step {
-        let info = vmr(vmcs::EXIT_INTERRUPTION_INFO);
+    pub(super) fn sw_exception(&mut self) -> VmxResult<Step> {
+        let info = vmread(vmcs::EXIT_INTERRUPTION_INFO)?;
         let vector = info & 0xff;
         let kind = (info >> 8) & 7;
-        let single_step =
-            vector == VECTOR_DB && kind == 3 && vmr(vmcs::EXIT_QUALIFICATION) & (1 << 14) != 0;
+        let qualification = vmread(vmcs::EXIT_QUALIFICATION)?;
+        let single_step = vector == VECTOR_DB && kind == 3 && qualification & (1 << 14) != 0;
         log::debug!(
-            "software path: exception exit info={info:#x} qualification={:#x} rip={:#x}",
-            vmr(vmcs::EXIT_QUALIFICATION),
-            vmr(vmcs::GUEST_RIP)
+            "software path: exception exit info={info:#x} qualification={qualification:#x} rip={:#x}",
+            vmread(vmcs::GUEST_RIP)?
         );
-        let done = self.sw_step_end(single_step);
+        let done = self.sw_step_end(single_step)?;
         if single_step || !matches!(done, Step::Do(Action::Retry)) {
-            return done;
+            return Ok(done);
         }
         // Re-deliver the exception the guest raised (CR2 for #PF: a VM exit does not load it).
         if vector == 14 {
-            let cr2 = vmr(vmcs::EXIT_QUALIFICATION);
+            let cr2 = qualification;
             // SAFETY: CR2 only holds the last page-fault address; Bulwark never reads it, and the
             // guest sees it as the address of the #PF delivered on this entry.
             unsafe { core::arch::asm!("mov cr2, {}", in(reg) cr2) };
         }
-        let error = (info & (1 << 11) != 0).then(|| vmr(vmcs::EXIT_INTERRUPTION_ERROR_CODE) as u32);
+        let error = if info & (1 << 11) != 0 {
+            Some(vmread(vmcs::EXIT_INTERRUPTION_ERROR_CODE)? as u32)
+        } else {
+            None
+        };
         if kind == 3 {
-            return Step::Exception {
+            return Ok(Step::Exception {
                 vector: vector as u8,
                 error,
-            };
+            });
         }
         // Software exceptions (INT3, INTO) and the rest: re-inject as reported.
-        let _ = vmwrite(vmcs::ENTRY_INTERRUPTION_INFO, info & 0x8000_0fff);
+        vmwrite(vmcs::ENTRY_INTERRUPTION_INFO, info & 0x8000_0fff)?;
         if let Some(e) = error {
-            let _ = vmwrite(vmcs::ENTRY_EXCEPTION_ERROR_CODE, u64::from(e));
+            vmwrite(vmcs::ENTRY_EXCEPTION_ERROR_CODE, u64::from(e))?;
         }
-        let _ = vmwrite(
+        vmwrite(
             vmcs::ENTRY_INSTRUCTION_LENGTH,
-            vmr(vmcs::EXIT_INSTRUCTION_LENGTH),
-        );
-        Step::Do(Action::Retry)
+            vmread(vmcs::EXIT_INSTRUCTION_LENGTH)?,
+        )?;
+        Ok(Step::Do(Action::Retry))
     }
 
     /// The MTF exit.
-    pub(super) fn sw_mtf(&mut self) -> Step {
+    pub(super) fn sw_mtf(&mut self) -> VmxResult<Step> {
         self.sw_step_end(true)
     }
 
@@ -572,24 +610,24 @@ impl<const XO: bool> Vm<'_, XO> {
 
     /// The end of a step (MTF exit, or the #DB trap in TF mode; `completed`: a single-step
     /// trap rather than another exception): decide, merge, restore.
-    fn sw_step_end(&mut self, completed: bool) -> Step {
+    fn sw_step_end(&mut self, completed: bool) -> VmxResult<Step> {
         // Under inject a `rep` string instruction is one store: the single step traps after
         // every iteration (RIP still at the instruction); while no protected byte has changed,
         // keep the shadows and step on, so that a later iteration that changes one rolls the
         // whole instruction back (nothing written, registers as before it).
         if completed && self.guest.lock().policy() == ViolationPolicy::Inject {
             if let Some(st) = self.sw.step.as_ref() {
-                if vmr(vmcs::GUEST_RIP) == st.snapshot.rip && self.sw_changed(st).is_none() {
-                    return Step::Do(Action::Retry);
+                if vmread(vmcs::GUEST_RIP)? == st.snapshot.rip && self.sw_changed(st).is_none() {
+                    return Ok(Step::Do(Action::Retry));
                 }
             }
         }
         let Some(st) = self.sw.step.take() else {
-            set_mtf(false);
+            set_mtf(false)?;
             log::warn!("monitor-trap-flag exit without a software-path step: ignored");
-            return Step::Do(Action::Retry);
+            return Ok(Step::Do(Action::Retry));
         };
-        disarm(self.sw.mtf_allowed, &st);
+        disarm(self.sw.mtf_allowed, &st)?;
         self.sw.steps += 1;
         let changed = self.sw_changed(&st);
         let action = if st.violation_logged {
@@ -613,36 +651,38 @@ impl<const XO: bool> Vm<'_, XO> {
                     let (p, c) = unsafe { (page_mut(s.page.as_u64()), page_ref(hpa.as_u64())) };
                     shadow::merge_unprotected(p, c, &mask);
                 }
-                if let Some(s) = self.sw_unshadow(&st) {
-                    return s;
+                if let Err(s) = self.sw_unshadow(&st)? {
+                    return Ok(s);
                 }
                 // The instruction has completed: its register effects stand, RIP is already
                 // past it. Re-enter where the guest is now.
-                Step::Do(Action::Retry)
+                Ok(Step::Do(Action::Retry))
             }
             other => {
-                self.sw_restore(&st);
-                if let Some(s) = self.sw_unshadow(&st) {
-                    return s;
+                self.sw_restore(&st)?;
+                if let Err(s) = self.sw_unshadow(&st)? {
+                    return Ok(s);
                 }
-                Step::Do(other)
+                Ok(Step::Do(other))
             }
         }
     }
 
     /// End a step without merging anything (inject/halt, or an error): registers back to the
-    /// snapshot, every shadowed page back to its own frame. `Some(stop)` when a shadow could
-    /// not be restored (review A5): the guest must not run with a writable alias.
-    #[must_use]
-    pub(super) fn sw_abort(&mut self) -> Option<Step> {
-        let st = self.sw.step.take()?;
-        disarm(self.sw.mtf_allowed, &st);
-        self.sw_restore(&st);
-        let r = self.sw_unshadow(&st);
-        if r.is_some() {
+    /// snapshot, every shadowed page back to its own frame. No step in progress: nothing to
+    /// do. `Err(stop)` when a shadow could not be restored (review A5): the guest must not run
+    /// with a writable alias.
+    pub(super) fn sw_abort(&mut self) -> VmxResult<Restored> {
+        let Some(st) = self.sw.step.take() else {
+            return Ok(Ok(()));
+        };
+        disarm(self.sw.mtf_allowed, &st)?;
+        self.sw_restore(&st)?;
+        let r = self.sw_unshadow(&st)?;
+        if r.is_err() {
             log::error!("software path: a shadowed page could not be restored: stopping the guest");
         }
-        r
+        Ok(r)
     }
 
     /// Every VM exit while a step is armed passes here first (review A1). Expected: the #DB
@@ -650,8 +690,10 @@ impl<const XO: bool> Vm<'_, XO> {
     /// stepped instruction. Anything else, or more than [`MAX_STEP_EXITS`] exits, means
     /// the guest ran more than the one instruction against the shadow: the step is aborted
     /// (shadows discarded) and the run stopped.
-    pub(super) fn sw_guard(&mut self, basic: u16) -> Option<Step> {
-        let st = self.sw.step.as_mut()?;
+    pub(super) fn sw_guard(&mut self, basic: u16) -> VmxResult<Option<Step>> {
+        let Some(st) = self.sw.step.as_mut() else {
+            return Ok(None);
+        };
         st.exits = st.exits.saturating_add(1);
         let too_many = st.exits > MAX_STEP_EXITS;
         let expected = matches!(
@@ -659,12 +701,13 @@ impl<const XO: bool> Vm<'_, XO> {
             vmcs::reason::EXCEPTION_OR_NMI | EXIT_MTF | vmcs::reason::EPT_VIOLATION
         );
         if expected && !too_many {
-            return None;
+            return Ok(None);
         }
-        let rip = vmr(vmcs::GUEST_RIP);
+        // Where the step escaped to (read before the rollback; for the log line only).
+        let rip = show(vmcs::GUEST_RIP);
         let (first_ip, exits) = (st.first.ip.as_u64(), st.exits);
-        if let Some(s) = self.sw_abort() {
-            return Some(s);
+        if let Err(s) = self.sw_abort()? {
+            return Ok(Some(s));
         }
         let why = if basic == EXIT_PREEMPTION_TIMER {
             "the preemption timer expired"
@@ -679,7 +722,7 @@ impl<const XO: bool> Vm<'_, XO> {
             vmcs::reason::name(basic)
         );
         self.dump_state();
-        Some(stop(STATUS_BULWARK_FAILURE, reason::UNHANDLED_EXIT))
+        Ok(Some(stop(STATUS_BULWARK_FAILURE, reason::UNHANDLED_EXIT)))
     }
 
     /// A write fault during event delivery (IDT-vectoring information valid: an exception or
@@ -691,18 +734,17 @@ impl<const XO: bool> Vm<'_, XO> {
     /// contributory exception or #PF being delivered, a triple fault (run stopped) for a #DF,
     /// #GP(0) for anything else (interrupts, NMI, INT n, benign exceptions). `None`: the page
     /// accepts writes; the fault is handled as usual.
-    pub(super) fn delivery_fault(&mut self, f: &MemFault) -> Option<Step> {
-        let d = self
-            .guest
-            .lock()
-            .delivery_write_violation(self.vcpu.id, f)?;
-        let info = vmr(vmcs::IDT_VECTORING_INFO);
+    pub(super) fn delivery_fault(&mut self, f: &MemFault) -> VmxResult<Option<Step>> {
+        let Some(d) = self.guest.lock().delivery_write_violation(self.vcpu.id, f) else {
+            return Ok(None);
+        };
+        let info = vmread(vmcs::IDT_VECTORING_INFO)?;
         log::debug!(
             "software path: event delivery (idt-vectoring={info:#x}) writes gpa={:#x}: refused",
             f.gpa.as_u64()
         );
-        if let Some(s) = self.sw_abort() {
-            return Some(s);
+        if let Err(s) = self.sw_abort()? {
+            return Ok(Some(s));
         }
         if let Action::Stop(_) = d.action {
             log::error!(
@@ -711,11 +753,11 @@ impl<const XO: bool> Vm<'_, XO> {
                 f.ip.as_u64()
             );
             self.dump_state();
-            return Some(Step::Do(d.action));
+            return Ok(Some(Step::Do(d.action)));
         }
         let vector = info & 0xff;
         let hw_exception = (info >> 8) & 7 == 3;
-        Some(match vector {
+        Ok(Some(match vector {
             8 if hw_exception => {
                 log::error!(
                     "guest crashed: delivering #DF wrote protected guest memory gpa={:#x} (triple fault)",
@@ -732,32 +774,42 @@ impl<const XO: bool> Vm<'_, XO> {
                 vector: 13,
                 error: Some(0),
             },
-        })
+        }))
     }
 
-    fn sw_restore(&mut self, st: &Stepping) {
+    fn sw_restore(&mut self, st: &Stepping) -> VmxResult<()> {
         let s = &st.snapshot;
         self.vcpu.regs = s.regs;
-        let _ = vmwrite(vmcs::GUEST_RIP, s.rip);
-        let _ = vmwrite(vmcs::GUEST_RSP, s.rsp);
-        let _ = vmwrite(vmcs::GUEST_RFLAGS, s.rflags);
-        let _ = vmwrite(vmcs::GUEST_INTERRUPTIBILITY, s.interruptibility);
+        vmwrite(vmcs::GUEST_RIP, s.rip)?;
+        vmwrite(vmcs::GUEST_RSP, s.rsp)?;
+        vmwrite(vmcs::GUEST_RFLAGS, s.rflags)?;
+        vmwrite(vmcs::GUEST_INTERRUPTIBILITY, s.interruptibility)?;
         for (i, g) in s.segs.iter().enumerate() {
-            let _ = vmwrite(seg_field(vmcs::GUEST_ES_SEL, i), g.sel);
-            let _ = vmwrite(seg_field(vmcs::GUEST_ES_BASE, i), g.base);
-            let _ = vmwrite(seg_field(vmcs::GUEST_ES_LIMIT, i), g.limit);
-            let _ = vmwrite(seg_field(vmcs::GUEST_ES_AR, i), g.ar);
+            vmwrite(seg_field(vmcs::GUEST_ES_SEL, i), g.sel)?;
+            vmwrite(seg_field(vmcs::GUEST_ES_BASE, i), g.base)?;
+            vmwrite(seg_field(vmcs::GUEST_ES_LIMIT, i), g.limit)?;
+            vmwrite(seg_field(vmcs::GUEST_ES_AR, i), g.ar)?;
         }
+        Ok(())
     }
 
-    /// Point every shadowed page back at its own frame with the derived rights.
-    fn sw_unshadow(&mut self, st: &Stepping) -> Option<Step> {
+    /// Point every shadowed page back at its own frame with the derived rights. `Err(stop)`:
+    /// one could not be restored (the run stops there). A shadow whose page range does not
+    /// build is such a failure, never a success (it used to be a `?` on `None`, which this
+    /// function's old `Option` return read as "all restored").
+    fn sw_unshadow(&mut self, st: &Stepping) -> VmxResult<Restored> {
         for s in st.shadows.iter().flatten() {
-            let range = GpaRange::new(s.page, PAGE_SIZE)?;
-            if let Some(step) = self.rederive(range) {
-                return Some(step);
+            let Some(range) = GpaRange::new(s.page, PAGE_SIZE) else {
+                log::error!(
+                    "software path: shadowed gpa={:#x} does not form a page range",
+                    s.page.as_u64()
+                );
+                return Ok(Err(stop(STATUS_BULWARK_FAILURE, reason::UNHANDLED_EXIT)));
+            };
+            if let Some(step) = self.rederive(range)? {
+                return Ok(Err(step));
             }
         }
-        None
+        Ok(Ok(()))
     }
 }

@@ -36,13 +36,13 @@ pub struct GuestRegs {
 impl GuestRegs {
     /// Register by the VMX encoding (0 RAX, 1 RCX, 2 RDX, 3 RBX, 4 RSP, 5 RBP, 6 RSI, 7 RDI,
     /// 8-15 R8-R15). RSP lives in the VMCS.
-    pub fn get(&self, n: u8) -> u64 {
-        match n & 15 {
+    pub fn get(&self, n: u8) -> Result<u64, VmxError> {
+        Ok(match n & 15 {
             0 => self.rax,
             1 => self.rcx,
             2 => self.rdx,
             3 => self.rbx,
-            4 => vmx::vmr(vmcs::GUEST_RSP),
+            4 => vmx::vmread(vmcs::GUEST_RSP)?,
             5 => self.rbp,
             6 => self.rsi,
             7 => self.rdi,
@@ -54,18 +54,16 @@ impl GuestRegs {
             13 => self.r13,
             14 => self.r14,
             _ => self.r15,
-        }
+        })
     }
 
-    pub fn set(&mut self, n: u8, v: u64) {
+    pub fn set(&mut self, n: u8, v: u64) -> Result<(), VmxError> {
         match n & 15 {
             0 => self.rax = v,
             1 => self.rcx = v,
             2 => self.rdx = v,
             3 => self.rbx = v,
-            4 => {
-                let _ = vmx::vmwrite(vmcs::GUEST_RSP, v);
-            }
+            4 => vmx::vmwrite(vmcs::GUEST_RSP, v)?,
             5 => self.rbp = v,
             6 => self.rsi = v,
             7 => self.rdi = v,
@@ -78,6 +76,7 @@ impl GuestRegs {
             14 => self.r14 = v,
             _ => self.r15 = v,
         }
+        Ok(())
     }
 }
 
@@ -85,7 +84,8 @@ impl GuestRegs {
 // and the `regs` pointer on its stack, writes HOST_RSP, loads the guest registers and executes
 // VMLAUNCH (launched = 0) or VMRESUME. A VM exit lands at `bulwark_vmx_exit` (HOST_RIP) with
 // RSP = HOST_RSP: the guest registers are stored back and the function returns 0. A failed
-// VMLAUNCH/VMRESUME returns 1 (CF) or 2 (ZF; error number in VMCS field 0x4400).
+// VMLAUNCH/VMRESUME returns 1 (CF) or 2 (ZF; error number in VMCS field 0x4400); a failed
+// VMWRITE of HOST_RSP returns 3 (CF) or 4 (ZF).
 global_asm!(
     r#"
     .section .text
@@ -101,8 +101,8 @@ bulwark_vmx_enter:
     push rdi
     mov rax, 0x6c14
     vmwrite rax, rsp
-    jc 3f
-    jz 3f
+    jc 5f
+    jz 6f
     mov rax, rsi
     mov rbx, [rdi + 8]
     mov rcx, [rdi + 16]
@@ -130,6 +130,13 @@ bulwark_vmx_enter:
     mov eax, 1
     jc 4f
     mov eax, 2
+    jmp 4f
+5:
+    /* the HOST_RSP VMWRITE failed: CF -> 3, ZF -> 4 */
+    mov eax, 3
+    jmp 4f
+6:
+    mov eax, 4
 4:
     pop rdi
     pop r15
@@ -191,6 +198,8 @@ fn adjust(desired: u32, cap: u64) -> Result<u32, u32> {
 #[derive(Clone, Copy, Debug)]
 pub enum SetupError {
     Vmx(VmxError),
+    /// The startup self-check did not see a VMX instruction fail that must fail (`vmx::self_check`).
+    SelfCheck(&'static str),
     /// A required control bit is not allowed by the CPU: (which field, missing bits).
     Control(&'static str, u32),
 }
@@ -198,7 +207,11 @@ pub enum SetupError {
 impl core::fmt::Display for SetupError {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         match self {
-            SetupError::Vmx(e) => write!(f, "VMCS setup: {e}"),
+            SetupError::Vmx(e) => write!(f, "VMCS setup: vmx error {e}"),
+            SetupError::SelfCheck(what) => write!(
+                f,
+                "VMX self-check: a {what} reported success where the CPU must fail it: Bulwark cannot detect VMX failures here"
+            ),
             SetupError::Control(name, bits) => {
                 write!(f, "{name}: the CPU does not allow control bits {bits:#x}")
             }
@@ -289,6 +302,7 @@ impl Vcpu {
         let mut vmcs_page = Page::zeroed();
         vmcs_page.0[..4].copy_from_slice(&caps.revision().to_le_bytes());
         vmx::load_vmcs(&vmcs_page)?;
+        vmx::self_check(&caps).map_err(SetupError::SelfCheck)?;
 
         // Bitmaps: every MSR and every port exits, except the passthrough MSRs.
         let mut msr_bitmap = Page::filled(0xff);
@@ -305,7 +319,8 @@ impl Vcpu {
         let vpid = u16::try_from(id + 1).unwrap_or(1);
         let sec_allowed = caps.secondary_allowed1();
         let mut sec = proc2::ENABLE_EPT | proc2::UNRESTRICTED_GUEST;
-        if caps.vpid() {
+        // VPID only with an INVVPID to flush it (the guest's CR3 writes are emulated).
+        if caps.vpid() && (caps.invvpid_single() || caps.invvpid_all()) {
             sec |= proc2::ENABLE_VPID;
         }
         // Instructions a guest OS expects when CPUID reports them: without these controls they
@@ -503,7 +518,7 @@ impl Vcpu {
         w(vmcs::GUEST_IA32_EFER, 0)?;
         w(vmcs::VMCS_LINK_POINTER, u64::MAX)?;
 
-        vmx::invalidate_vpid(&caps, vpid);
+        vmx::invalidate_vpid(&caps, vpid)?;
 
         Ok(Vcpu {
             id,
@@ -530,21 +545,32 @@ impl Vcpu {
         self.vmcs.phys()
     }
 
-    /// Enter the guest until the next VM exit.
+    /// Enter the guest until the next VM exit. Err: VMLAUNCH/VMRESUME failed (the guest did
+    /// not run).
     pub fn enter(&mut self) -> Result<(), VmxError> {
         // SAFETY: this vCPU's VMCS is current on this CPU and fully initialised (`new`); the
         // assembly saves and restores every callee-saved register and returns through the
         // HOST_RIP/HOST_RSP written in the VMCS (this very stack frame).
         let r = unsafe { bulwark_vmx_enter(&mut self.regs, u64::from(self.launched)) };
-        match r {
+        let (op, field) = match r {
             0 => {
                 self.launched = true;
-                Ok(())
+                return Ok(());
             }
-            1 => Err(VmxError::FailInvalid),
-            _ => Err(VmxError::FailValid(
-                vmx::vmr(vmcs::VM_INSTRUCTION_ERROR) as u32
-            )),
-        }
+            3 | 4 => (vmx::VmxOp::Vmwrite, Some(vmcs::HOST_RSP)),
+            _ if self.launched => (vmx::VmxOp::Vmresume, None),
+            _ => (vmx::VmxOp::Vmlaunch, None),
+        };
+        let fail = if r == 1 || r == 3 {
+            vmx::VmxFail::Invalid
+        } else {
+            // An unreadable error field shows as `error=?`, never as a number.
+            vmx::VmxFail::Valid(
+                vmx::vmread(vmcs::VM_INSTRUCTION_ERROR)
+                    .ok()
+                    .map(|n| n as u32),
+            )
+        };
+        Err(VmxError { op, field, fail })
     }
 }

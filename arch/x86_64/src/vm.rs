@@ -4,7 +4,6 @@
 //! one place where the guest's instruction pointer is advanced.
 
 use alloc::vec::Vec;
-use core::fmt::Write as _;
 
 use bulwark_abi::console::{reason, STATUS_BULWARK_FAILURE};
 use bulwark_abi::cpuid as bcpuid;
@@ -22,7 +21,7 @@ use crate::cpu::{msr, rdmsr, VmxCaps};
 use crate::mem::{EptFlush, GuestRam, HeapFrames, Plan};
 use crate::vcpu::Vcpu;
 use crate::vmcs::{self, reason as er};
-use crate::vmx::{self, vmr, vmwrite};
+use crate::vmx::{self, show, vmread, vmwrite, VmxError};
 
 #[path = "swpath.rs"]
 mod swpath;
@@ -108,7 +107,7 @@ impl GuestUart {
             if c == b'\t' || (0x20..0x7f).contains(&c) {
                 s.push(c as char);
             } else {
-                let _ = write!(s, "\\x{c:02x}");
+                s.push_str(&alloc::format!("\\x{c:02x}"));
             }
         }
         out(&s);
@@ -141,6 +140,9 @@ pub struct Vm<'a, const XO: bool> {
     /// The software path for stores to pages with protected bytes (`swpath`).
     sw: swpath::SwPath,
 }
+
+/// A VMX instruction failed: the run stops (`Vm::vmx_failed`), nothing is retried.
+type VmxResult<T> = Result<T, VmxError>;
 
 /// What the exit handler decided, before it is applied.
 enum Step {
@@ -257,19 +259,27 @@ impl<'a, const XO: bool> Vm<'a, XO> {
     pub fn run(&mut self) -> StopReason {
         loop {
             if let Err(e) = self.vcpu.enter() {
-                log::error!("VM entry failed: {e}");
-                self.dump_state();
-                return self.finish(StopReason {
-                    status: STATUS_BULWARK_FAILURE,
-                    reason: reason::UNHANDLED_EXIT,
-                });
+                return self.vmx_failed(e);
             }
             self.exits += 1;
-            let step = self.handle_exit();
-            if let Some(r) = self.apply(step) {
-                return self.finish(r);
+            match self.handle_exit().and_then(|step| self.apply(step)) {
+                Ok(None) => {}
+                Ok(Some(r)) => return self.finish(r),
+                Err(e) => return self.vmx_failed(e),
             }
         }
+    }
+
+    /// A VMX instruction failed (docs/console.md, `reason=vmx-error`): one line naming it,
+    /// the guest state as far as it can still be read, and the run ends. Bulwark never
+    /// continues with a VMCS or TLB state it does not know.
+    fn vmx_failed(&mut self, e: VmxError) -> StopReason {
+        log::error!("vmx error {e}");
+        self.dump_state();
+        self.finish(StopReason {
+            status: STATUS_BULWARK_FAILURE,
+            reason: reason::VMX_ERROR,
+        })
     }
 
     fn finish(&mut self, r: StopReason) -> StopReason {
@@ -300,11 +310,11 @@ impl<'a, const XO: bool> Vm<'a, XO> {
     }
 
     /// Apply a decision. The only place that advances the guest's RIP.
-    fn apply(&mut self, step: Step) -> Option<StopReason> {
+    fn apply(&mut self, step: Step) -> VmxResult<Option<StopReason>> {
         match step {
             Step::Do(Action::Retry) => {
-                self.reinject_vectoring();
-                None
+                self.reinject_vectoring()?;
+                Ok(None)
             }
             Step::Do(Action::Advance) => self.advance(),
             Step::Do(Action::AdvanceWithResult(v)) => {
@@ -325,143 +335,144 @@ impl<'a, const XO: bool> Vm<'a, XO> {
                     e.size
                 );
                 self.dump_state();
-                Some(StopReason {
+                Ok(Some(StopReason {
                     status: STATUS_BULWARK_FAILURE,
                     reason: reason::UNHANDLED_EXIT,
-                })
+                }))
             }
             Step::Do(Action::InjectFault) => {
-                self.inject(13, Some(0));
-                None
+                self.inject(13, Some(0))?;
+                Ok(None)
             }
             Step::Exception { vector, error } => {
-                self.inject(vector, error);
-                None
+                self.inject(vector, error)?;
+                Ok(None)
             }
-            Step::Do(Action::Stop(r)) => Some(r),
+            Step::Do(Action::Stop(r)) => Ok(Some(r)),
         }
     }
 
-    fn advance(&mut self) -> Option<StopReason> {
-        if self.basic_reason() == er::EPT_VIOLATION {
+    fn advance(&mut self) -> VmxResult<Option<StopReason>> {
+        let basic = self.basic_reason()?;
+        if basic == er::EPT_VIOLATION {
             // The instruction-length field is undefined for EPT violations (review C2): such
             // exits complete or refuse the instruction through the software path instead.
             log::error!("cannot skip the guest instruction of an EPT violation: no length");
             self.dump_state();
-            return Some(StopReason {
+            return Ok(Some(StopReason {
                 status: STATUS_BULWARK_FAILURE,
                 reason: reason::UNHANDLED_EXIT,
-            });
+            }));
         }
-        let len = vmr(vmcs::EXIT_INSTRUCTION_LENGTH);
+        let len = vmread(vmcs::EXIT_INSTRUCTION_LENGTH)?;
         if !(1..=15).contains(&len) {
             log::error!(
                 "cannot skip the guest instruction: exit {} reports instruction length {len}",
-                er::name(self.basic_reason())
+                er::name(basic)
             );
             self.dump_state();
-            return Some(StopReason {
+            return Ok(Some(StopReason {
                 status: STATUS_BULWARK_FAILURE,
                 reason: reason::UNHANDLED_EXIT,
-            });
+            }));
         }
-        let rip = vmr(vmcs::GUEST_RIP).wrapping_add(len);
-        let rip = if self.long_mode_code() {
+        let rip = vmread(vmcs::GUEST_RIP)?.wrapping_add(len);
+        let rip = if self.long_mode_code()? {
             rip
         } else {
             rip & 0xffff_ffff
         };
-        let _ = vmwrite(vmcs::GUEST_RIP, rip);
+        vmwrite(vmcs::GUEST_RIP, rip)?;
         // The skipped instruction ends any STI / MOV SS interrupt shadow.
-        let intr = vmr(vmcs::GUEST_INTERRUPTIBILITY);
+        let intr = vmread(vmcs::GUEST_INTERRUPTIBILITY)?;
         if intr & 3 != 0 {
-            let _ = vmwrite(vmcs::GUEST_INTERRUPTIBILITY, intr & !3);
+            vmwrite(vmcs::GUEST_INTERRUPTIBILITY, intr & !3)?;
         }
-        None
+        Ok(None)
     }
 
-    fn inject(&mut self, vector: u8, error: Option<u32>) {
+    fn inject(&mut self, vector: u8, error: Option<u32>) -> VmxResult<()> {
         let mut info = u64::from(vector) | (3 << 8) | (1 << 31);
         if let Some(code) = error {
             info |= 1 << 11;
-            let _ = vmwrite(vmcs::ENTRY_EXCEPTION_ERROR_CODE, u64::from(code));
+            vmwrite(vmcs::ENTRY_EXCEPTION_ERROR_CODE, u64::from(code))?;
         }
-        let _ = vmwrite(vmcs::ENTRY_INTERRUPTION_INFO, info);
+        vmwrite(vmcs::ENTRY_INTERRUPTION_INFO, info)
     }
 
     /// An exit during event delivery (e.g. an EPT violation while pushing an exception frame)
     /// loses the event unless it is delivered again on re-entry.
-    fn reinject_vectoring(&mut self) {
-        let info = vmr(vmcs::IDT_VECTORING_INFO);
+    fn reinject_vectoring(&mut self) -> VmxResult<()> {
+        let info = vmread(vmcs::IDT_VECTORING_INFO)?;
         if info & (1 << 31) == 0 {
-            return;
+            return Ok(());
         }
-        let _ = vmwrite(vmcs::ENTRY_INTERRUPTION_INFO, info & 0x8000_0fff);
+        vmwrite(vmcs::ENTRY_INTERRUPTION_INFO, info & 0x8000_0fff)?;
         if info & (1 << 11) != 0 {
-            let _ = vmwrite(
+            vmwrite(
                 vmcs::ENTRY_EXCEPTION_ERROR_CODE,
-                vmr(vmcs::IDT_VECTORING_ERROR_CODE),
-            );
+                vmread(vmcs::IDT_VECTORING_ERROR_CODE)?,
+            )?;
         }
-        let _ = vmwrite(
+        vmwrite(
             vmcs::ENTRY_INSTRUCTION_LENGTH,
-            vmr(vmcs::EXIT_INSTRUCTION_LENGTH),
-        );
+            vmread(vmcs::EXIT_INSTRUCTION_LENGTH)?,
+        )
     }
 
-    fn basic_reason(&self) -> u16 {
-        vmr(vmcs::EXIT_REASON) as u16
+    fn basic_reason(&self) -> VmxResult<u16> {
+        Ok(vmread(vmcs::EXIT_REASON)? as u16)
     }
 
-    fn long_mode_code(&self) -> bool {
-        let efer = vmr(vmcs::GUEST_IA32_EFER);
-        let cs_ar = vmr(vmcs::GUEST_CS_AR);
-        efer & (1 << 10) != 0 && cs_ar & (1 << 13) != 0
+    fn long_mode_code(&self) -> VmxResult<bool> {
+        let efer = vmread(vmcs::GUEST_IA32_EFER)?;
+        let cs_ar = vmread(vmcs::GUEST_CS_AR)?;
+        Ok(efer & (1 << 10) != 0 && cs_ar & (1 << 13) != 0)
     }
 
-    fn cpl(&self) -> u8 {
-        ((vmr(vmcs::GUEST_SS_AR) >> 5) & 3) as u8
+    fn cpl(&self) -> VmxResult<u8> {
+        Ok(((vmread(vmcs::GUEST_SS_AR)? >> 5) & 3) as u8)
     }
 
-    fn handle_exit(&mut self) -> Step {
-        let full = vmr(vmcs::EXIT_REASON);
+    fn handle_exit(&mut self) -> VmxResult<Step> {
+        let full = vmread(vmcs::EXIT_REASON)?;
         let basic = full as u16;
         if full & (1 << 31) != 0 {
             log::error!(
                 "VM entry failed: exit reason {} ({}), qualification {:#x}",
                 basic,
                 er::name(basic),
-                vmr(vmcs::EXIT_QUALIFICATION)
+                show(vmcs::EXIT_QUALIFICATION)
             );
             self.dump_state();
-            return stop(STATUS_BULWARK_FAILURE, reason::UNHANDLED_EXIT);
+            return Ok(stop(STATUS_BULWARK_FAILURE, reason::UNHANDLED_EXIT));
         }
-        if let Some(s) = self.sw_guard(basic) {
-            return s;
+        if let Some(s) = self.sw_guard(basic)? {
+            return Ok(s);
         }
-        match basic {
-            er::CPUID => self.cpuid(),
+        Ok(match basic {
+            er::CPUID => self.cpuid()?,
             er::VMCALL => {
                 let r = &self.vcpu.regs;
                 let hc = Hypercall {
                     nr: r.rax,
                     args: [r.rbx, r.rcx, r.rdx, r.rsi],
-                    from_user: self.cpl() != 0,
-                    narrow: !self.long_mode_code(),
+                    from_user: self.cpl()? != 0,
+                    narrow: !self.long_mode_code()?,
                 };
-                self.decide(Exit::Hypercall(hc))
+                self.decide(Exit::Hypercall(hc))?
             }
-            er::HLT => self.decide(Exit::Halt),
-            er::IO_INSTRUCTION => self.io(),
+            er::HLT => self.decide(Exit::Halt)?,
+            er::IO_INSTRUCTION => self.io()?,
             er::RDMSR => self.rdmsr(),
             er::WRMSR => self.wrmsr(),
-            er::CR_ACCESS => self.cr_access(),
-            er::XSETBV => self.xsetbv(),
-            swpath::EXIT_MTF => self.sw_mtf(),
-            er::EXCEPTION_OR_NMI if self.sw.stepping() => self.sw_exception(),
+            er::CR_ACCESS => self.cr_access()?,
+            er::XSETBV => self.xsetbv()?,
+            swpath::EXIT_MTF => self.sw_mtf()?,
+            er::EXCEPTION_OR_NMI if self.sw.stepping() => self.sw_exception()?,
             er::EPT_VIOLATION => {
                 self.ept_violations += 1;
-                let q = vmr(vmcs::EXIT_QUALIFICATION);
+                let q = vmread(vmcs::EXIT_QUALIFICATION)?;
                 let access = if q & 4 != 0 {
                     Access::Exec
                 } else if q & 2 != 0 {
@@ -469,12 +480,15 @@ impl<'a, const XO: bool> Vm<'a, XO> {
                 } else {
                     Access::Read
                 };
-                let gva = (q & (1 << 7) != 0)
-                    .then(|| GuestVirtAddr::new(vmr(vmcs::GUEST_LINEAR_ADDRESS)));
+                let gva = if q & (1 << 7) != 0 {
+                    Some(GuestVirtAddr::new(vmread(vmcs::GUEST_LINEAR_ADDRESS)?))
+                } else {
+                    None
+                };
                 let f = MemFault {
-                    gpa: GuestPhysAddr::new(vmr(vmcs::GUEST_PHYSICAL_ADDRESS)),
+                    gpa: GuestPhysAddr::new(vmread(vmcs::GUEST_PHYSICAL_ADDRESS)?),
                     gva,
-                    ip: GuestVirtAddr::new(vmr(vmcs::GUEST_RIP)),
+                    ip: GuestVirtAddr::new(vmread(vmcs::GUEST_RIP)?),
                     access,
                     size: None,
                 };
@@ -486,27 +500,27 @@ impl<'a, const XO: bool> Vm<'a, XO> {
                     access.as_str(),
                     q
                 );
-                if access == Access::Write && vmr(vmcs::IDT_VECTORING_INFO) & (1 << 31) != 0 {
-                    if let Some(s) = self.delivery_fault(&f) {
-                        return s;
+                if access == Access::Write && vmread(vmcs::IDT_VECTORING_INFO)? & (1 << 31) != 0 {
+                    if let Some(s) = self.delivery_fault(&f)? {
+                        return Ok(s);
                     }
                 }
-                self.decide(Exit::MemFault(f))
+                self.decide(Exit::MemFault(f))?
             }
             er::EPT_MISCONFIG => {
                 log::error!(
                     "EPT misconfiguration (a Bulwark bug): gpa={:#x} ip={:#x}",
-                    vmr(vmcs::GUEST_PHYSICAL_ADDRESS),
-                    vmr(vmcs::GUEST_RIP)
+                    show(vmcs::GUEST_PHYSICAL_ADDRESS),
+                    show(vmcs::GUEST_RIP)
                 );
                 self.dump_state();
                 stop(STATUS_BULWARK_FAILURE, reason::UNHANDLED_EXIT)
             }
-            er::SPP_EVENT => self.spp_event(),
+            er::SPP_EVENT => self.spp_event()?,
             er::TRIPLE_FAULT => self.decide(Exit::Fatal {
                 reason: "triple fault",
                 code: u64::from(basic),
-            }),
+            })?,
             er::VMCLEAR..=er::VMXON | er::INVEPT | er::INVVPID | er::GETSEC => {
                 // VMX is hidden from the guest: these instructions do not exist for it.
                 ud()
@@ -516,19 +530,19 @@ impl<'a, const XO: bool> Vm<'a, XO> {
                     "unhandled VM exit: reason {} ({}), qualification {:#x}",
                     basic,
                     er::name(basic),
-                    vmr(vmcs::EXIT_QUALIFICATION)
+                    show(vmcs::EXIT_QUALIFICATION)
                 );
                 self.dump_state();
                 stop(STATUS_BULWARK_FAILURE, reason::UNHANDLED_EXIT)
             }
-        }
+        })
     }
 
     /// Arch-neutral exits: hypercalls and faults go to the core; the rest is plain policy.
-    fn decide(&mut self, exit: Exit) -> Step {
-        match exit {
+    fn decide(&mut self, exit: Exit) -> VmxResult<Step> {
+        Ok(match exit {
             Exit::Hypercall(hc) => {
-                let state = self.paging_state();
+                let state = self.paging_state()?;
                 let mut tr = Translator {
                     ram: GuestRam { plan: self.plan },
                     walker: X86Walker::new(state),
@@ -537,8 +551,8 @@ impl<'a, const XO: bool> Vm<'a, XO> {
                 match outcome {
                     HypercallOutcome::Handled { action, rederive } => {
                         if let Some(r) = rederive {
-                            if let Some(s) = self.rederive(r) {
-                                return s;
+                            if let Some(s) = self.rederive(r)? {
+                                return Ok(s);
                             }
                         }
                         Step::Do(action)
@@ -552,8 +566,8 @@ impl<'a, const XO: bool> Vm<'a, XO> {
             Exit::MemFault(f) => {
                 let d = self.guest.lock().handle_fault(self.vcpu.id, &f);
                 if let Some(r) = d.rederive {
-                    if let Some(s) = self.rederive(r) {
-                        return s;
+                    if let Some(s) = self.rederive(r)? {
+                        return Ok(s);
                     }
                 }
                 if let Action::Stop(_) = d.action {
@@ -589,17 +603,17 @@ impl<'a, const XO: bool> Vm<'a, XO> {
                 }
                 if self.sw.stepping() && matches!(d.action, Action::InjectFault | Action::Stop(_)) {
                     // A later page of the instruction decided: nothing of it is written.
-                    if let Some(s) = self.sw_abort() {
-                        return s;
+                    if let Err(s) = self.sw_abort()? {
+                        return Ok(s);
                     }
                 }
                 Step::Do(d.action)
             }
             Exit::Halt => {
-                if vmr(vmcs::GUEST_RFLAGS) & (1 << 9) == 0 {
+                if vmread(vmcs::GUEST_RFLAGS)? & (1 << 9) == 0 {
                     log::error!(
                         "guest executed HLT with interrupts disabled at ip={:#x}: it can never resume",
-                        vmr(vmcs::GUEST_RIP)
+                        show(vmcs::GUEST_RIP)
                     );
                     stop(STATUS_BULWARK_FAILURE, reason::GUEST_CRASH)
                 } else {
@@ -617,16 +631,18 @@ impl<'a, const XO: bool> Vm<'a, XO> {
                 self.dump_state();
                 stop(STATUS_BULWARK_FAILURE, reason::GUEST_CRASH)
             }
-        }
+        })
     }
 
-    /// Re-derive EPT permissions of `range` from the core's store. On failure the guest stops.
-    fn rederive(&mut self, range: GpaRange) -> Option<Step> {
+    /// Re-derive EPT permissions of `range` from the core's store. `Ok(Some(stop))`: the EPT
+    /// update failed and the guest stops; `Err`: an INVEPT failed.
+    fn rederive(&mut self, range: GpaRange) -> VmxResult<Option<Step>> {
         let eptp = self.ept.eptp();
         let mut flush = EptFlush {
             caps: &self.caps,
             eptp,
             flushes: 0,
+            failed: None,
         };
         let r = crate::spp::sync_ept(
             &self.guest.lock(),
@@ -636,11 +652,14 @@ impl<'a, const XO: bool> Vm<'a, XO> {
             range,
             &mut flush,
         );
+        if let Some(e) = flush.failed {
+            return Err(e);
+        }
         match r {
-            Ok(_) => None,
+            Ok(_) => Ok(None),
             Err(e) => {
                 log::error!("EPT update failed: {e:?}");
-                Some(stop(STATUS_BULWARK_FAILURE, reason::UNHANDLED_EXIT))
+                Ok(Some(stop(STATUS_BULWARK_FAILURE, reason::UNHANDLED_EXIT)))
             }
         }
     }
@@ -648,9 +667,9 @@ impl<'a, const XO: bool> Vm<'a, XO> {
     /// Exit 66: Bulwark builds every SPPT path before the EPT leaf that needs it and never sets
     /// a reserved bit, so an SPPT miss or misconfiguration is a Bulwark bug: log it with what
     /// the SPPT holds for the page and stop the run (never retry).
-    fn spp_event(&mut self) -> Step {
-        let q = vmr(vmcs::EXIT_QUALIFICATION);
-        let gpa = vmr(vmcs::GUEST_PHYSICAL_ADDRESS);
+    fn spp_event(&mut self) -> VmxResult<Step> {
+        let q = vmread(vmcs::EXIT_QUALIFICATION)?;
+        let gpa = vmread(vmcs::GUEST_PHYSICAL_ADDRESS)?;
         let entry: alloc::string::String = match &self.sppt {
             None => "no SPPT".into(),
             Some(s) => match s.get(&self.frames, GuestPhysAddr::new(gpa & !0xfff)) {
@@ -664,28 +683,31 @@ impl<'a, const XO: bool> Vm<'a, XO> {
             er::SPP_EVENT,
             q,
             gpa,
-            vmr(vmcs::GUEST_RIP),
+            show(vmcs::GUEST_RIP),
             entry
         );
         self.dump_state();
-        stop(STATUS_BULWARK_FAILURE, reason::UNHANDLED_EXIT)
+        Ok(stop(STATUS_BULWARK_FAILURE, reason::UNHANDLED_EXIT))
     }
 
-    fn paging_state(&self) -> X86PagingState {
-        let cr0 = vmr(vmcs::GUEST_CR0);
-        let cr4 = vmr(vmcs::GUEST_CR4);
-        let efer = vmr(vmcs::GUEST_IA32_EFER);
-        let mut s = X86PagingState::new(cr0, vmr(vmcs::GUEST_CR3), cr4, efer)
+    fn paging_state(&self) -> VmxResult<X86PagingState> {
+        let cr0 = vmread(vmcs::GUEST_CR0)?;
+        let cr4 = vmread(vmcs::GUEST_CR4)?;
+        let efer = vmread(vmcs::GUEST_IA32_EFER)?;
+        let mut s = X86PagingState::new(cr0, vmread(vmcs::GUEST_CR3)?, cr4, efer)
             .with_maxphyaddr(self.max_phys_bits);
         let pae_legacy = cr0 & (1 << 31) != 0 && cr4 & (1 << 5) != 0 && efer & (1 << 8) == 0;
         if pae_legacy {
-            let p = [0, 1, 2, 3].map(|i| vmr(GUEST_PDPTE0 + 2 * i));
+            let mut p = [0u64; 4];
+            for (i, pdpte) in (0u32..).zip(p.iter_mut()) {
+                *pdpte = vmread(GUEST_PDPTE0 + 2 * i)?;
+            }
             s = s.with_pdptes(p);
         }
-        s
+        Ok(s)
     }
 
-    fn cpuid(&mut self) -> Step {
+    fn cpuid(&mut self) -> VmxResult<Step> {
         let leaf = self.vcpu.regs.rax as u32;
         let sub = self.vcpu.regs.rcx as u32;
         let [a, b, c, d] =
@@ -705,7 +727,8 @@ impl<'a, const XO: bool> Vm<'a, XO> {
                                   // OSXSAVE mirrors the guest's own CR4, not Bulwark's.
                                   // The guest's view: masked bits from the read shadow, the rest from CR4.
                     let mask = self.vcpu.cr4_mask;
-                    let cr4 = (vmr(vmcs::GUEST_CR4) & !mask) | (vmr(vmcs::CR4_READ_SHADOW) & mask);
+                    let cr4 = (vmread(vmcs::GUEST_CR4)? & !mask)
+                        | (vmread(vmcs::CR4_READ_SHADOW)? & mask);
                     if cr4 & (1 << 18) != 0 {
                         c |= 1 << 27;
                     } else {
@@ -714,16 +737,16 @@ impl<'a, const XO: bool> Vm<'a, XO> {
                 }
                 [a, b, c, d]
             };
-        Step::Do(Action::AdvanceWithResults([
+        Ok(Step::Do(Action::AdvanceWithResults([
             u64::from(a),
             u64::from(b),
             u64::from(c),
             u64::from(d),
-        ]))
+        ])))
     }
 
-    fn io(&mut self) -> Step {
-        let q = vmr(vmcs::EXIT_QUALIFICATION);
+    fn io(&mut self) -> VmxResult<Step> {
+        let q = vmread(vmcs::EXIT_QUALIFICATION)?;
         let size = (q & 7) as u8 + 1;
         let is_in = q & (1 << 3) != 0;
         let port = (q >> 16) as u16;
@@ -740,11 +763,12 @@ impl<'a, const XO: bool> Vm<'a, XO> {
             } else {
                 (rax & !mask) | (v & mask)
             };
-            Step::Do(Action::Advance)
+            Ok(Step::Do(Action::Advance))
         } else {
             let v = self.vcpu.regs.rax & size_mask(size);
-            self.port_out(port, size, v)
-                .unwrap_or(Step::Do(Action::Advance))
+            Ok(self
+                .port_out(port, size, v)?
+                .unwrap_or(Step::Do(Action::Advance)))
         }
     }
 
@@ -759,16 +783,16 @@ impl<'a, const XO: bool> Vm<'a, XO> {
     }
 
     /// Perform a port write; `Some(step)` when it ends the run (port 0xf4).
-    fn port_out(&mut self, port: u16, _size: u8, v: u64) -> Option<Step> {
+    fn port_out(&mut self, port: u16, _size: u8, v: u64) -> VmxResult<Option<Step>> {
         if (GUEST_COM1..GUEST_COM1 + 8).contains(&port) {
             let out = self.guest_line;
             self.uart.write(port - GUEST_COM1, v as u8, out);
-            None
+            Ok(None)
         } else if port == DEBUG_EXIT_PORT {
-            Some(self.decide(Exit::GuestStatus(v as u32)))
+            Ok(Some(self.decide(Exit::GuestStatus(v as u32))?))
         } else {
             self.note_unknown_port(port, "out");
-            None
+            Ok(None)
         }
     }
 
@@ -782,40 +806,40 @@ impl<'a, const XO: bool> Vm<'a, XO> {
     /// unprotected bytes of a chunk page are written, a protected byte is a violation line with
     /// the policy's action (skip: that byte dropped; inject: #GP(0) at this element; halt:
     /// stop). OUTS from memory the host attributes make unreadable: #GP(0).
-    fn string_io(&mut self, port: u16, size: u8, is_in: bool, rep: bool) -> Step {
+    fn string_io(&mut self, port: u16, size: u8, is_in: bool, rep: bool) -> VmxResult<Step> {
         const STRING_IO_CHUNK: u64 = 4096;
-        let info = vmr(vmcs::EXIT_INSTRUCTION_INFO);
+        let info = vmread(vmcs::EXIT_INSTRUCTION_INFO)?;
         let addr_mask: u64 = match (info >> 7) & 7 {
             0 => 0xffff,
             1 => 0xffff_ffff,
             _ => u64::MAX,
         };
-        let long = self.long_mode_code();
+        let long = self.long_mode_code()?;
         let seg = if is_in { 0 } else { (info >> 15) & 7 };
         // In 64-bit mode only FS and GS have bases.
         let base = if long && seg < 4 {
             0
         } else {
-            vmr(vmcs::GUEST_ES_BASE + 2 * seg as u32)
+            vmread(vmcs::GUEST_ES_BASE + 2 * seg as u32)?
         };
-        let rflags = vmr(vmcs::GUEST_RFLAGS);
+        let rflags = vmread(vmcs::GUEST_RFLAGS)?;
         let down = rflags & (1 << 10) != 0;
-        let cpl = self.cpl();
-        let wp = vmr(vmcs::GUEST_CR0) & (1 << 16) != 0;
+        let cpl = self.cpl()?;
+        let wp = vmread(vmcs::GUEST_CR0)? & (1 << 16) != 0;
         // SMAP: supervisor data accesses to user pages fault unless RFLAGS.AC.
-        let smap = vmr(vmcs::GUEST_CR4) & (1 << 21) != 0 && cpl < 3 && rflags & (1 << 18) == 0;
+        let smap = vmread(vmcs::GUEST_CR4)? & (1 << 21) != 0 && cpl < 3 && rflags & (1 << 18) == 0;
         let mut count = if rep {
             self.vcpu.regs.rcx & addr_mask
         } else {
             1
         };
         let reg = if is_in { 7 } else { 6 }; // RDI or RSI
-        let walker = X86Walker::new(self.paging_state());
+        let walker = X86Walker::new(self.paging_state()?);
         let ram = GuestRam { plan: self.plan };
-        let ip = GuestVirtAddr::new(vmr(vmcs::GUEST_RIP));
+        let ip = GuestVirtAddr::new(vmread(vmcs::GUEST_RIP)?);
         let mut done = 0u64;
         while count > 0 && done < STRING_IO_CHUNK {
-            let offset = self.vcpu.regs.get(reg) & addr_mask;
+            let offset = self.vcpu.regs.get(reg)? & addr_mask;
             // (gpa, write it) per byte of the element, decided before anything moves.
             let mut plan = [(0u64, false); 4];
             for (i, slot) in plan.iter_mut().enumerate().take(usize::from(size)) {
@@ -829,11 +853,13 @@ impl<'a, const XO: bool> Vm<'a, XO> {
                 };
                 let t = match walker.translate(&ram, GuestVirtAddr::new(lin)) {
                     Ok(t) => t,
-                    Err(WalkError::NotPresent { .. }) => return page_fault(lin, pf(false, false)),
-                    Err(WalkError::Reserved { .. }) => return page_fault(lin, pf(true, true)),
+                    Err(WalkError::NotPresent { .. }) => {
+                        return Ok(page_fault(lin, pf(false, false)))
+                    }
+                    Err(WalkError::Reserved { .. }) => return Ok(page_fault(lin, pf(true, true))),
                     Err(e) => {
                         log::debug!("string I/O: linear {lin:#x} does not translate ({e:?}): #GP");
-                        return gp();
+                        return Ok(gp());
                     }
                 };
                 let p = t.perms;
@@ -843,7 +869,7 @@ impl<'a, const XO: bool> Vm<'a, XO> {
                     (is_in && wp && !p.writable) || (smap && p.user)
                 };
                 if denied {
-                    return page_fault(lin, pf(true, false));
+                    return Ok(page_fault(lin, pf(true, false)));
                 }
                 let st = self.guest.lock().store().state(t.gpa.frame());
                 let mut write = is_in;
@@ -861,11 +887,11 @@ impl<'a, const XO: bool> Vm<'a, XO> {
                         Action::EmulateStore(_) | Action::Retry => {}
                         // skip: this byte is dropped.
                         Action::Advance => write = false,
-                        Action::Stop(_) => return Step::Do(d.action),
-                        _ => return gp(),
+                        Action::Stop(_) => return Ok(Step::Do(d.action)),
+                        _ => return Ok(gp()),
                     }
                 } else if !is_in && !st.allowed.read() {
-                    return gp();
+                    return Ok(gp());
                 }
                 *slot = (t.gpa.as_u64(), write);
             }
@@ -874,19 +900,19 @@ impl<'a, const XO: bool> Vm<'a, XO> {
                 let value = self.port_in(port, size);
                 for (i, &(gpa, write)) in plan.iter().enumerate().take(usize::from(size)) {
                     if write && ram.write_byte(gpa, (value >> (8 * i)) as u8).is_err() {
-                        return gp();
+                        return Ok(gp());
                     }
                 }
             } else {
                 for (b, &(gpa, _)) in bytes.iter_mut().zip(plan.iter()).take(usize::from(size)) {
                     match ram.read_byte(gpa) {
                         Ok(v) => *b = v,
-                        Err(_) => return gp(),
+                        Err(_) => return Ok(gp()),
                     }
                 }
                 let v = u64::from(u32::from_le_bytes(bytes));
-                if let Some(step) = self.port_out(port, size, v) {
-                    return step;
+                if let Some(step) = self.port_out(port, size, v)? {
+                    return Ok(step);
                 }
             }
             let step = u64::from(size);
@@ -895,10 +921,10 @@ impl<'a, const XO: bool> Vm<'a, XO> {
             } else {
                 offset.wrapping_add(step)
             };
-            let full = self.vcpu.regs.get(reg);
+            let full = self.vcpu.regs.get(reg)?;
             self.vcpu
                 .regs
-                .set(reg, (full & !addr_mask) | (next & addr_mask));
+                .set(reg, (full & !addr_mask) | (next & addr_mask))?;
             count -= 1;
             done += 1;
             if rep {
@@ -906,11 +932,11 @@ impl<'a, const XO: bool> Vm<'a, XO> {
                 self.vcpu.regs.rcx = (rcx & !addr_mask) | (count & addr_mask);
             }
         }
-        if count > 0 {
+        Ok(if count > 0 {
             Step::Do(Action::Retry)
         } else {
             Step::Do(Action::Advance)
-        }
+        })
     }
 
     fn note_unknown_port(&mut self, port: u16, dir: &str) {
@@ -965,56 +991,56 @@ impl<'a, const XO: bool> Vm<'a, XO> {
         }
     }
 
-    fn cr_access(&mut self) -> Step {
-        let q = vmr(vmcs::EXIT_QUALIFICATION);
+    fn cr_access(&mut self) -> VmxResult<Step> {
+        let q = vmread(vmcs::EXIT_QUALIFICATION)?;
         let cr = (q & 15) as u8;
         let kind = (q >> 4) & 3;
         let reg = ((q >> 8) & 15) as u8;
         match (kind, cr) {
             (0, 0) => {
-                let v = self.vcpu.regs.get(reg);
+                let v = self.vcpu.regs.get(reg)?;
                 self.write_cr0(v)
             }
             (0, 4) => {
-                let v = self.vcpu.regs.get(reg);
+                let v = self.vcpu.regs.get(reg)?;
                 self.write_cr4(v)
             }
             (0, 3) => {
-                let v = self.vcpu.regs.get(reg);
-                let _ = vmwrite(vmcs::GUEST_CR3, v);
-                vmx::invalidate_vpid(&self.caps, self.vcpu.vpid);
-                Step::Do(Action::Advance)
+                let v = self.vcpu.regs.get(reg)?;
+                vmwrite(vmcs::GUEST_CR3, v)?;
+                vmx::invalidate_vpid(&self.caps, self.vcpu.vpid)?;
+                Ok(Step::Do(Action::Advance))
             }
             (1, 3) => {
-                let v = vmr(vmcs::GUEST_CR3);
-                self.vcpu.regs.set(reg, v);
-                Step::Do(Action::Advance)
+                let v = vmread(vmcs::GUEST_CR3)?;
+                self.vcpu.regs.set(reg, v)?;
+                Ok(Step::Do(Action::Advance))
             }
             _ => {
                 log::error!("unhandled control-register access: qualification {q:#x}");
                 self.dump_state();
-                stop(STATUS_BULWARK_FAILURE, reason::UNHANDLED_EXIT)
+                Ok(stop(STATUS_BULWARK_FAILURE, reason::UNHANDLED_EXIT))
             }
         }
     }
 
-    fn write_cr0(&mut self, v: u64) -> Step {
+    fn write_cr0(&mut self, v: u64) -> VmxResult<Step> {
         const PE: u64 = 1;
         const NW: u64 = 1 << 29;
         const CD: u64 = 1 << 30;
         const PG: u64 = 1 << 31;
         if v >> 32 != 0 || (v & PG != 0 && v & PE == 0) || (v & NW != 0 && v & CD == 0) {
-            return gp();
+            return Ok(gp());
         }
-        let old = vmr(vmcs::GUEST_CR0);
+        let old = vmread(vmcs::GUEST_CR0)?;
         let forced = self.vcpu.caps.cr0_fixed0 & !(PE | PG);
         let real = (v | forced) & self.vcpu.caps.cr0_fixed1;
         // Long-mode activation/deactivation that the CPU would have done itself.
-        let mut efer = vmr(vmcs::GUEST_IA32_EFER);
-        let mut ctl = vmr(vmcs::ENTRY_CONTROLS);
+        let mut efer = vmread(vmcs::GUEST_IA32_EFER)?;
+        let mut ctl = vmread(vmcs::ENTRY_CONTROLS)?;
         if old & PG == 0 && v & PG != 0 && efer & (1 << 8) != 0 {
-            if vmr(vmcs::GUEST_CR4) & (1 << 5) == 0 {
-                return gp(); // long mode needs PAE
+            if vmread(vmcs::GUEST_CR4)? & (1 << 5) == 0 {
+                return Ok(gp()); // long mode needs PAE
             }
             efer |= 1 << 10;
             ctl |= u64::from(vmcs::entry::IA32E_MODE_GUEST);
@@ -1022,80 +1048,81 @@ impl<'a, const XO: bool> Vm<'a, XO> {
             efer &= !(1 << 10);
             ctl &= !u64::from(vmcs::entry::IA32E_MODE_GUEST);
         }
-        let _ = vmwrite(vmcs::GUEST_IA32_EFER, efer);
-        let _ = vmwrite(vmcs::ENTRY_CONTROLS, ctl);
-        let _ = vmwrite(vmcs::CR0_READ_SHADOW, v);
-        let _ = vmwrite(vmcs::GUEST_CR0, real);
-        vmx::invalidate_vpid(&self.caps, self.vcpu.vpid);
-        Step::Do(Action::Advance)
+        vmwrite(vmcs::GUEST_IA32_EFER, efer)?;
+        vmwrite(vmcs::ENTRY_CONTROLS, ctl)?;
+        vmwrite(vmcs::CR0_READ_SHADOW, v)?;
+        vmwrite(vmcs::GUEST_CR0, real)?;
+        vmx::invalidate_vpid(&self.caps, self.vcpu.vpid)?;
+        Ok(Step::Do(Action::Advance))
     }
 
-    fn write_cr4(&mut self, v: u64) -> Step {
+    fn write_cr4(&mut self, v: u64) -> VmxResult<Step> {
         const VMXE: u64 = 1 << 13;
         let caps = &self.vcpu.caps;
         let allowed = caps.cr4_fixed1 & !VMXE;
         if v & VMXE != 0 || v & !allowed != 0 {
-            return gp();
+            return Ok(gp());
         }
         let real = (v | caps.cr4_fixed0) & caps.cr4_fixed1;
-        let _ = vmwrite(vmcs::CR4_READ_SHADOW, v);
-        let _ = vmwrite(vmcs::GUEST_CR4, real);
-        vmx::invalidate_vpid(&self.caps, self.vcpu.vpid);
-        Step::Do(Action::Advance)
+        vmwrite(vmcs::CR4_READ_SHADOW, v)?;
+        vmwrite(vmcs::GUEST_CR4, real)?;
+        vmx::invalidate_vpid(&self.caps, self.vcpu.vpid)?;
+        Ok(Step::Do(Action::Advance))
     }
 
-    fn xsetbv(&mut self) -> Step {
+    fn xsetbv(&mut self) -> VmxResult<Step> {
         let index = self.vcpu.regs.rcx as u32;
         let value = (self.vcpu.regs.rdx << 32) | (self.vcpu.regs.rax & 0xffff_ffff);
         let leaf = core::arch::x86_64::__cpuid_count(0xd, 0);
         let supported = u64::from(leaf.eax) | (u64::from(leaf.edx) << 32);
         let avx512 = 0b111 << 5;
         let ok = index == 0
-            && self.cpl() == 0
+            && self.cpl()? == 0
             && value & 1 != 0
             && value & !supported == 0
             && (value & 4 == 0 || value & 2 != 0)
             && (value & avx512 == 0 || (value & avx512 == avx512 && value & 4 != 0))
             && (value & (1 << 3)) >> 3 == (value & (1 << 4)) >> 4; // MPX: both or neither
         if !ok {
-            return gp();
+            return Ok(gp());
         }
         // SAFETY: the value passed the architectural checks above against what this CPU
         // supports; Bulwark itself uses no extended state, so the guest owns XCR0.
         unsafe {
             core::arch::asm!("xsetbv", in("ecx") 0u32, in("eax") value as u32, in("edx") (value >> 32) as u32);
         }
-        Step::Do(Action::Advance)
+        Ok(Step::Do(Action::Advance))
     }
 
-    /// Log the guest's state (for every unexpected exit and failure).
+    /// Log the guest's state (for every unexpected exit and failure). Diagnostics only: a field
+    /// that cannot be read shows as `<vmread failed: ...>`.
     pub fn dump_state(&self) {
         let r = &self.vcpu.regs;
         log::error!(
             "guest state: rip={:#x} rsp={:#x} rflags={:#x} cr0={:#x} (shadow {:#x}) cr3={:#x} cr4={:#x} (shadow {:#x}) efer={:#x}",
-            vmr(vmcs::GUEST_RIP),
-            vmr(vmcs::GUEST_RSP),
-            vmr(vmcs::GUEST_RFLAGS),
-            vmr(vmcs::GUEST_CR0),
-            vmr(vmcs::CR0_READ_SHADOW),
-            vmr(vmcs::GUEST_CR3),
-            vmr(vmcs::GUEST_CR4),
-            vmr(vmcs::CR4_READ_SHADOW),
-            vmr(vmcs::GUEST_IA32_EFER)
+            show(vmcs::GUEST_RIP),
+            show(vmcs::GUEST_RSP),
+            show(vmcs::GUEST_RFLAGS),
+            show(vmcs::GUEST_CR0),
+            show(vmcs::CR0_READ_SHADOW),
+            show(vmcs::GUEST_CR3),
+            show(vmcs::GUEST_CR4),
+            show(vmcs::CR4_READ_SHADOW),
+            show(vmcs::GUEST_IA32_EFER)
         );
         log::error!(
             "guest state: cs={:#x} base={:#x} ar={:#x} ss={:#x} ar={:#x} gdtr={:#x}/{:#x} idtr={:#x}/{:#x} activity={} interruptibility={:#x}",
-            vmr(vmcs::GUEST_CS_SEL),
-            vmr(vmcs::GUEST_CS_BASE),
-            vmr(vmcs::GUEST_CS_AR),
-            vmr(vmcs::GUEST_SS_SEL),
-            vmr(vmcs::GUEST_SS_AR),
-            vmr(vmcs::GUEST_GDTR_BASE),
-            vmr(vmcs::GUEST_GDTR_LIMIT),
-            vmr(vmcs::GUEST_IDTR_BASE),
-            vmr(vmcs::GUEST_IDTR_LIMIT),
-            vmr(vmcs::GUEST_ACTIVITY_STATE),
-            vmr(vmcs::GUEST_INTERRUPTIBILITY)
+            show(vmcs::GUEST_CS_SEL),
+            show(vmcs::GUEST_CS_BASE),
+            show(vmcs::GUEST_CS_AR),
+            show(vmcs::GUEST_SS_SEL),
+            show(vmcs::GUEST_SS_AR),
+            show(vmcs::GUEST_GDTR_BASE),
+            show(vmcs::GUEST_GDTR_LIMIT),
+            show(vmcs::GUEST_IDTR_BASE),
+            show(vmcs::GUEST_IDTR_LIMIT),
+            show(vmcs::GUEST_ACTIVITY_STATE),
+            show(vmcs::GUEST_INTERRUPTIBILITY)
         );
         log::error!(
             "guest state: rax={:#x} rbx={:#x} rcx={:#x} rdx={:#x} rsi={:#x} rdi={:#x} rbp={:#x} r8={:#x} r9={:#x} r10={:#x} r11={:#x} r12={:#x} r13={:#x} r14={:#x} r15={:#x}",
@@ -1103,12 +1130,12 @@ impl<'a, const XO: bool> Vm<'a, XO> {
         );
         log::error!(
             "exit: reason={:#x} qualification={:#x} interruption-info={:#x} idt-vectoring={:#x} instruction-length={} instruction-error={}",
-            vmr(vmcs::EXIT_REASON),
-            vmr(vmcs::EXIT_QUALIFICATION),
-            vmr(vmcs::EXIT_INTERRUPTION_INFO),
-            vmr(vmcs::IDT_VECTORING_INFO),
-            vmr(vmcs::EXIT_INSTRUCTION_LENGTH),
-            vmr(vmcs::VM_INSTRUCTION_ERROR)
+            show(vmcs::EXIT_REASON),
+            show(vmcs::EXIT_QUALIFICATION),
+            show(vmcs::EXIT_INTERRUPTION_INFO),
+            show(vmcs::IDT_VECTORING_INFO),
+            show(vmcs::EXIT_INSTRUCTION_LENGTH),
+            show(vmcs::VM_INSTRUCTION_ERROR)
         );
     }
 }

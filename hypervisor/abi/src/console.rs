@@ -43,6 +43,10 @@ pub mod reason {
     pub const UNHANDLED_EXIT: &str = "unhandled-exit";
     /// A protection violation under the `halt` policy.
     pub const VIOLATION_HALT: &str = "violation-halt";
+    /// A VMX instruction (VMREAD, VMWRITE, VMLAUNCH/VMRESUME, INVEPT, INVVPID, ...) failed while
+    /// a guest was running: the line before names it (`vmx error op=... field=... err=...`).
+    /// The run stops there: the VMCS or the TLBs are in a state Bulwark no longer knows.
+    pub const VMX_ERROR: &str = "vmx-error";
 }
 
 /// Status Bulwark reports when it, rather than the guest, ends the run with a failure.
