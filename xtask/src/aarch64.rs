@@ -96,6 +96,15 @@ pub const DEMO_CMDLINE: &str = "scenario=demo";
 /// guest command line it runs the demo (the test guest with `scenario=demo`: MMIO guard, ROE, an
 /// attacker refused twice); with `--guest-cmdline` the test guest gets that command line.
 pub fn run(o: &RunOpts) -> Result<Outcome, String> {
+    match o.firmware.as_deref() {
+        None => {}
+        Some("uboot") => return crate::uboot::run(o),
+        Some(f) => {
+            return Err(format!(
+                "--firmware {f}: arm64 boots through QEMU -kernel (default) or U-Boot (--firmware uboot)"
+            ))
+        }
+    }
     if o.guest.is_none() && o.guest_cmdline.trim().is_empty() {
         let demo = RunOpts {
             guest_cmdline: DEMO_CMDLINE.into(),

@@ -13,6 +13,7 @@ mod aarch64;
 mod attr_tests;
 mod bench;
 mod test;
+mod uboot;
 mod util;
 mod x86_64;
 mod x86_64_roe;
@@ -31,10 +32,11 @@ commands:
         build a GRUB rescue ISO for x86_64 that boots on BIOS and UEFI machines
         (grub.cfg inside is a template for real hardware)
   run   --arch A [--emulator bochs|qemu] [--cpu MODEL] [--timeout S] [--cmdline S]
-        [--guest FILE] [--guest-cmdline S] [--release] [--firmware bios|uefi]
-        (--firmware uefi: x86_64 in QEMU with OVMF; boot path only, QEMU has no VMX)
+        [--guest FILE] [--guest-cmdline S] [--release] [--firmware F]
         boot Bulwark in an emulator, stream the serial console, exit with the run's status
-        (defaults: x86_64 -> Bochs tigerlake, aarch64 -> QEMU)
+        (defaults: x86_64 -> Bochs tigerlake, aarch64 -> QEMU -kernel)
+        --firmware bios|uefi|uboot: x86_64 uefi = QEMU with OVMF (boot path only, QEMU has no
+        VMX); aarch64 uboot = Debian's U-Boot loads Bulwark and the guest from a disk (booti)
   qemu  [--arch A] [run options]
         x86_64: QEMU/KVM with nested VMX (only where /dev/kvm offers it); aarch64: run --emulator qemu
   test  [FILTER...] [--list] [--no-host]

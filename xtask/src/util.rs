@@ -36,7 +36,8 @@ pub struct RunOpts {
     pub emulator: Option<String>,
     /// Emulator CPU model (Bochs `cpu: model=`, QEMU `-cpu`).
     pub cpu: Option<String>,
-    /// x86_64 firmware: `bios` (default) or `uefi` (QEMU with OVMF only).
+    /// Firmware: x86_64 `bios` (default) or `uefi` (QEMU with OVMF only); aarch64 `uboot`
+    /// (U-Boot `booti` from a disk) or none (QEMU `-kernel`).
     pub firmware: Option<String>,
     /// Seconds before the run is declared hung and killed.
     pub timeout: Option<u64>,
@@ -75,8 +76,10 @@ impl RunOpts {
                 "--cpu" => o.cpu = Some(val("--cpu")?),
                 "--firmware" => {
                     let f = val("--firmware")?;
-                    if f != "bios" && f != "uefi" {
-                        return Err(format!("unknown --firmware '{f}' (expected bios or uefi)"));
+                    if !["bios", "uefi", "uboot"].contains(&f.as_str()) {
+                        return Err(format!(
+                            "unknown --firmware '{f}' (expected bios or uefi on x86_64, uboot on aarch64)"
+                        ));
                     }
                     o.firmware = Some(f);
                 }

@@ -155,6 +155,9 @@ pub fn run(o: &RunOpts) -> Result<Outcome, String> {
              Bulwark's clean refusal"
                 .into(),
         ),
+        _ if o.firmware.as_deref() == Some("uboot") => {
+            Err("--firmware uboot is for aarch64; x86_64 boots through GRUB (bios or uefi)".into())
+        }
         None | Some("bochs") => run_bochs(o),
         Some("qemu") => run_qemu(o, false),
         Some(e) => Err(format!("unknown emulator {e}")),
