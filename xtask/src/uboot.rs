@@ -127,37 +127,73 @@ fn make_disk(disk: &Path, scr: &Path, bulwark: &Path, guest: &Path) -> Result<()
     Ok(())
 }
 
-/// The U-Boot entries of `cargo xtask test`.
+/// The boot-path entries of `cargo xtask test`: U-Boot, and a machine with RAM above 4 GiB.
 pub fn scenarios() -> Vec<Scenario> {
-    vec![Scenario::new(
-        "arm64 U-Boot booti: Bulwark and the demo guest from a disk, virtio disk hidden",
-        "qemu virt el2 u-boot",
-        || {
-            let o = RunOpts {
-                arch: Some(util::Arch::Aarch64),
-                firmware: Some("uboot".into()),
-                quiet: true,
-                ..RunOpts::default()
-            };
-            let out = run(&o)?;
-            out.expect(0, reason::GUEST_EXIT)?;
-            for needle in [
-                "U-Boot",
-                "bulwark: INFO bootargs: \"-- scenario=demo\"",
-                "hidden from the guest (DMA master: virtio-mmio",
-                "testguest: ok   running at EL1",
-                "bulwark: violation kind=mmio-guard access=read",
-                "bulwark: violation kind=roe access=write",
-                "demo: both attacks refused",
-            ] {
-                if !out.has(needle) {
-                    return Err(format!(
-                        "console lacks {needle:?}\n--- console tail ---\n{}",
-                        out.tail(25)
-                    ));
+    vec![
+        Scenario::new(
+            "arm64 5 GiB of RAM: the guest gets all of it, locks above 4 GiB hold",
+            "qemu virt el2 5G",
+            || {
+                let o = RunOpts {
+                    arch: Some(util::Arch::Aarch64),
+                    guest_cmdline: "scenario=highmem".into(),
+                    quiet: true,
+                    ..RunOpts::default()
+                };
+                let x = aarch64::Extra {
+                    qemu_args: vec!["-m".into(), "5G".into()],
+                    ..aarch64::Extra::default()
+                };
+                let out = aarch64::run_with(&o, &x)?;
+                out.expect(0, reason::GUEST_EXIT)?;
+                for needle in [
+                    "bulwark: INFO memory: 0x40000000..0x180000000 (5120 MiB)",
+                    "guest RAM IPA 0x40000000..0x17e000000",
+                    "testguest: ok   highmem: 0x17dfffff8 writable",
+                    "bulwark: violation kind=roe access=write gpa=0x100100100",
+                    "bulwark: violation kind=roe-chunk access=write gpa=0x100101080",
+                    "testguest: highmem: all checks passed",
+                ] {
+                    if !out.has(needle) {
+                        return Err(format!(
+                            "console lacks {needle:?}\n--- console tail ---\n{}",
+                            out.tail(25)
+                        ));
+                    }
                 }
-            }
-            Ok(())
-        },
-    )]
+                Ok(())
+            },
+        ),
+        Scenario::new(
+            "arm64 U-Boot booti: Bulwark and the demo guest from a disk, virtio disk hidden",
+            "qemu virt el2 u-boot",
+            || {
+                let o = RunOpts {
+                    arch: Some(util::Arch::Aarch64),
+                    firmware: Some("uboot".into()),
+                    quiet: true,
+                    ..RunOpts::default()
+                };
+                let out = run(&o)?;
+                out.expect(0, reason::GUEST_EXIT)?;
+                for needle in [
+                    "U-Boot",
+                    "bulwark: INFO bootargs: \"-- scenario=demo\"",
+                    "hidden from the guest (DMA master: virtio-mmio",
+                    "testguest: ok   running at EL1",
+                    "bulwark: violation kind=mmio-guard access=read",
+                    "bulwark: violation kind=roe access=write",
+                    "demo: both attacks refused",
+                ] {
+                    if !out.has(needle) {
+                        return Err(format!(
+                            "console lacks {needle:?}\n--- console tail ---\n{}",
+                            out.tail(25)
+                        ));
+                    }
+                }
+                Ok(())
+            },
+        ),
+    ]
 }

@@ -185,6 +185,7 @@ mod bench;
 mod breach;
 mod demo;
 mod gic;
+mod highmem;
 mod mmio_guard;
 mod roe;
 mod stepaif;
@@ -482,6 +483,7 @@ extern "C" fn guest_main(dtb: u64, el: u64) -> ! {
         Some("semihost") => breach::semihosting(),
         Some("walk-noread") => breach::walk_noread(),
         Some("third-page") => breach::third_page(),
+        Some("highmem") => highmem::run(mem),
         _ => {}
     }
     let (img_s, img_e) = (
