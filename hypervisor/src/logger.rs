@@ -115,12 +115,13 @@ pub fn write_line_unlocked(args: fmt::Arguments) {
 }
 
 /// A whole guest line relayed by Bulwark's emulated console (x86 COM1): `guest| <text>`, not
-/// tagged (it is the guest's text, not Bulwark's word) and with control characters as `?`.
+/// tagged (it is the guest's text, not Bulwark's word). The relay has already written control
+/// bytes as `\xNN` (arch/x86_64/src/vm.rs).
 #[cfg_attr(target_arch = "aarch64", allow(dead_code))]
 pub fn write_guest_line(text: &str) {
     let _guard = LOCK.lock();
     crate::arch::console_write(bulwark_abi::console::GUEST_PREFIX.as_bytes());
-    let _ = LineWriter { mac: None }.write_str(text);
+    crate::arch::console_write(text.as_bytes());
     crate::arch::console_write(b"\n");
 }
 

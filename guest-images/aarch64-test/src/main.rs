@@ -183,6 +183,7 @@ macro_rules! say {
 mod attr;
 mod bench;
 mod demo;
+mod forge;
 mod gic;
 mod mmio_guard;
 mod roe;
@@ -471,6 +472,12 @@ extern "C" fn guest_main(dtb: u64, el: u64) -> ! {
         .any(|t| t == "scenario=roe-stp")
     {
         roe::stp_first()
+    }
+    if bootargs
+        .split_ascii_whitespace()
+        .any(|t| t == "scenario=forge")
+    {
+        forge::run(mem.map_or(RAM_BASE, |(b, s)| b.saturating_add(s)))
     }
     let (img_s, img_e) = (
         core::ptr::addr_of!(__image_start) as u64,
