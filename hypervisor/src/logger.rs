@@ -43,6 +43,7 @@ impl Write for LineWriter {
 
 /// Write one whole Bulwark line: `bulwark: ` + `args` + tag + line end.
 fn line(args: fmt::Arguments) {
+    let saved = crate::arch::console_claim();
     if GUEST_LINE_OPEN.swap(false, Ordering::Relaxed) {
         crate::arch::console_write(b"\n");
     }
@@ -58,6 +59,7 @@ fn line(args: fmt::Arguments) {
         crate::arch::console_write(&logauth::hex16(&m.finish()));
     }
     crate::arch::console_write(b"\n");
+    crate::arch::console_release(saved);
 }
 
 static LOCK: Mutex<()> = Mutex::new(());

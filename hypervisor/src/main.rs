@@ -3,6 +3,8 @@
 //! Each arch module (`x86_64/`, `aarch64/`) provides:
 //! * its entry (assembly, reaching a Rust `fn` that calls [`logger::init`] once the console is up),
 //! * `console_write(&[u8])`: raw bytes to the serial console, usable from any context,
+//! * `console_claim()` / `console_release(token)`: around each Bulwark line, take the UART back
+//!   from settings a guest that owns it may have made (arm64 PL011 loopback, transmitter off),
 //! * `log_key() -> ([u8; 16], &str)`: the per-boot key of the console lines' MAC and the word
 //!   naming its entropy source (docs/console.md),
 //! * `stop_machine(status: u32) -> !`: ends the run (emulator exit where possible, else parks the CPU).

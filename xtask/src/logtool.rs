@@ -293,12 +293,12 @@ pub fn main(args: &[String]) -> Result<u8, String> {
     let file = file.ok_or("log needs a FILE (runs save theirs under target/xtask/console/)")?;
     let bytes = std::fs::read(&file).map_err(|e| format!("reading {file}: {e}"))?;
     let text = String::from_utf8_lossy(&bytes);
-    let lines: Vec<&str> = text.split('\n').collect();
-    let lines = match lines.split_last() {
-        Some((last, rest)) if last.is_empty() => rest,
-        _ => &lines[..],
-    };
-    let s = analyze(lines);
+    let lines: Vec<&str> = text
+        .strip_suffix('\n')
+        .unwrap_or(&text)
+        .split('\n')
+        .collect();
+    let s = analyze(&lines);
     if as_json {
         println!("{}", json(&file, &s));
     } else {

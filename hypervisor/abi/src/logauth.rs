@@ -74,8 +74,8 @@ pub fn hex16(bytes: &[u8; 16]) -> [u8; 32] {
     let mut out = [0u8; 32];
     for (pair, b) in out.chunks_exact_mut(2).zip(bytes) {
         if let [hi, lo] = pair {
-            *hi = HEX[usize::from(b >> 4)];
-            *lo = HEX[usize::from(b & 0xf)];
+            *hi = HEX.get(usize::from(b >> 4)).copied().unwrap_or(b'?');
+            *lo = HEX.get(usize::from(b & 0xf)).copied().unwrap_or(b'?');
         }
     }
     out
@@ -230,8 +230,7 @@ impl Verifier {
         // The guest may have left its own line open: Bulwark's text starts at one of the
         // `bulwark: ` tokens. Only the right one verifies.
         let mut at = first;
-        loop {
-            let Some(text) = tagged.get(at..) else { break };
+        while let Some(text) = tagged.get(at..) {
             if text.starts_with(BULWARK_PREFIX) && mac(&key, seq, text.as_bytes()) == mac_got {
                 let order = if seq == self.last.wrapping_add(1) {
                     Order::InOrder

@@ -38,6 +38,16 @@ pub fn log_key() -> ([u8; 16], &'static str) {
     (bulwark_abi::logauth::mix_key(&words), source)
 }
 
+/// Before one Bulwark line: take the UART back from whatever the guest set (see `pl011::claim`).
+pub fn console_claim() -> Option<u32> {
+    pl011::claim()
+}
+
+/// After one Bulwark line: give the guest its UART settings back.
+pub fn console_release(saved: Option<u32>) {
+    pl011::release(saved)
+}
+
 /// End the run with `status` (see `bulwark_aarch64::power`).
 pub fn stop_machine(status: u32) -> ! {
     power::stop(status)

@@ -46,6 +46,15 @@ pub fn log_key() -> ([u8; 16], &'static str) {
     (bulwark_abi::logauth::mix_key(&words), source)
 }
 
+/// Before one Bulwark line: nothing to take back (the guest's COM1 is emulated; the real one is
+/// Bulwark's alone).
+pub fn console_claim() -> Option<u32> {
+    None
+}
+
+/// After one Bulwark line.
+pub fn console_release(_: Option<u32>) {}
+
 /// End the run: Bochs shutdown port, then QEMU's isa-debug-exit, then park the CPU.
 pub fn stop_machine(status: u32) -> ! {
     serial::drain();
