@@ -26,8 +26,18 @@ struct LineWriter {
 
 impl Write for LineWriter {
     fn write_str(&mut self, s: &str) -> fmt::Result {
+        let bytes = s.as_bytes();
+        if !bytes.iter().any(|&b| b < 0x20 || b == 0x7f) {
+            // The common case: nothing to replace; write and hash the text as it is.
+            crate::arch::console_write(bytes);
+            if let Some(m) = self.mac.as_mut() {
+                m.update(bytes);
+            }
+            return Ok(());
+        }
+        // Control characters would break the line (or a terminal): written as `?`.
         let mut buf = [0u8; 64];
-        for chunk in s.as_bytes().chunks(buf.len()) {
+        for chunk in bytes.chunks(buf.len()) {
             let out = buf.get_mut(..chunk.len()).ok_or(fmt::Error)?;
             for (o, &b) in out.iter_mut().zip(chunk) {
                 *o = if b < 0x20 || b == 0x7f { b'?' } else { b };
