@@ -19,20 +19,56 @@ static SEQ: AtomicU64 = AtomicU64::new(0);
 /// ran since Bulwark's last line): start the next line with a line break.
 static GUEST_LINE_OPEN: AtomicBool = AtomicBool::new(false);
 
-/// Streams one Bulwark line to the console and into its MAC.
+/// Streams one Bulwark line to the console and into its MAC, cut at
+/// [`logauth::MAX_TEXT`] bytes (then ending in `...`).
 struct LineWriter {
     mac: Option<LineMac>,
+    /// Text bytes written so far.
+    written: usize,
+    /// The text was cut.
+    cut: bool,
+}
+
+impl LineWriter {
+    fn new(mac: Option<LineMac>) -> LineWriter {
+        LineWriter {
+            mac,
+            written: 0,
+            cut: false,
+        }
+    }
+
+    /// Write and hash bytes as they are.
+    fn emit(&mut self, bytes: &[u8]) {
+        crate::arch::console_write(bytes);
+        if let Some(m) = self.mac.as_mut() {
+            m.update(bytes);
+        }
+        self.written = self.written.saturating_add(bytes.len());
+    }
+
+    /// End the text: `...` when it was cut.
+    fn end_text(&mut self) {
+        if self.cut {
+            self.emit(b"...");
+        }
+    }
 }
 
 impl Write for LineWriter {
     fn write_str(&mut self, s: &str) -> fmt::Result {
-        let bytes = s.as_bytes();
+        let room = (logauth::MAX_TEXT - 3).saturating_sub(self.written);
+        let mut take = s.len().min(room);
+        while take > 0 && !s.is_char_boundary(take) {
+            take -= 1;
+        }
+        if take < s.len() {
+            self.cut = true;
+        }
+        let bytes = s.as_bytes().get(..take).unwrap_or(&[]);
         if !bytes.iter().any(|&b| b < 0x20 || b == 0x7f) {
             // The common case: nothing to replace; write and hash the text as it is.
-            crate::arch::console_write(bytes);
-            if let Some(m) = self.mac.as_mut() {
-                m.update(bytes);
-            }
+            self.emit(bytes);
             return Ok(());
         }
         // Control characters would break the line (or a terminal): written as `?`.
@@ -42,10 +78,7 @@ impl Write for LineWriter {
             for (o, &b) in out.iter_mut().zip(chunk) {
                 *o = if b < 0x20 || b == 0x7f { b'?' } else { b };
             }
-            crate::arch::console_write(out);
-            if let Some(m) = self.mac.as_mut() {
-                m.update(out);
-            }
+            self.emit(out);
         }
         Ok(())
     }
@@ -59,13 +92,27 @@ fn line(args: fmt::Arguments) {
     }
     let key = KEY.get();
     let seq = SEQ.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
-    let mut w = LineWriter {
-        mac: key.map(|k| LineMac::new(k, seq)),
-    };
+    let mut w = LineWriter::new(key.map(|k| LineMac::new(k, seq)));
     let _ = w.write_str(bulwark_abi::console::BULWARK_PREFIX);
     let _ = w.write_fmt(args);
+    w.end_text();
     if let Some(m) = w.mac.take() {
-        let _ = write!(w, "{}{}{}", logauth::SEQ_FIELD, seq, logauth::MAC_FIELD);
+        let mut seq_buf = [0u8; 20];
+        let mut i = seq_buf.len();
+        let mut n = seq;
+        loop {
+            i -= 1;
+            if let Some(d) = seq_buf.get_mut(i) {
+                *d = b'0' + (n % 10) as u8;
+            }
+            n /= 10;
+            if n == 0 || i == 0 {
+                break;
+            }
+        }
+        crate::arch::console_write(logauth::SEQ_FIELD.as_bytes());
+        crate::arch::console_write(seq_buf.get(i..).unwrap_or(&[]));
+        crate::arch::console_write(logauth::MAC_FIELD.as_bytes());
         crate::arch::console_write(&logauth::hex16(&m.finish()));
     }
     crate::arch::console_write(b"\n");
@@ -103,7 +150,7 @@ pub fn init(level: log::LevelFilter, key: [u8; KEY_LEN], source: &str) {
             let hex = logauth::hex16(&key);
             crate::arch::console_write(logauth::KEY_PREFIX.as_bytes());
             crate::arch::console_write(&hex);
-            let mut w = LineWriter { mac: None };
+            let mut w = LineWriter::new(None);
             let _ = write!(w, " alg={} source={}", logauth::ALG, source);
             crate::arch::console_write(b"\n");
             KEY.call_once(|| key);

@@ -28,6 +28,10 @@ pub const ALG: &str = "siphash-2-4-128";
 /// The tag's fields, at the end of every authenticated line.
 pub const SEQ_FIELD: &str = " seq=";
 pub const MAC_FIELD: &str = " mac=";
+/// Longest line text Bulwark writes (from `bulwark: `, without the tag): longer messages are cut
+/// to it and end in `...`. Readers try no candidate text longer than this, so a hostile line of
+/// many `bulwark: ` tokens costs them a bounded number of MACs.
+pub const MAX_TEXT: usize = 2048;
 /// Length of the key and of the MAC, in bytes.
 pub const KEY_LEN: usize = 16;
 pub const MAC_LEN: usize = 16;
@@ -231,7 +235,10 @@ impl Verifier {
         // `bulwark: ` tokens. Only the right one verifies.
         let mut at = first;
         while let Some(text) = tagged.get(at..) {
-            if text.starts_with(BULWARK_PREFIX) && mac(&key, seq, text.as_bytes()) == mac_got {
+            if text.len() <= MAX_TEXT
+                && text.starts_with(BULWARK_PREFIX)
+                && mac(&key, seq, text.as_bytes()) == mac_got
+            {
                 let order = if seq == self.last.wrapping_add(1) {
                     Order::InOrder
                 } else if seq > self.last {
@@ -468,6 +475,33 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn a_long_line_of_tokens_costs_a_bounded_number_of_macs() {
+        let mut v = Verifier::new();
+        v.check(&key_line());
+        let text = format!("{}bulwark: INFO x", "bulwark: ".repeat(100_000));
+        let line = tagged(1, "bulwark: INFO x").replace("bulwark: INFO x", &text);
+        // Only the last MAX_TEXT bytes are tried: the genuine text at the end still verifies.
+        assert!(matches!(
+            v.check(&line),
+            Line::Genuine {
+                text: "bulwark: INFO x",
+                ..
+            }
+        ));
+        let forged = format!(
+            "{} seq=2 mac={}",
+            "bulwark: ".repeat(100_000),
+            "0".repeat(32)
+        );
+        assert_eq!(
+            v.check(&forged),
+            Line::Forged {
+                why: Forgery::BadMac
+            }
+        );
     }
 
     #[test]
