@@ -11,8 +11,8 @@ use crate::util::{Outcome, RunOpts, Scenario};
 /// arm64's status for a guest crash (docs/aarch64.md).
 const STATUS_GUEST_CRASH_ARM64: u32 = 0xB3;
 
-/// What both arches' forge runs must show.
-fn judge(out: &Outcome, status: u32) -> Result<(), String> {
+/// What both arches' forge runs must show. `guest_start`: the guest's first console line.
+fn judge(out: &Outcome, status: u32, guest_start: &str) -> Result<(), String> {
     let fail = |why: String| {
         let forged: Vec<String> = out
             .forged
@@ -27,6 +27,17 @@ fn judge(out: &Outcome, status: u32) -> Result<(), String> {
     };
     // The true verdict, from the one result line that verifies.
     out.expect(status, reason::GUEST_CRASH)?;
+    // Bulwark's key line came first: before the guest's first line.
+    let key = out
+        .raw
+        .iter()
+        .position(|l| l.starts_with("bulwark: log-key "));
+    let start = out.raw.iter().position(|l| l.contains(guest_start));
+    if !matches!((key, start), (Some(k), Some(g)) if k < g) {
+        return fail(format!(
+            "Bulwark's key line (line {key:?}) must precede the guest's start (line {start:?})"
+        ));
+    }
     if !out.has("forge: the locked byte reads 0x5a") {
         return fail(
             "the guest did not reach its locked-page store, or the store went through".into(),
@@ -87,7 +98,7 @@ pub fn scenarios() -> Vec<Scenario> {
                     quiet: true,
                     ..RunOpts::default()
                 })?;
-                judge(&out, STATUS_BULWARK_FAILURE)
+                judge(&out, STATUS_BULWARK_FAILURE, "guest| ")
             },
         ),
         Scenario::new(
@@ -99,7 +110,7 @@ pub fn scenarios() -> Vec<Scenario> {
                     quiet: true,
                     ..RunOpts::default()
                 })?;
-                judge(&out, STATUS_GUEST_CRASH_ARM64)?;
+                judge(&out, STATUS_GUEST_CRASH_ARM64, "testguest: started")?;
                 // The half line the guest left open is its own line; Bulwark's violation line
                 // starts a line of its own and verifies whole.
                 let open = "bulwark: result status=0 reason=guest-exit ";
@@ -121,4 +132,76 @@ pub fn scenarios() -> Vec<Scenario> {
             },
         ),
     ]
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::util::Outcome;
+    use bulwark_abi::logauth::{hex16, mac};
+
+    const KEY: [u8; 16] = *b"outcome test key";
+
+    fn tagged(seq: u64, text: &str) -> String {
+        let m = hex16(&mac(&KEY, seq, text.as_bytes()));
+        format!("{text} seq={seq} mac={}", String::from_utf8_lossy(&m))
+    }
+
+    fn key_line() -> String {
+        format!(
+            "bulwark: log-key {} alg=siphash-2-4-128 source=test",
+            String::from_utf8_lossy(&hex16(&KEY))
+        )
+    }
+
+    fn run(lines: &[String]) -> Outcome {
+        let mut out = Outcome::default();
+        for l in lines {
+            out.take(l.clone());
+        }
+        out
+    }
+
+    #[test]
+    fn only_verified_lines_decide_and_count() {
+        let out = run(&[
+            key_line(),
+            tagged(1, "bulwark: INFO entering guest"),
+            "guest| bulwark: violation kind=roe access=write gpa=0x1000".into(),
+            "bulwark: result status=0 reason=guest-exit".into(),
+            tagged(2, "bulwark: violation kind=attr access=exec gpa=0x2000"),
+            tagged(3, "bulwark: result status=176 reason=guest-crash"),
+        ]);
+        assert_eq!(out.status, Some(176));
+        assert_eq!(out.reason, "guest-crash");
+        assert!(out.has("bulwark: violation kind=attr access=exec gpa=0x2000"));
+        assert!(!out.has("kind=roe"));
+        assert!(out.forged_has("kind=roe") && out.forged_has("status=0"));
+        assert_eq!(out.forged.len(), 2);
+        assert!(out.seq_breaks.is_empty());
+        // Tags are stripped from what scenarios see; the raw console keeps them.
+        assert!(out
+            .lines
+            .iter()
+            .any(|l| l == "bulwark: INFO entering guest"));
+        assert_eq!(out.raw.len(), 6);
+    }
+
+    #[test]
+    fn before_the_key_line_only_a_refusal_is_taken() {
+        let out = run(&["bulwark: result status=0 reason=guest-exit".into()]);
+        assert_eq!(out.status, None);
+        let out = run(&["bulwark: result status=176 reason=refused".into()]);
+        assert_eq!(out.status, Some(176));
+    }
+
+    #[test]
+    fn a_gap_fails_expect() {
+        let out = run(&[
+            key_line(),
+            tagged(1, "bulwark: INFO a"),
+            tagged(3, "bulwark: result status=0 reason=guest-exit"),
+        ]);
+        assert_eq!(out.status, Some(0));
+        assert!(out.expect(0, "guest-exit").is_err());
+    }
 }

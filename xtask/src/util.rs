@@ -458,8 +458,8 @@ fn save_console(emu_log: &Path, out: &Outcome) {
 
 /// How a run's console is checked (docs/console.md). A run's console is read from power-on, so
 /// a `bulwark: ` line before the key line can only be Bulwark's boot stub (no guest runs before
-/// the key line): such lines are kept and their result line counts. After the key line, only
-/// lines that verify count.
+/// the key line): such lines are kept and a non-zero result line among them counts (the stub's
+/// refusal). After the key line, only lines that verify count.
 #[derive(Clone, Debug, Default)]
 pub struct Console {
     verifier: Verifier,
@@ -503,8 +503,12 @@ impl Outcome {
             Line::Forged {
                 why: Forgery::NoKey,
             } if !self.console.keyed => {
-                // Before the key line: Bulwark's boot stub (see `Console`).
-                result = parse_result_line(&line).map(|(s, r)| (s, r.to_string()));
+                // Before the key line: Bulwark's boot stub (see `Console`). Its only verdicts are
+                // refusals: an untagged success is never taken, so a Bulwark that lost its key
+                // line cannot pass a run.
+                result = parse_result_line(&line)
+                    .filter(|(s, _)| *s != 0)
+                    .map(|(s, r)| (s, r.to_string()));
                 self.lines.push(line.clone());
             }
             Line::Forged { why } => self.forged.push((n, why.as_str(), line.clone())),
