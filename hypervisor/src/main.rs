@@ -3,6 +3,10 @@
 //! Each arch module (`x86_64/`, `aarch64/`) provides:
 //! * its entry (assembly, reaching a Rust `fn` that calls [`logger::init`] once the console is up),
 //! * `console_write(&[u8])`: raw bytes to the serial console, usable from any context,
+//! * `console_claim()` / `console_release(token)`: around each Bulwark line, take the UART back
+//!   from settings a guest that owns it may have made (arm64 PL011 loopback, transmitter off),
+//! * `log_key() -> ([u8; 16], &str)`: the per-boot key of the console lines' MAC and the word
+//!   naming its entropy source (docs/console.md),
 //! * `stop_machine(status: u32) -> !`: ends the run (emulator exit where possible, else parks the CPU).
 #![no_std]
 #![no_main]
@@ -22,18 +26,13 @@ use bulwark_abi::console::{reason, STATUS_BULWARK_FAILURE};
 
 /// Print the final verdict line and end the run. Every path that ends a run goes through here.
 pub fn finish(status: u32, why: &str) -> ! {
-    logger::write_fmt(format_args!(
-        "{}{} reason={}\n",
-        bulwark_abi::console::RESULT_PREFIX,
-        status,
-        why
-    ));
+    logger::write_line(format_args!("result status={status} reason={why}"));
     arch::stop_machine(status)
 }
 
 #[panic_handler]
 fn panic(info: &core::panic::PanicInfo) -> ! {
     // Never re-enter the logger's lock here: a panic may happen while it is held.
-    logger::write_fmt_unlocked(format_args!("bulwark: ERROR panic: {}\n", info));
+    logger::write_line_unlocked(format_args!("ERROR panic: {}", info));
     finish(STATUS_BULWARK_FAILURE, reason::PANIC)
 }

@@ -144,6 +144,7 @@ fn x86_runs() -> Vec<(RunSpec, &'static str)> {
         (r(tl, "none", "", MEM_MIB), "none"),
         (r(tl, "hypercall", "", MEM_MIB), "hypercall"),
         (r(tl, "cpuid", "", MEM_MIB), "cpuid"),
+        (r(tl, "line-mac", "", MEM_MIB), "line-mac"),
         (r(tl, "write-skip", LOG_ALL, MEM_MIB), "write-log"),
         (r(tl, "write-skip", LOG_LIMITED, MEM_MIB), "write-limited"),
         (r(tl, "mprotect-1", "", MEM_MIB), "mprotect-1"),
@@ -174,6 +175,7 @@ fn arm_runs() -> Vec<(RunSpec, &'static str)> {
         (r(q, "none", "", MEM_MIB), "none"),
         (r(q, "hypercall", "", MEM_MIB), "hypercall"),
         (r(q, "uid", "", MEM_MIB), "uid"),
+        (r(q, "line-mac", "", MEM_MIB), "line-mac"),
         (r(q, "write-skip", LOG_ALL, MEM_MIB), "write-log"),
         (r(q, "write-skip", LOG_LIMITED, MEM_MIB), "write-limited"),
         (r(q, "mprotect-1", "", MEM_MIB), "mprotect-1"),
@@ -708,6 +710,14 @@ fn make_rows(
             "",
         );
     }
+    add(
+        format!("tag of one violation line: SipHash-2-4/128 over seq + 105 bytes ({hn})"),
+        "line-mac",
+        main_host,
+        "instructions/line",
+        "-",
+        "Bulwark's own tag code (bulwark_abi::logauth::mac) run in the guest; the logged-write rows include it",
+    );
     let write_hosts: Vec<Host> = match arch {
         Arch::X86_64 => vec![Host::Bochs("tigerlake"), Host::Bochs("corei7_skylake_x")],
         Arch::Aarch64 => vec![Host::Qemu],

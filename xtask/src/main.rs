@@ -8,10 +8,13 @@
 //!   qemu [--arch A] [same options as run]
 //!   test [FILTER...] [--list] [--no-host]
 //!   bench [--arch A]
+//!   log FILE [--json]
 
 mod aarch64;
 mod attr_tests;
 mod bench;
+mod console_tests;
+mod logtool;
 mod test;
 mod uboot;
 mod util;
@@ -43,6 +46,10 @@ commands:
         host tests, lint, then every emulator scenario; prints a result table
   bench [--arch A]
         deterministic path-length and footprint benchmarks
+  log   FILE [--json]
+        summarise a saved serial log (runs save theirs under target/xtask/console/): violations
+        by kind, access, page, address and action, counters, the verdict, and every line that
+        fails verification (docs/console.md); exit 0 only for a clean, verified status 0
 
 exit status: the guest's (or Bulwark's) status from the final console line; 124 on timeout;
 2 on usage or build errors.";
@@ -106,6 +113,7 @@ fn real_main(args: &[String]) -> Result<u8, String> {
         }
         "test" => test::main(rest),
         "bench" => bench::main(rest),
+        "log" => logtool::main(rest),
         other => Err(format!("unknown command '{other}'\n{USAGE}")),
     }
 }

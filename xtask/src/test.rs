@@ -90,6 +90,7 @@ pub fn main(args: &[String]) -> Result<u8, String> {
     all.extend(crate::uboot::scenarios());
     all.extend(crate::attr_tests::scenarios());
     all.extend(crate::bench::scenarios());
+    all.extend(crate::console_tests::scenarios());
     let selected: Vec<Scenario> = all
         .into_iter()
         .filter(|s| {
@@ -113,6 +114,7 @@ pub fn main(args: &[String]) -> Result<u8, String> {
     let mut rows = Vec::new();
     for (i, s) in selected.iter().enumerate() {
         util::progress(&format!("[{}/{total}] {} ({})", i + 1, s.name, s.emulator));
+        util::name_console_logs(&format!("{} {}", s.name, s.emulator));
         let t = Instant::now();
         let res = (s.run)();
         let seconds = t.elapsed().as_secs_f64();

@@ -9,6 +9,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use bulwark_abi::console::parse_result_line;
+use bulwark_abi::logauth::{Forgery, Line, Order, Verifier};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -226,11 +227,22 @@ pub struct Emulator {
 /// What a run produced.
 #[derive(Clone, Debug, Default)]
 pub struct Outcome {
-    /// Status from `bulwark: result status=N`, if that line was seen.
+    /// Status from the first authenticated `bulwark: result status=N` line, if one was seen.
     pub status: Option<u32>,
     pub reason: String,
-    /// Every console line.
+    /// The console as far as it can be trusted: Bulwark's authenticated lines (tag stripped,
+    /// starting at `bulwark: `; what the guest wrote before one on the same line is its own
+    /// line), the key line, and every line that does not claim to be Bulwark's. Lines that claim
+    /// to be Bulwark's and do not verify are left out (see `forged`).
     pub lines: Vec<String>,
+    /// The console exactly as read (one entry per line).
+    pub raw: Vec<String>,
+    /// Lines that claim to be Bulwark's and do not verify: `(line number from 1, why, line)`.
+    pub forged: Vec<(usize, &'static str, String)>,
+    /// Breaks in the authenticated lines' sequence: `(line number, what)`.
+    pub seq_breaks: Vec<(usize, String)>,
+    /// The console was checked line by line (see [`Console`]).
+    pub console: Console,
     pub timed_out: bool,
     pub seconds: f64,
     /// The emulator's own log file.
@@ -252,6 +264,12 @@ impl Outcome {
     /// Print the verdict and return the exit code (for `run`/`qemu`).
     pub fn report(&self) -> u8 {
         let code = self.exit_code();
+        for (n, why, l) in &self.forged {
+            eprintln!("xtask: FORGED console line {n} ({why}), ignored: {l}");
+        }
+        for (n, what) in &self.seq_breaks {
+            eprintln!("xtask: console line {n}: {what}");
+        }
         match self.status {
             Some(s) => eprintln!(
                 "xtask: run ended: status={s} reason={} ({:.1} s) -> exit code {code}",
@@ -282,8 +300,15 @@ impl Outcome {
         self.lines[start..].join("\n")
     }
 
-    /// Ok when the run ended with `status` and `reason`, else an error with the console tail.
+    /// Ok when the run ended with `status` and `reason` (from an authenticated result line) and
+    /// Bulwark's lines arrived whole and in order, else an error with the console tail.
     pub fn expect(&self, status: u32, reason_word: &str) -> Result<(), String> {
+        if let Some((n, what)) = self.seq_breaks.first() {
+            return Err(format!(
+                "console line {n}: {what}\n--- console tail ---\n{}",
+                self.tail(25)
+            ));
+        }
         if self.status == Some(status) && self.reason == reason_word {
             Ok(())
         } else {
@@ -359,14 +384,9 @@ pub fn run_emulator(mut emu: Emulator) -> Result<Outcome, String> {
                 if emu.echo {
                     println!("{line}");
                 }
-                if out.status.is_none() {
-                    if let Some((s, r)) = parse_result_line(&line) {
-                        out.status = Some(s);
-                        out.reason = r.to_string();
-                        result_at = Some(Instant::now());
-                    }
+                if out.take(line) {
+                    result_at = Some(Instant::now());
                 }
-                out.lines.push(line);
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {}
             Err(mpsc::RecvTimeoutError::Disconnected) => {
@@ -390,13 +410,7 @@ pub fn run_emulator(mut emu: Emulator) -> Result<Outcome, String> {
                     if emu.echo {
                         println!("{line}");
                     }
-                    if out.status.is_none() {
-                        if let Some((s, r)) = parse_result_line(&line) {
-                            out.status = Some(s);
-                            out.reason = r.to_string();
-                        }
-                    }
-                    out.lines.push(line);
+                    out.take(line);
                 }
             }
             break;
@@ -411,7 +425,133 @@ pub fn run_emulator(mut emu: Emulator) -> Result<Outcome, String> {
     kill(&mut child);
     stop.store(true, Ordering::Release);
     out.seconds = start.elapsed().as_secs_f64();
+    save_console(&emu.log, &out);
     Ok(out)
+}
+
+/// The console of the scenario now running, for the saved log's file name (set by `test`).
+static LOG_NAME: std::sync::Mutex<Option<(String, u32)>> = std::sync::Mutex::new(None);
+
+/// Name the serial logs of the runs that follow (`target/xtask/console/<name>[-N].log`).
+pub fn name_console_logs(name: &str) {
+    let slug: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() {
+                c.to_ascii_lowercase()
+            } else {
+                '-'
+            }
+        })
+        .collect::<String>()
+        .split('-')
+        .filter(|w| !w.is_empty())
+        .collect::<Vec<_>>()
+        .join("-");
+    if let Ok(mut g) = LOG_NAME.lock() {
+        *g = Some((slug, 0));
+    }
+}
+
+/// Save a run's serial console as read, for `cargo xtask log`: under the scenario's name (when
+/// `test` runs it) or the emulator log's, and as `latest.log`.
+fn save_console(emu_log: &Path, out: &Outcome) {
+    let Ok(dir) = out_dir("console") else { return };
+    let name = match LOG_NAME.lock().ok().and_then(|mut g| {
+        g.as_mut().map(|(n, i)| {
+            *i += 1;
+            if *i == 1 {
+                n.clone()
+            } else {
+                format!("{n}-{i}")
+            }
+        })
+    }) {
+        Some(n) => n,
+        None => emu_log
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "run".into()),
+    };
+    let mut text = out.raw.join("\n");
+    text.push('\n');
+    let _ = std::fs::write(dir.join(format!("{name}.log")), &text);
+    let _ = std::fs::write(dir.join("latest.log"), &text);
+}
+
+/// How a run's console is checked (docs/console.md). A run's console is read from power-on, so
+/// a `bulwark: ` line before the key line can only be Bulwark's boot stub (no guest runs before
+/// the key line): such lines are kept and a non-zero result line among them counts (the stub's
+/// refusal). After the key line, only lines that verify count.
+#[derive(Clone, Debug, Default)]
+pub struct Console {
+    verifier: Verifier,
+    /// A key line was seen.
+    pub keyed: bool,
+}
+
+impl Outcome {
+    /// Check one console line and file it; true when it is the (first) authenticated result line.
+    pub fn take(&mut self, line: String) -> bool {
+        let n = self.raw.len() + 1;
+        let mut result = None;
+        match self.console.verifier.check(&line) {
+            Line::Key { .. } => {
+                self.console.keyed = true;
+                self.lines.push(line.clone());
+            }
+            Line::Genuine {
+                prefix,
+                text,
+                order,
+                ..
+            } => {
+                match order {
+                    Order::InOrder => {}
+                    Order::Gap { missing } => self.seq_breaks.push((
+                        n,
+                        format!("{missing} Bulwark line(s) missing before this one"),
+                    )),
+                    Order::Replayed { last } => self.seq_breaks.push((
+                        n,
+                        format!("a replayed or reordered Bulwark line (after seq {last})"),
+                    )),
+                }
+                if !prefix.trim().is_empty() {
+                    self.lines.push(prefix.trim_end().to_string());
+                }
+                result = parse_result_line(text).map(|(s, r)| (s, r.to_string()));
+                self.lines.push(text.to_string());
+            }
+            Line::Forged {
+                why: Forgery::NoKey,
+            } if !self.console.keyed => {
+                // Before the key line: Bulwark's boot stub (see `Console`). Its only verdicts are
+                // refusals: an untagged success is never taken, so a Bulwark that lost its key
+                // line cannot pass a run.
+                result = parse_result_line(&line)
+                    .filter(|(s, _)| *s != 0)
+                    .map(|(s, r)| (s, r.to_string()));
+                self.lines.push(line.clone());
+            }
+            Line::Forged { why } => self.forged.push((n, why.as_str(), line.clone())),
+            Line::Other => self.lines.push(line.clone()),
+        }
+        self.raw.push(line);
+        match result {
+            Some((s, r)) if self.status.is_none() => {
+                self.status = Some(s);
+                self.reason = r;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// True when a line that claims to be Bulwark's and does not verify contains `needle`.
+    pub fn forged_has(&self, needle: &str) -> bool {
+        self.forged.iter().any(|(_, _, l)| l.contains(needle))
+    }
 }
 
 fn exited(child: &mut Child) -> bool {

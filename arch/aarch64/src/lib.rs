@@ -20,6 +20,8 @@ pub mod pl011;
 #[cfg(target_arch = "aarch64")]
 pub mod power;
 #[cfg(target_arch = "aarch64")]
+pub mod rng;
+#[cfg(target_arch = "aarch64")]
 pub mod sysreg;
 #[cfg(target_arch = "aarch64")]
 pub mod vcpu;

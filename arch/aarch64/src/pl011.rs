@@ -13,6 +13,10 @@ const DR: usize = 0x00;
 const FR: usize = 0x18;
 const FR_BUSY: u32 = 1 << 3;
 const FR_TXFF: u32 = 1 << 5;
+const CR: usize = 0x30;
+const CR_UARTEN: u32 = 1 << 0;
+const CR_LBE: u32 = 1 << 7;
+const CR_TXE: u32 = 1 << 8;
 
 /// Use the PL011 at `base` (identity-mapped device memory) from now on.
 pub fn set_base(base: usize) {
@@ -58,5 +62,33 @@ pub fn flush() {
     while read_fr(base) & FR_BUSY != 0 && spins < 1_000_000 {
         spins += 1;
         core::hint::spin_loop();
+    }
+}
+
+/// Make sure Bulwark's next bytes reach the wire: the guest owns the PL011 (pass-through) and may
+/// have disabled the UART or its transmitter, or set loopback (which would feed Bulwark's line to
+/// the guest's receiver instead of the wire). Returns the guest's control register to put back
+/// with [`release`] when it had to change it (docs/console.md).
+pub fn claim() -> Option<u32> {
+    let base = base();
+    // SAFETY: as in `read_fr`; CR is the control register.
+    let cr = unsafe { core::ptr::read_volatile((base + CR) as *const u32) };
+    let want = (cr | CR_UARTEN | CR_TXE) & !CR_LBE;
+    if cr == want {
+        return None;
+    }
+    // Bytes the guest left in the FIFO go out under its own settings first.
+    flush();
+    // SAFETY: as above; enabling the transmitter and clearing loopback.
+    unsafe { core::ptr::write_volatile((base + CR) as *mut u32, want) };
+    Some(cr)
+}
+
+/// Put back the guest's control register after Bulwark's line has left the UART.
+pub fn release(saved: Option<u32>) {
+    if let Some(cr) = saved {
+        flush();
+        // SAFETY: as in `claim`.
+        unsafe { core::ptr::write_volatile((base() + CR) as *mut u32, cr) };
     }
 }

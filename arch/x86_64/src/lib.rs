@@ -16,6 +16,7 @@ pub mod host;
 pub mod launch;
 pub mod layout;
 pub mod mem;
+pub mod rng;
 pub mod serial;
 pub mod spp;
 pub mod vcpu;

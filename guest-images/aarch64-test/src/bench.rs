@@ -232,6 +232,23 @@ pub fn run(row: &str) -> ! {
                 finish(bare, 3)
             }
         }
+        "line-mac" => {
+            // The tag of one violation line, with Bulwark's own code (docs/console.md): the
+            // MAC over the sequence number and a typical 105-byte line.
+            const LINE: &[u8] = b"bulwark: violation kind=roe access=write gpa=0x40080800 gva=0x40080800 ip=0x40092da0 vcpu=0 action=skip";
+            const KEY: [u8; 16] = *b"bench line key!!";
+            n = 1000;
+            s = samples(|k| {
+                for i in 0..n {
+                    core::hint::black_box(bulwark_abi::logauth::mac(
+                        core::hint::black_box(&KEY),
+                        k as u64 * n + i,
+                        core::hint::black_box(LINE),
+                    ));
+                }
+            });
+            ops = n * reps;
+        }
         "workload" => {
             n = 1;
             s = samples(|_| {

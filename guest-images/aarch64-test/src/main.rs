@@ -184,6 +184,7 @@ mod attr;
 mod bench;
 mod breach;
 mod demo;
+mod forge;
 mod gic;
 mod highmem;
 mod mmio_guard;
@@ -484,6 +485,7 @@ extern "C" fn guest_main(dtb: u64, el: u64) -> ! {
         Some("walk-noread") => breach::walk_noread(),
         Some("third-page") => breach::third_page(),
         Some("highmem") => highmem::run(mem),
+        Some("forge") => forge::run(mem.map_or(RAM_BASE, |(b, s)| b.saturating_add(s))),
         _ => {}
     }
     let (img_s, img_e) = (

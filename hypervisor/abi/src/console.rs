@@ -5,6 +5,9 @@
 //! * Guest console output, one whole line at a time: `guest| <text>`
 //! * The last line of every run: `bulwark: result status=<u32> reason=<word>`
 //!   status 0 = success; the run's exit code is `status` (xtask maps it to its own exit code).
+//! * Every Bulwark line after the first (`bulwark: log-key ...`) ends with ` seq=N mac=HEX`
+//!   ([`crate::logauth`]); parsers here ignore fields they do not know, so they read tagged and
+//!   untagged lines alike. Whether a line is genuine is [`crate::logauth::Verifier`]'s call.
 
 /// Prefix of every Bulwark line.
 pub const BULWARK_PREFIX: &str = "bulwark: ";
@@ -15,15 +18,13 @@ pub const RESULT_PREFIX: &str = "bulwark: result status=";
 /// Prefix of a violation line.
 pub const VIOLATION_PREFIX: &str = "bulwark: violation ";
 
-/// Parse a result line: returns `(status, reason)`.
+/// Parse a result line (tagged or not): returns `(status, reason)`. It says nothing about whether
+/// Bulwark wrote the line: check that with [`crate::logauth::Verifier`] first.
 pub fn parse_result_line(line: &str) -> Option<(u32, &str)> {
     let rest = line.trim_end().strip_prefix(RESULT_PREFIX)?;
-    let (status, rest) = match rest.split_once(' ') {
-        Some((s, r)) => (s, r),
-        None => (rest, ""),
-    };
-    let status = status.parse().ok()?;
-    let reason = rest.strip_prefix("reason=").unwrap_or("");
+    let mut words = rest.split(' ');
+    let status = words.next()?.parse().ok()?;
+    let reason = words.find_map(|w| w.strip_prefix("reason=")).unwrap_or("");
     Some((status, reason))
 }
 

@@ -740,6 +740,8 @@ struct Decoded {
 impl Vm {
     fn run(&mut self) -> ! {
         loop {
+            // The PL011 is the guest's (pass-through): it may leave a line open.
+            crate::logger::guest_may_write();
             let kind = vcpu::enter_guest(&mut self.regs);
             let mut d = self.decode(kind);
             self.count_exit(&d);

@@ -15,6 +15,39 @@ pub fn console_write(bytes: &[u8]) {
     pl011::write_bytes(bytes);
 }
 
+/// The per-boot key of the console lines' MAC (docs/console.md): 128 bits from RNDR where the
+/// CPU has FEAT_RNG, mixed with the physical counter; the counter alone otherwise (weak: say so).
+pub fn log_key() -> ([u8; 16], &'static str) {
+    let mut words = [0u64; 6];
+    let rng = bulwark_aarch64::rng::has_rndr();
+    let mut got = 0;
+    for w in words.iter_mut() {
+        *w = read_sysreg!("cntpct_el0");
+        if rng {
+            if let Some(r) = bulwark_aarch64::rng::rndr() {
+                *w ^= r;
+                got += 1;
+            }
+        }
+    }
+    let source = if got == words.len() {
+        "rndr"
+    } else {
+        "counter-weak"
+    };
+    (bulwark_abi::logauth::mix_key(&words), source)
+}
+
+/// Before one Bulwark line: take the UART back from whatever the guest set (see `pl011::claim`).
+pub fn console_claim() -> Option<u32> {
+    pl011::claim()
+}
+
+/// After one Bulwark line: give the guest its UART settings back.
+pub fn console_release(saved: Option<u32>) {
+    pl011::release(saved)
+}
+
 /// End the run with `status` (see `bulwark_aarch64::power`).
 pub fn stop_machine(status: u32) -> ! {
     power::stop(status)
@@ -28,7 +61,8 @@ const DT_MAX: usize = 2 << 20;
 pub extern "C" fn bulwark_aarch64_main(dtb: u64, el: u64) -> ! {
     vcpu::install_vectors();
     bulwark_aarch64::mem::init_heap();
-    crate::logger::init(log::LevelFilter::Info);
+    let key = log_key();
+    crate::logger::init(log::LevelFilter::Info, key.0, key.1);
     log::info!("Bulwark {} (arm64) starting", env!("CARGO_PKG_VERSION"));
 
     let dt = match copy_device_tree(dtb) {
@@ -132,7 +166,8 @@ fn banner(el: u64, dtb: u64, d: &BootDescription<'_>) {
 /// Entered at EL1 or EL3 (MMU off): say so and stop.
 #[no_mangle]
 pub extern "C" fn bulwark_aarch64_wrong_el(_dtb: u64, el: u64) -> ! {
-    crate::logger::init(log::LevelFilter::Info);
+    let key = log_key();
+    crate::logger::init(log::LevelFilter::Info, key.0, key.1);
     log::error!(
         "entered at EL{el}: Bulwark must be entered at EL2 (QEMU: -M virt,virtualization=on; \
          firmware: boot the Image at EL2)"
@@ -148,15 +183,15 @@ pub extern "C" fn bulwark_el2_exception(frame: &mut El2Frame, kind: u64) {
     let esr = Esr(read_sysreg!("esr_el2"));
     if IN_EL2_EXCEPTION.swap(true, Ordering::AcqRel) {
         // An exception while reporting one: do not risk another; stop right away.
-        crate::logger::write_fmt_unlocked(format_args!(
-            "bulwark: ERROR nested EL2 exception (esr {:#x} elr {:#x})\n",
+        crate::logger::write_line_unlocked(format_args!(
+            "ERROR nested EL2 exception (esr {:#x} elr {:#x})",
             esr.0, frame.elr
         ));
         power::stop(STATUS_BULWARK_FAILURE)
     }
     let far = read_sysreg!("far_el2");
-    crate::logger::write_fmt_unlocked(format_args!(
-        "bulwark: ERROR unexpected exception at EL2: {} (EC {:#x} {}), ESR {:#x}, FAR {:#x}, ELR {:#x}, SPSR {:#x}\n",
+    crate::logger::write_line_unlocked(format_args!(
+        "ERROR unexpected exception at EL2: {} (EC {:#x} {}), ESR {:#x}, FAR {:#x}, ELR {:#x}, SPSR {:#x}",
         el2_kind::name(kind),
         esr.ec(),
         ec_name(esr.ec()),
@@ -166,10 +201,8 @@ pub extern "C" fn bulwark_el2_exception(frame: &mut El2Frame, kind: u64) {
         frame.spsr
     ));
     dump_regs(&frame.x);
-    crate::logger::write_fmt_unlocked(format_args!(
-        "{}{} reason=el2-exception\n",
-        bulwark_abi::console::RESULT_PREFIX,
-        STATUS_BULWARK_FAILURE
+    crate::logger::write_line_unlocked(format_args!(
+        "result status={STATUS_BULWARK_FAILURE} reason=el2-exception"
     ));
     power::stop(STATUS_BULWARK_FAILURE)
 }
@@ -183,13 +216,25 @@ pub fn dump_regs(x: &[u64; 31]) {
         }
         let n = i * 4;
         match chunk.len() {
-            4 => crate::logger::write_fmt_unlocked(format_args!(
-                "bulwark: ERROR   x{:<2} {:#018x}  x{:<2} {:#018x}  x{:<2} {:#018x}  x{:<2} {:#018x}\n",
-                n, line[0], n + 1, line[1], n + 2, line[2], n + 3, line[3]
+            4 => crate::logger::write_line_unlocked(format_args!(
+                "ERROR   x{:<2} {:#018x}  x{:<2} {:#018x}  x{:<2} {:#018x}  x{:<2} {:#018x}",
+                n,
+                line[0],
+                n + 1,
+                line[1],
+                n + 2,
+                line[2],
+                n + 3,
+                line[3]
             )),
-            _ => crate::logger::write_fmt_unlocked(format_args!(
-                "bulwark: ERROR   x{:<2} {:#018x}  x{:<2} {:#018x}  x{:<2} {:#018x}\n",
-                n, line[0], n + 1, line[1], n + 2, line[2]
+            _ => crate::logger::write_line_unlocked(format_args!(
+                "ERROR   x{:<2} {:#018x}  x{:<2} {:#018x}  x{:<2} {:#018x}",
+                n,
+                line[0],
+                n + 1,
+                line[1],
+                n + 2,
+                line[2]
             )),
         }
     }

@@ -20,6 +20,43 @@ pub fn console_write(bytes: &[u8]) {
     serial::write(bytes);
 }
 
+/// The per-boot key of the console lines' MAC (docs/console.md): RDSEED where the CPU has it,
+/// else RDRAND, each mixed with the TSC; the TSC alone otherwise (weak: say so).
+pub fn log_key() -> ([u8; 16], &'static str) {
+    let (rdseed, rdrand) = bulwark_x86_64::rng::features();
+    let mut words = [0u64; 6];
+    let mut got = 0;
+    for w in words.iter_mut() {
+        *w = bulwark_x86_64::rng::tsc();
+        let r = if rdseed {
+            bulwark_x86_64::rng::rdseed()
+        } else if rdrand {
+            bulwark_x86_64::rng::rdrand()
+        } else {
+            None
+        };
+        if let Some(r) = r {
+            *w ^= r;
+            got += 1;
+        }
+    }
+    let source = match (got == words.len(), rdseed) {
+        (true, true) => "rdseed",
+        (true, false) => "rdrand",
+        _ => "tsc-weak",
+    };
+    (bulwark_abi::logauth::mix_key(&words), source)
+}
+
+/// Before one Bulwark line: nothing to take back (the guest's COM1 is emulated; the real one is
+/// Bulwark's alone).
+pub fn console_claim() -> Option<u32> {
+    None
+}
+
+/// After one Bulwark line.
+pub fn console_release(_: Option<u32>) {}
+
 /// End the run: Bochs shutdown port, then QEMU's isa-debug-exit, then park the CPU.
 pub fn stop_machine(status: u32) -> ! {
     serial::drain();
@@ -41,8 +78,8 @@ pub fn stop_machine(status: u32) -> ! {
 
 fn fatal_exception(f: &host::ExceptionFrame) -> ! {
     let cr2 = x86_64::registers::control::Cr2::read_raw();
-    crate::logger::write_fmt_unlocked(format_args!(
-        "bulwark: ERROR exception in Bulwark: vector={} error_code={:#x} rip={:#x} cs={:#x} rflags={:#x} rsp={:#x} cr2={:#x}\n",
+    crate::logger::write_line_unlocked(format_args!(
+        "ERROR exception in Bulwark: vector={} error_code={:#x} rip={:#x} cs={:#x} rflags={:#x} rsp={:#x} cr2={:#x}",
         f.vector, f.error_code, f.rip, f.cs, f.rflags, f.rsp, cr2
     ));
     crate::finish(STATUS_BULWARK_FAILURE, "exception")
@@ -52,7 +89,8 @@ fn fatal_exception(f: &host::ExceptionFrame) -> ! {
 #[no_mangle]
 extern "C" fn bulwark_main_x86(magic: u32, mbi: u64) -> ! {
     serial::init();
-    crate::logger::init(log::LevelFilter::Info);
+    let (key, source) = log_key();
+    crate::logger::init(log::LevelFilter::Info, key, source);
     heap::init();
     let hostcpu = host::init_cpu(fatal_exception);
     info!("Bulwark {} (x86_64) starting", env!("CARGO_PKG_VERSION"));
@@ -94,13 +132,7 @@ extern "C" fn bulwark_main_x86(magic: u32, mbi: u64) -> ! {
         warn!("no guest module given (module2 in grub.cfg): nothing to run");
         crate::finish(0, reason::NO_GUEST);
     }
-    let guest_line = |line: &str| {
-        crate::logger::write_fmt(format_args!(
-            "{}{}\n",
-            bulwark_abi::console::GUEST_PREFIX,
-            line
-        ));
-    };
+    let guest_line = |line: &str| crate::logger::write_guest_line(line);
     match launch::run_guest(&boot, &config, &cpu, hostcpu, &guest_line) {
         Ok(stop) => crate::finish(stop.status, stop.reason),
         Err(r) => {
