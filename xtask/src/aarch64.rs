@@ -23,7 +23,7 @@ const STATUS_GUEST_CRASH: u32 = 0xB3;
 /// or no room for the pristine payload copy; hypervisor/src/aarch64/guest.rs).
 const STATUS_GUEST_RESET: u32 = 0xB2;
 
-fn out() -> Result<PathBuf, String> {
+pub(crate) fn out() -> Result<PathBuf, String> {
     util::out_dir("aarch64")
 }
 
@@ -87,6 +87,8 @@ pub struct Extra {
     pub qemu_args: Vec<String>,
     /// Boot Bulwark as firmware (`-bios`, `secure=on`): entered at EL3 at address 0.
     pub as_firmware: bool,
+    /// QEMU virt with `iommu=smmuv3`: the PCI host bridge behind an SMMUv3.
+    pub iommu: bool,
 }
 
 /// Guest command line of the demo (`cargo xtask run --arch aarch64` without `--guest`).
@@ -134,6 +136,8 @@ pub fn run_with(o: &RunOpts, x: &Extra) -> Result<Outcome, String> {
         "virt,gic-version=3"
     } else if x.as_firmware {
         "virt,secure=on,virtualization=on,gic-version=3"
+    } else if x.iommu {
+        "virt,virtualization=on,gic-version=3,iommu=smmuv3"
     } else {
         "virt,virtualization=on,gic-version=3"
     };
@@ -164,7 +168,7 @@ pub fn run_with(o: &RunOpts, x: &Extra) -> Result<Outcome, String> {
     })
 }
 
-fn quiet() -> RunOpts {
+pub(crate) fn quiet() -> RunOpts {
     RunOpts {
         quiet: true,
         ..RunOpts::default()
@@ -191,7 +195,7 @@ fn counter_at_least(out: &Outcome, key: &str, min: u64) -> Result<(), String> {
     Ok(())
 }
 
-fn need(out: &Outcome, needle: &str) -> Result<(), String> {
+pub(crate) fn need(out: &Outcome, needle: &str) -> Result<(), String> {
     if out.has(needle) {
         Ok(())
     } else {
@@ -459,7 +463,7 @@ fn bulwark_string_addr(needle: &[u8]) -> Result<u64, String> {
     Ok(0x4008_0000 + off as u64)
 }
 
-fn refute(out: &Outcome, needle: &str, why: &str) -> Result<(), String> {
+pub(crate) fn refute(out: &Outcome, needle: &str, why: &str) -> Result<(), String> {
     if out.has(needle) {
         return Err(format!(
             "{why}: console has {needle:?}\n--- console tail ---\n{}",
@@ -592,6 +596,7 @@ pub fn scenarios() -> Vec<Scenario> {
     let emu = "qemu virt el2";
     let mut v = breach_scenarios(emu);
     v.splice(0..0, base_scenarios(emu));
+    v.extend(crate::dma_tests::scenarios(emu));
     v
 }
 

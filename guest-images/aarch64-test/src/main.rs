@@ -184,6 +184,7 @@ mod attr;
 mod bench;
 mod breach;
 mod demo;
+mod dma;
 mod gic;
 mod mmio_guard;
 mod roe;
@@ -482,6 +483,7 @@ extern "C" fn guest_main(dtb: u64, el: u64) -> ! {
         Some("semihost") => breach::semihosting(),
         Some("walk-noread") => breach::walk_noread(),
         Some("third-page") => breach::third_page(),
+        Some(d @ ("dma" | "dma-nopci")) => dma::dispatch(d, dtb, mem),
         _ => {}
     }
     let (img_s, img_e) = (

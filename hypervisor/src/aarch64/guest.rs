@@ -636,6 +636,16 @@ fn keep_pristine(pb: u64, size: u64, image_end: u64, reserved_end: u64, max: u32
     Some(start)
 }
 
+/// A run of SMMU faults reported as one violation line.
+struct DmaFault {
+    kind: &'static str,
+    write: bool,
+    stream: u32,
+    event: &'static str,
+    addr: u64,
+    count: u32,
+}
+
 /// Pages of a device the policy hides (host-physical = IPA: devices are identity-mapped).
 struct HiddenDevice {
     start: u64,
@@ -1127,6 +1137,7 @@ impl Vm {
         let halt = core.policy() == ViolationPolicy::Halt;
         let mut stop = None;
         let mut count = 0u64;
+        let mut lines: alloc::vec::Vec<DmaFault> = alloc::vec::Vec::new();
         s.events(|e| {
             let (name, access_fault) = e.name();
             if !access_fault {
@@ -1153,12 +1164,42 @@ impl Vm {
                 Some(k) => k,
                 None => "stale",
             };
+            // One line per run of faults of one stream on one page (a device writes a buffer
+            // in many small transactions: QEMU records one fault per 4 bytes).
+            match lines.last_mut() {
+                Some(l)
+                    if l.kind == kind
+                        && l.write == write
+                        && l.stream == e.stream
+                        && l.event == name
+                        && l.addr >> 12 == e.addr >> 12 =>
+                {
+                    l.count += 1
+                }
+                _ => {
+                    if lines.try_reserve(1).is_ok() {
+                        lines.push(DmaFault {
+                            kind,
+                            write,
+                            stream: e.stream,
+                            event: name,
+                            addr: e.addr,
+                            count: 1,
+                        });
+                    }
+                }
+            }
+        });
+        for l in &lines {
             log::error!(
                 target: bulwark_core::violation::VIOLATION_TARGET,
-                "kind={kind} access=dma-{} gpa={:#x} stream={} event={name} action={}",
-                if write { "write" } else { "read" },
-                e.addr,
-                e.stream,
+                "kind={} access=dma-{} gpa={:#x} stream={} event={} count={} action={}",
+                l.kind,
+                if l.write { "write" } else { "read" },
+                l.addr,
+                l.stream,
+                l.event,
+                l.count,
                 if halt { "halt" } else { "abort" }
             );
             if halt && stop.is_none() {
@@ -1167,7 +1208,7 @@ impl Vm {
                     reason: reason::VIOLATION_HALT,
                 }));
             }
-        });
+        }
         s.faults = s.faults.saturating_add(count);
         stop
     }
