@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use bulwark_abi::console::reason;
+use bulwark_abi::console::{reason, STATUS_BULWARK_FAILURE};
 
 use crate::aarch64::{need, out, quiet, refute, run_with, Extra};
 use crate::util::{RunOpts, Scenario};
@@ -81,6 +81,30 @@ pub fn scenarios(emu: &'static str) -> Vec<Scenario> {
                 need(&out, "violations_dma=")?;
                 refute(&out, "testguest: FAIL", "a guest check failed")?;
                 refute(&out, "testguest: dma: FAIL", "a guest check failed")
+            },
+        ),
+        Scenario::new(
+            "aarch64: violation=halt ends the run at the first DMA violation (issue 13)",
+            emu,
+            || {
+                let disk = disk_image()?;
+                let o = RunOpts {
+                    cmdline: "violation=halt".into(),
+                    guest_cmdline: "scenario=dma".into(),
+                    ..quiet()
+                };
+                let x = Extra {
+                    iommu: true,
+                    qemu_args: blk_args(&disk),
+                    ..Extra::default()
+                };
+                let out = run_with(&o, &x)?;
+                out.expect(STATUS_BULWARK_FAILURE, reason::VIOLATION_HALT)?;
+                need(&out, "bulwark: violation kind=roe access=dma-write gpa=0x")?;
+                need(&out, "event=F_PERMISSION")?;
+                need(&out, "action=halt")?;
+                need(&out, "testguest: ok   dma: (b) the ROE-locked page at")?;
+                refute(&out, "dma: (c)", "the guest ran on past the violation")
             },
         ),
         Scenario::new(

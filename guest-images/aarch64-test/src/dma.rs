@@ -7,8 +7,10 @@
 //!   1.0 device over its PCI capabilities (common cfg, notify, one split virtqueue; it accepts
 //!   VIRTIO_F_VERSION_1 and VIRTIO_F_ACCESS_PLATFORM), and reads a sector
 //!   (a) into an ordinary page: the sector's bytes arrive;
-//!   (b) into a page it ROE-locked first: the page is unchanged (the SMMU refuses the write;
-//!       Bulwark logs `violation kind=roe access=dma-write`);
+//!   (b) into a page the device has just written (so the SMMU caches a writable translation)
+//!       and the guest then ROE-locked: the page is unchanged (the lock re-derived the SMMU's
+//!       table and invalidated its TLB before the hypercall returned; the SMMU refuses the
+//!       write; Bulwark logs `violation kind=roe access=dma-write`);
 //!   (c) into the IPAs right past its RAM, where Bulwark's 32 MiB would lie in a 1:1 map
 //!       (Bulwark's memory has no IPA): nothing can arrive there (the guest cannot read there
 //!       either; Bulwark logs `kind=bulwark` and its later lines must be intact);
@@ -376,8 +378,16 @@ pub fn run(dtb: u64, ram_end: u64) -> ! {
         ),
     );
 
-    // (b) A ROE-locked page: the device may not write it.
+    // (b) A ROE-locked page: the device may not write it. First the device writes the page
+    // while it is still writable (so the SMMU has cached a writable translation of it), then
+    // the guest locks it: the lock must reach the SMMU before the hypercall returns.
     let lk = pa(&LOCKED);
+    let r = d.read(4, lk);
+    c.check(
+        r == Ok(0) && sector_ok(lk, 4),
+        format_args!("dma: sector 4 read into {lk:#x} before it is locked: {r:?}, bytes match"),
+    );
+    fill(&LOCKED, 0x11);
     let rr = roe(ROE_MPROTECT, lk, 1);
     c.check(
         rr == 1,
