@@ -5,16 +5,16 @@
 //!   host bridge in its device tree (no SMMU node, no `iommu-map`: it sees no IOMMU), enumerates
 //!   bus 0 through ECAM, assigns the device's BARs in the 32-bit window, sets it up as a virtio
 //!   1.0 device over its PCI capabilities (common cfg, notify, one split virtqueue; it accepts
-//!   VIRTIO_F_VERSION_1 and VIRTIO_F_ACCESS_PLATFORM), and reads a sector
-//!   (a) into an ordinary page: the sector's bytes arrive;
-//!   (b) into a page the device has just written (so the SMMU caches a writable translation)
-//!       and the guest then ROE-locked: the page is unchanged (the lock re-derived the SMMU's
-//!       table and invalidated its TLB before the hypercall returned; the SMMU refuses the
-//!       write; Bulwark logs `violation kind=roe access=dma-write`);
-//!   (c) into the IPAs right past its RAM, where Bulwark's 32 MiB would lie in a 1:1 map
-//!       (Bulwark's memory has no IPA): nothing can arrive there (the guest cannot read there
-//!       either; Bulwark logs `kind=bulwark` and its later lines must be intact);
-//!   then (a) once more on a fresh device, proving the device still works after the refusals.
+//!   VIRTIO_F_VERSION_1 and VIRTIO_F_ACCESS_PLATFORM), and reads a sector:
+//!   - (a) into an ordinary page: the sector's bytes arrive;
+//!   - (b) into a page the device has just written (so the SMMU caches a writable translation)
+//!     and the guest then ROE-locked: the page is unchanged (the lock re-derived the SMMU's
+//!     table and invalidated its TLB before the hypercall returned; the SMMU refuses the write;
+//!     Bulwark logs `violation kind=roe access=dma-write`);
+//!   - (c) into the IPAs right past its RAM, where Bulwark's 32 MiB would lie in a 1:1 map
+//!     (Bulwark's memory has no IPA): nothing can arrive there (the guest cannot read there
+//!     either; Bulwark logs `kind=bulwark` and its later lines must be intact);
+//!   - (a') once more, proving the device still works after the refusals.
 //! * `scenario=dma-nopci`: QEMU virt without an SMMU: the guest's device tree has no PCIe node
 //!   and the ECAM window aborts.
 
@@ -246,7 +246,7 @@ impl Dev {
             n += 1;
         }
         w8(c + 0x14, STATUS_ACK | STATUS_DRIVER);
-        w32(c + 0x00, 1);
+        w32(c, 1);
         let hi = r32(c + 0x04);
         // VIRTIO_F_VERSION_1 (32) and VIRTIO_F_ACCESS_PLATFORM (33): the device's DMA goes
         // through the platform's IOMMU (which the guest does not see: Bulwark owns it).

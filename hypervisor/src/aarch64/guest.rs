@@ -988,6 +988,10 @@ impl Vm {
     /// PSCI SYSTEM_RESET: reboot the guest (docs/aarch64.md, "SYSTEM_RESET"), or end the run
     /// with status 178 when there is no pristine payload copy or `maxresets=` is reached.
     fn system_reset(&mut self) -> Action {
+        // The ending boot's DMA faults, judged against its own store.
+        if let Some(stop) = self.poll_smmu() {
+            return stop;
+        }
         let g = self.core.mmio_guard();
         log::info!(
             "guest: PSCI SYSTEM_RESET (MMIO guard enrolment {} with {} mapped granule(s))",
@@ -1053,7 +1057,6 @@ impl Vm {
         self.core = core;
         self.step = None;
         // The device table follows the new store (locks gone) before the guest runs again.
-        self.poll_smmu();
         if let Some(s) = self.smmu.as_mut() {
             if let Err(e) = s.rederive(&self.core, &mut self.pool, full) {
                 log::error!("guest reset: SMMUv3: {e}");

@@ -152,7 +152,7 @@ impl Smmu {
     /// Check the SMMU at `base` can do what Bulwark needs and reset it (disabled, no
     /// interrupts). `Err(why)` when it cannot be used.
     pub fn probe(base: u64, size: u64, phandle: u32) -> Result<Self, &'static str> {
-        if size < FRAME_SIZE || base % 0x1_0000 != 0 || base >= 1 << 30 {
+        if size < FRAME_SIZE || !base.is_multiple_of(0x1_0000) || base >= 1 << 30 {
             return Err("register frame not where Bulwark's EL2 map has device memory (first GiB, 64 KiB-aligned, 128 KiB)");
         }
         let mut s = Smmu {
