@@ -209,12 +209,12 @@ pub(crate) fn need(out: &Outcome, needle: &str) -> Result<(), String> {
 // ---- Debian's arm64 kernel with a busybox initramfs -------------------------------------------
 
 /// Marker the initramfs's /init prints before powering off.
-const INIT_MARKER: &str = "BULWARK-INIT-MARKER: userspace reached";
+pub(crate) const INIT_MARKER: &str = "BULWARK-INIT-MARKER: userspace reached";
 /// CPU for the Linux runs: QEMU's IMP DEF pointer-authentication algorithm is much faster in TCG.
-const LINUX_CPU: &str = "max,pauth-impdef=on";
-const LINUX_CMDLINE: &str = "console=ttyAMA0 panic=-1";
+pub(crate) const LINUX_CPU: &str = "max,pauth-impdef=on";
+pub(crate) const LINUX_CMDLINE: &str = "console=ttyAMA0 panic=-1";
 
-fn debian_dir() -> Result<PathBuf, String> {
+pub(crate) fn debian_dir() -> Result<PathBuf, String> {
     util::out_dir("aarch64/debian")
 }
 
@@ -300,9 +300,19 @@ pub fn debian_kernel_and_busybox() -> Result<(PathBuf, PathBuf), String> {
 /// An initramfs (cpio "newc") with /bin/busybox, /dev/console and an /init script that prints
 /// [`INIT_MARKER`] and powers off.
 pub fn busybox_initramfs(busybox: &Path) -> Result<Vec<u8>, String> {
-    let bb = std::fs::read(busybox).map_err(|e| format!("{}: {e}", busybox.display()))?;
     let init =
         format!("#!/bin/busybox sh\n/bin/busybox echo {INIT_MARKER}\n/bin/busybox poweroff -f\n");
+    busybox_initramfs_with(busybox, &init, &[])
+}
+
+/// An initramfs with /bin/busybox, /dev/console, `/init` = `init` and `files` (`(path, bytes)`,
+/// regular files under existing directories: `bin`, `dev`, `proc`, `lib`).
+pub(crate) fn busybox_initramfs_with(
+    busybox: &Path,
+    init: &str,
+    files: &[(&str, Vec<u8>)],
+) -> Result<Vec<u8>, String> {
+    let bb = std::fs::read(busybox).map_err(|e| format!("{}: {e}", busybox.display()))?;
     let mut out = Vec::new();
     let mut ino = 0u32;
     let mut add = |name: &str, mode: u32, data: &[u8], rdev: (u32, u32)| {
@@ -340,7 +350,11 @@ pub fn busybox_initramfs(busybox: &Path) -> Result<Vec<u8>, String> {
     add("dev", 0o040755, &[], (0, 0));
     add("proc", 0o040755, &[], (0, 0));
     add("dev/console", 0o020600, &[], (5, 1));
+    add("lib", 0o040755, &[], (0, 0));
     add("bin/busybox", 0o100755, &bb, (0, 0));
+    for (name, data) in files {
+        add(name, 0o100644, data, (0, 0));
+    }
     add("init", 0o100755, init.as_bytes(), (0, 0));
     add("TRAILER!!!", 0, &[], (0, 0));
     while out.len() % 512 != 0 {

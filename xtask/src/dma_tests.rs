@@ -45,8 +45,93 @@ fn blk_args(disk: &std::path::Path) -> Vec<String> {
     ]
 }
 
+/// Marker in sector 0 of the Linux scenario's disk.
+const LINUX_DISK_MARKER: &str = "BULWARK-LINUX-DISK-SECTOR0-OK";
+
+/// Debian's kernel with a virtio-blk PCI disk behind Bulwark's SMMU: the initramfs loads
+/// Debian's own virtio_pci / virtio_blk modules, waits for /dev/vda and prints its first bytes.
+fn linux_disk() -> Result<(), String> {
+    use crate::aarch64::{
+        bundle, busybox_initramfs_with, debian_dir, debian_kernel_and_busybox, INIT_MARKER,
+        LINUX_CMDLINE, LINUX_CPU,
+    };
+    let (kernel, busybox) = debian_kernel_and_busybox()?;
+    let dir = debian_dir()?;
+    let mods = dir.join("extracted/lib/modules");
+    let ver = std::fs::read_dir(&mods)
+        .map_err(|e| format!("{}: {e}", mods.display()))?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .next()
+        .ok_or("no kernel modules in the Debian package")?;
+    let names = [
+        ("virtio/virtio_pci_legacy_dev", "drivers"),
+        ("virtio/virtio_pci_modern_dev", "drivers"),
+        ("virtio/virtio_pci", "drivers"),
+        ("block/virtio_blk", "drivers"),
+    ];
+    let mut files = Vec::new();
+    let mut script = String::from("#!/bin/busybox sh\n/bin/busybox mount -t devtmpfs dev /dev\n");
+    for (m, sub) in names {
+        let p = ver.join("kernel").join(sub).join(format!("{m}.ko"));
+        let data = std::fs::read(&p).map_err(|e| format!("{}: {e}", p.display()))?;
+        let base = m.rsplit('/').next().unwrap_or(m);
+        files.push((format!("lib/{base}.ko"), data));
+        script.push_str(&format!("/bin/busybox insmod /lib/{base}.ko\n"));
+    }
+    script.push_str(
+        "i=0\nwhile [ ! -b /dev/vda ] && [ $i -lt 30 ]; do /bin/busybox sleep 1; i=$((i+1)); done\n\
+         /bin/busybox echo \"disk: $(/bin/busybox head -c 29 /dev/vda)\"\n",
+    );
+    script.push_str(&format!(
+        "/bin/busybox echo {INIT_MARKER}\n/bin/busybox poweroff -f\n"
+    ));
+    let files: Vec<(&str, Vec<u8>)> = files.iter().map(|(n, d)| (n.as_str(), d.clone())).collect();
+    let initramfs = dir.join("initramfs-disk.cpio");
+    std::fs::write(
+        &initramfs,
+        busybox_initramfs_with(&busybox, &script, &files)?,
+    )
+    .map_err(|e| e.to_string())?;
+    let payload = dir.join("linux-disk-bundle.bin");
+    bundle(&kernel, &initramfs, &payload)?;
+    let disk = out()?.join("linux-disk.img");
+    let mut img = LINUX_DISK_MARKER.as_bytes().to_vec();
+    img.resize(1 << 20, 0);
+    std::fs::write(&disk, &img).map_err(|e| format!("{}: {e}", disk.display()))?;
+    let o = RunOpts {
+        cpu: Some(LINUX_CPU.into()),
+        guest_cmdline: LINUX_CMDLINE.into(),
+        timeout: Some(180),
+        ..quiet()
+    };
+    let x = Extra {
+        payload: Some(payload),
+        iommu: true,
+        qemu_args: blk_args(&disk),
+        ..Extra::default()
+    };
+    let out = run_with(&o, &x)?;
+    out.expect(0, reason::GUEST_EXIT)?;
+    need(&out, "SMMUv3: enabled, StreamIDs 0..256 translated")?;
+    need(
+        &out,
+        "device /pcie@10000000: passed through (PCI host bridge",
+    )?;
+    need(&out, "virtio_blk virtio0: [vda]")?;
+    need(&out, &format!("disk: {LINUX_DISK_MARKER}"))?;
+    need(&out, INIT_MARKER)?;
+    // Every transfer went through the SMMU's translation without a fault.
+    need(&out, "violations_dma=0")
+}
+
 pub fn scenarios(emu: &'static str) -> Vec<Scenario> {
     vec![
+        Scenario::new(
+            "aarch64: Debian arm64 kernel reads its virtio-blk PCI disk behind Bulwark's SMMUv3",
+            emu,
+            linux_disk,
+        ),
         Scenario::new(
             "aarch64: DMA behind Bulwark's SMMUv3 (issue 13): virtio-blk reads into RAM, not into a ROE-locked page nor Bulwark's window",
             emu,
