@@ -234,6 +234,8 @@ pub struct GuestDtPlan<'a> {
     pub psci_method: &'a str,
     /// Node names the user hands over although the device policy hides them (`passthrough=`).
     pub passthrough: &'a [String],
+    /// Phandle of the SMMUv3 Bulwark owns, if any ([`Pol::iommu`]).
+    pub iommu: Option<u32>,
 }
 
 impl GuestDtPlan<'_> {
@@ -332,7 +334,7 @@ pub fn derive(
                     w.property_u64("linux,initrd-start", s)?;
                     w.property_u64("linux,initrd-end", e)?;
                 }
-                copy_children(&mut w, &child, 2, Ctx::Verbatim, &[])?;
+                copy_children(&mut w, &child, 2, Ctx::Verbatim, Pol::default())?;
                 w.end_node()?;
             }
             ("cpus", None) => emit_cpus(&mut w, &child, plan)?,
@@ -342,7 +344,10 @@ pub fn derive(
                 &child,
                 1,
                 Ctx::Devices { identity: true },
-                plan.passthrough,
+                Pol {
+                    passthrough: plan.passthrough,
+                    iommu: plan.iommu,
+                },
             )?,
         }
     }
@@ -418,10 +423,10 @@ fn copy_children(
     node: &Node<'_>,
     depth: usize,
     ctx: Ctx,
-    passthrough: &[String],
+    pol: Pol<'_>,
 ) -> Result<(), DtError> {
     for c in node.children()?.iter() {
-        copy_node(w, &c?, depth, ctx, passthrough)?;
+        copy_node(w, &c?, depth, ctx, pol)?;
     }
     Ok(())
 }
@@ -462,6 +467,101 @@ enum Regs {
     /// GICv3: entry 0 (distributor) and the `#redistributor-regions` entries after it; the
     /// optional GICC/GICH/GICV entries (GICH is the hypervisor's control interface) stay unmapped.
     GicV3,
+    /// A PCI host bridge behind the SMMU Bulwark owns: its `reg` (configuration space) and the
+    /// CPU-side windows of its `ranges` (MMIO and I/O space); in the guest's tree without
+    /// `iommu-map` (the guest sees no IOMMU) and without `msi-map`/`msi-parent` (the ITS is
+    /// hidden: legacy INTx interrupts through `interrupt-map`).
+    PciBehindIommu,
+}
+
+/// Properties of a PCI host bridge behind Bulwark's SMMU left out of the guest's tree.
+const PCI_SKIP_PROPS: &[&str] = &[
+    "iommu-map",
+    "iommu-map-mask",
+    "msi-map",
+    "msi-map-mask",
+    "msi-parent",
+];
+
+/// What the policy needs besides the tree: `passthrough=` names and the phandle of the
+/// SMMUv3 Bulwark owns (`None`: no IOMMU under Bulwark's control).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Pol<'a> {
+    pub passthrough: &'a [String],
+    pub iommu: Option<u32>,
+}
+
+const PCI_HOSTS: &[&str] = &["pci-host-ecam-generic", "pci-host-cam-generic"];
+const SMMU_OWNED: &str =
+    "IOMMU owned by Bulwark: it translates the PCI devices' DMA with tables derived from the locks";
+const PCI_BEHIND_SMMU: &str =
+    "PCI host bridge: every requester ID's DMA goes through the SMMUv3 Bulwark owns";
+const PCI_NOT_BEHIND: &str = "DMA master: PCI host bridge whose iommu-map does not send every requester ID to the SMMUv3 Bulwark owns";
+const PCI_NO_IOMMU: &str =
+    "DMA master: PCI host bridge, its devices master DMA, and no SMMUv3 under Bulwark's control confines them";
+
+/// `iommu-map` (`<rid-base iommu sid-base length>`, `#iommu-cells` 1) of a PCI host bridge
+/// sends every requester ID 0..=0xffff to the IOMMU with phandle `ph` (no `iommu-map-mask`).
+fn behind_iommu(node: &Node<'_>, ph: u32) -> Result<bool, DtError> {
+    if node.raw_property("iommu-map-mask")?.is_some() {
+        return Ok(false);
+    }
+    let Some(p) = node.raw_property("iommu-map")? else {
+        return Ok(false);
+    };
+    if p.value.is_empty() || !p.value.len().is_multiple_of(16) {
+        return Ok(false);
+    }
+    let mut covered: Vec<(u64, u64)> = Vec::new();
+    for e in p.value.chunks_exact(16) {
+        let (Some(rid), Some(phandle), Some(len)) = (
+            fdt::read_cells(e, 0, 1),
+            fdt::read_cells(e, 4, 1),
+            fdt::read_cells(e, 12, 1),
+        ) else {
+            return Ok(false);
+        };
+        if phandle != u64::from(ph) {
+            return Ok(false);
+        }
+        covered.push((rid, rid.saturating_add(len)));
+    }
+    let merged = merge(covered);
+    Ok(merged
+        .first()
+        .is_some_and(|&(s, e)| s == 0 && e >= 0x1_0000))
+}
+
+/// The CPU-side windows of a PCI host bridge's `ranges` (`<pci-addr(3) cpu-addr(parent) size>`).
+fn pci_windows(node: &Node<'_>) -> Result<Vec<(u64, u64)>, DtError> {
+    let pac = match node.parent() {
+        Some(p) => fdt::cell_sizes(&p)?.0,
+        None => 2,
+    };
+    // PCI: 3 address cells (phys.hi, phys.mid, phys.lo), 2 size cells.
+    let cac = usize::try_from(fdt::prop_num(node, "#address-cells")?.unwrap_or(3)).unwrap_or(0);
+    let csc = usize::try_from(fdt::prop_num(node, "#size-cells")?.unwrap_or(2)).unwrap_or(0);
+    if cac != 3 || !(1..=2).contains(&csc) {
+        return Err(DtError::BadProperty("PCI #address-cells/#size-cells"));
+    }
+    let Some(p) = node.raw_property("ranges")? else {
+        return Ok(Vec::new());
+    };
+    let stride = (cac + pac + csc) * 4;
+    if stride == 0 || !p.value.len().is_multiple_of(stride) {
+        return Err(DtError::BadProperty("ranges"));
+    }
+    let mut out = Vec::new();
+    for e in p.value.chunks_exact(stride) {
+        let (Some(a), Some(s)) = (
+            fdt::read_cells(e, cac * 4, pac),
+            fdt::read_cells(e, (cac + pac) * 4, csc),
+        ) else {
+            return Err(DtError::BadProperty("ranges"));
+        };
+        out.push((a, s));
+    }
+    Ok(out)
 }
 
 /// Devices known not to master DMA: `(compatible, what, which reg entries)`.
@@ -498,7 +598,10 @@ const DMA_MASTERS: &[(&str, &str)] = &[
         "arm,gic-v3-its",
         "DMA master: the GIC ITS keeps its tables in memory",
     ),
-    ("arm,smmu-v3", "IOMMU: Bulwark does not drive the SMMU yet"),
+    (
+        "arm,smmu-v3",
+        "IOMMU: not one Bulwark drives (no SMMUv3 owned at boot)",
+    ),
 ];
 
 const UNKNOWN: &str = "not on Bulwark's list of devices that master no DMA";
@@ -530,14 +633,39 @@ fn node_name(node: &Node<'_>) -> Result<NameBuf, DtError> {
 fn classify(
     node: &Node<'_>,
     identity: bool,
-    passthrough: &[String],
+    pol: Pol<'_>,
 ) -> Result<Option<(Verdict, Regs)>, DtError> {
+    let passthrough = pol.passthrough;
     let has_reg = node.raw_property("reg")?.is_some();
     let mut dma = None;
     for (c, why) in DMA_MASTERS {
         if fdt::has_string(node, "compatible", c)? {
             dma = Some(*why);
         }
+    }
+    // With an SMMUv3 Bulwark owns: the IOMMU itself stays Bulwark's; a PCI host bridge whose
+    // every requester ID maps to streams of that SMMU is handed over (its devices' DMA is
+    // translated by tables Bulwark derives from the store). Without one, PCI stays hidden.
+    let mut pci = false;
+    for c in PCI_HOSTS {
+        pci |= fdt::has_string(node, "compatible", c)?;
+    }
+    match pol.iommu {
+        Some(ph) => {
+            if fdt::prop_num(node, "phandle")? == Some(u64::from(ph))
+                && fdt::has_string(node, "compatible", "arm,smmu-v3")?
+            {
+                return Ok(Some((Verdict::Hide(SMMU_OWNED), Regs::All)));
+            }
+            if pci && identity && has_reg && behind_iommu(node, ph)? {
+                return Ok(Some((Verdict::Pass(PCI_BEHIND_SMMU), Regs::PciBehindIommu)));
+            }
+            if pci {
+                dma = Some(PCI_NOT_BEHIND);
+            }
+        }
+        None if pci => dma = Some(PCI_NO_IOMMU),
+        None => {}
     }
     if !has_reg && dma.is_none() {
         return Ok(None);
@@ -595,8 +723,9 @@ pub struct Device {
 /// mapped: `Err((name, why))`.
 pub fn device_policy(
     src: &[u8],
-    passthrough: &[String],
+    pol: Pol<'_>,
 ) -> Result<Result<Vec<Device>, (String, &'static str)>, DtError> {
+    let passthrough = pol.passthrough;
     let (tree, _) = fdt::open(src)?;
     let root = tree.root()?;
     let root_node = root
@@ -615,7 +744,7 @@ pub fn device_policy(
         ) || name.name == "memory"
             || fdt::prop_str(&child, "device_type")? == Some("memory");
         if !special {
-            collect(&child, "", 1, true, passthrough, &mut out)?;
+            collect(&child, "", 1, true, pol, &mut out)?;
         }
     }
     for p in passthrough {
@@ -644,7 +773,7 @@ fn collect(
     parent_path: &str,
     depth: usize,
     identity: bool,
-    passthrough: &[String],
+    pol: Pol<'_>,
     out: &mut Vec<Device>,
 ) -> Result<(), DtError> {
     if depth > fdt::MAX_DEPTH {
@@ -652,12 +781,12 @@ fn collect(
     }
     let name = String::from(node_name(node)?.as_str());
     let path = alloc::format!("{parent_path}/{name}");
-    let verdict = classify(node, identity, passthrough)?;
+    let verdict = classify(node, identity, pol)?;
     if let Some((v, regs)) = verdict {
         let mut ranges = Vec::new();
         if identity {
             let gic_count = match regs {
-                Regs::All => usize::MAX,
+                Regs::All | Regs::PciBehindIommu => usize::MAX,
                 Regs::GicV3 => {
                     let n = fdt::prop_num(node, "#redistributor-regions")?.unwrap_or(1);
                     usize::try_from(n).unwrap_or(usize::MAX).saturating_add(1)
@@ -667,6 +796,13 @@ fn collect(
             for (a, s) in fdt::reg_entries(node)?.take(take) {
                 if let Some(r) = fdt::PhysRange::new(a, s) {
                     ranges.push(r);
+                }
+            }
+            if regs == Regs::PciBehindIommu {
+                for (a, s) in pci_windows(node)? {
+                    if let Some(r) = fdt::PhysRange::new(a, s) {
+                        ranges.push(r);
+                    }
                 }
             }
         }
@@ -683,7 +819,7 @@ fn collect(
     let ctx = child_ctx(node, Ctx::Devices { identity })?;
     let child_identity = matches!(ctx, Ctx::Devices { identity: true });
     for c in node.children()?.iter() {
-        collect(&c?, &path, depth + 1, child_identity, passthrough, out)?;
+        collect(&c?, &path, depth + 1, child_identity, pol, out)?;
     }
     Ok(())
 }
@@ -738,6 +874,33 @@ pub fn stage2_device_ranges(devices: &[Device], exclude: &[(u64, u64)]) -> Vec<(
     out
 }
 
+/// The first enabled `arm,smmu-v3` node of `src`: its register frame `(base, size)` (the first
+/// `reg` entry, addressed 1:1 from the root) and its phandle. `Ok(None)` when the tree has none.
+pub fn smmu_v3(src: &[u8]) -> Result<Option<(u64, u64, u32)>, DtError> {
+    let (tree, _) = fdt::open(src)?;
+    let root = tree.root()?;
+    let root_node = root
+        .find_node("/")?
+        .ok_or(DtError::Missing("a root node"))?;
+    for n in root_node.children()?.iter() {
+        let n = n?;
+        if !fdt::has_string(&n, "compatible", "arm,smmu-v3")? {
+            continue;
+        }
+        if !matches!(fdt::prop_str(&n, "status")?, None | Some("okay" | "ok")) {
+            continue;
+        }
+        let Some((base, size)) = fdt::reg_entries(&n)?.next() else {
+            continue;
+        };
+        let Some(ph) = fdt::prop_num(&n, "phandle")?.and_then(|p| u32::try_from(p).ok()) else {
+            continue;
+        };
+        return Ok(Some((base, size, ph)));
+    }
+    Ok(None)
+}
+
 /// The GICv3 redistributor regions (host-physical) of the `arm,gic-v3` node: its `reg` entries
 /// 1 ..= `#redistributor-regions` (default 1; entry 0 is the distributor). Bulwark emulates the
 /// RD_base control page of each redistributor in them (LPIs off: docs/aarch64.md). Empty when the
@@ -766,19 +929,22 @@ fn copy_node(
     node: &Node<'_>,
     depth: usize,
     ctx: Ctx,
-    passthrough: &[String],
+    pol: Pol<'_>,
 ) -> Result<(), DtError> {
     if depth > fdt::MAX_DEPTH {
         return Err(DtError::TooDeep);
     }
+    let mut skip: &[&str] = &[];
     if let Ctx::Devices { identity } = ctx {
-        if let Some((Verdict::Hide(_), _)) = classify(node, identity, passthrough)? {
-            return Ok(());
+        match classify(node, identity, pol)? {
+            Some((Verdict::Hide(_), _)) => return Ok(()),
+            Some((_, Regs::PciBehindIommu)) => skip = PCI_SKIP_PROPS,
+            _ => {}
         }
     }
     begin_named(w, node)?;
-    copy_props(w, node, &[])?;
-    copy_children(w, node, depth + 1, child_ctx(node, ctx)?, passthrough)?;
+    copy_props(w, node, skip)?;
+    copy_children(w, node, depth + 1, child_ctx(node, ctx)?, pol)?;
     w.end_node()
 }
 
@@ -805,7 +971,7 @@ fn emit_cpus(
         if c.name()?.name == "cpu-map" {
             continue;
         }
-        copy_node(w, &c, 2, Ctx::Verbatim, &[])?;
+        copy_node(w, &c, 2, Ctx::Verbatim, Pol::default())?;
     }
     if !kept {
         return Err(DtError::Missing("a /cpus node for the boot CPU"));
@@ -813,7 +979,7 @@ fn emit_cpus(
     // cpu-map names CPUs by phandle: keep it only when no CPU was dropped.
     if !dropped {
         if let Some(map) = cpus.children()?.find("cpu-map")? {
-            copy_node(w, &map, 2, Ctx::Verbatim, &[])?;
+            copy_node(w, &map, 2, Ctx::Verbatim, Pol::default())?;
         }
     }
     w.end_node()
@@ -853,7 +1019,7 @@ fn emit_reserved(
         if has_reg {
             w.property_reg("reg", ac, sc, regs.get(..n).unwrap_or(&[]))?;
         }
-        copy_children(w, &c, 3, Ctx::Verbatim, &[])?;
+        copy_children(w, &c, 3, Ctx::Verbatim, Pol::default())?;
         w.end_node()?;
     }
     w.end_node()
@@ -876,6 +1042,7 @@ mod tests {
             boot_cpu: 0,
             psci_method: "hvc",
             passthrough: &[],
+            iommu: None,
         }
     }
 
@@ -935,7 +1102,98 @@ mod tests {
     }
 
     fn policy(pt: &[String]) -> Vec<Device> {
-        device_policy(VIRT, pt).unwrap().unwrap()
+        device_policy(
+            VIRT,
+            Pol {
+                passthrough: pt,
+                iommu: None,
+            },
+        )
+        .unwrap()
+        .unwrap()
+    }
+
+    /// QEMU virt with `iommu=smmuv3` (same dump command plus `iommu=smmuv3`, no initrd/append):
+    /// the PCIe node's `iommu-map` sends RIDs 0..0xffff to the SMMU (phandle 0x8004).
+    const VIRT_SMMU: &[u8] = include_bytes!("../fixtures/aarch64-qemu-virt-smmuv3.dtb");
+
+    #[test]
+    fn pci_is_handed_over_only_behind_an_owned_smmu() {
+        let pol = |iommu| {
+            device_policy(
+                VIRT_SMMU,
+                Pol {
+                    passthrough: &[],
+                    iommu,
+                },
+            )
+            .unwrap()
+            .unwrap()
+        };
+        let smmu = smmu_v3(VIRT_SMMU).unwrap().unwrap();
+        assert_eq!(smmu, (0x0905_0000, 0x2_0000, 0x8004));
+        let find = |d: &[Device], p: &str| d.iter().find(|x| x.path == p).expect(p).clone();
+        // Without an owned SMMU: PCI and the SMMU hidden, and the line says why.
+        let none = pol(None);
+        assert!(
+            matches!(find(&none, "/pcie@10000000").verdict, Verdict::Hide(w) if w == PCI_NO_IOMMU)
+        );
+        assert!(!find(&none, "/smmuv3@9050000").verdict.passes());
+        // With it: the bridge passes with its ECAM and its three windows; the SMMU stays hidden.
+        let owned = pol(Some(0x8004));
+        let pci = find(&owned, "/pcie@10000000");
+        assert_eq!(pci.verdict, Verdict::Pass(PCI_BEHIND_SMMU));
+        let r = |a, s| PhysRange::new(a, s).unwrap();
+        assert_eq!(
+            pci.ranges,
+            [
+                r(0x40_1000_0000, 0x1000_0000),
+                r(0x3eff_0000, 0x1_0000),
+                r(0x1000_0000, 0x2eff_0000),
+                r(0x80_0000_0000, 0x80_0000_0000),
+            ]
+        );
+        assert_eq!(
+            find(&owned, "/smmuv3@9050000").verdict,
+            Verdict::Hide(SMMU_OWNED)
+        );
+        assert!(!find(&owned, "/intc@8000000/its@8080000").verdict.passes());
+        // A different phandle is not the owned SMMU: the bridge stays hidden.
+        let other = pol(Some(0x8003));
+        assert_eq!(
+            find(&other, "/pcie@10000000").verdict,
+            Verdict::Hide(PCI_NOT_BEHIND)
+        );
+        // The guest's tree: the PCIe node without iommu-map/msi-map, no SMMU node.
+        let mut out = vec![0u8; 1 << 20];
+        let mut scratch = vec![0u8; 64 << 10];
+        let p = GuestDtPlan {
+            iommu: Some(0x8004),
+            initrd: None,
+            ..plan()
+        };
+        let n = derive(VIRT_SMMU, &p, &mut out, &mut scratch).expect("derive");
+        let (t, _) = crate::fdt::open(&out[..n]).unwrap();
+        let root = t.root().unwrap();
+        let pcie = root
+            .find_node("/pcie@10000000")
+            .unwrap()
+            .expect("pcie node");
+        for prop in PCI_SKIP_PROPS {
+            assert!(pcie.raw_property(prop).unwrap().is_none(), "{prop}");
+        }
+        assert!(pcie.raw_property("interrupt-map").unwrap().is_some());
+        assert!(root.find_node("/smmuv3@9050000").unwrap().is_none());
+        // Without the SMMU owned, neither node is in the guest's tree.
+        let p = GuestDtPlan {
+            initrd: None,
+            ..plan()
+        };
+        let n = derive(VIRT_SMMU, &p, &mut out, &mut scratch).expect("derive");
+        let (t, _) = crate::fdt::open(&out[..n]).unwrap();
+        let root = t.root().unwrap();
+        assert!(root.find_node("/pcie@10000000").unwrap().is_none());
+        assert!(root.find_node("/smmuv3@9050000").unwrap().is_none());
     }
 
     #[test]
@@ -1059,9 +1317,15 @@ mod tests {
             ("pl011@9000000", "passes this device through anyway"),
             ("cpu@0", "no device"),
         ] {
-            let e = device_policy(VIRT, &[String::from(name)])
-                .unwrap()
-                .unwrap_err();
+            let e = device_policy(
+                VIRT,
+                Pol {
+                    passthrough: &[String::from(name)],
+                    iommu: None,
+                },
+            )
+            .unwrap()
+            .unwrap_err();
             assert_eq!(e.0, name);
             assert!(e.1.contains(why), "{name}: {}", e.1);
         }
@@ -1120,7 +1384,14 @@ mod tests {
                 blob[i] = (x >> 32) as u8;
             }
             let _ = derive(&blob, &plan(), &mut out, &mut scratch);
-            let _ = device_policy(&blob, &[String::from("fw-cfg@9020000")]);
+            let _ = device_policy(
+                &blob,
+                Pol {
+                    passthrough: &[String::from("fw-cfg@9020000")],
+                    iommu: Some(0x8004),
+                },
+            );
+            let _ = smmu_v3(&blob);
         }
     }
 }

@@ -23,7 +23,7 @@ const STATUS_GUEST_CRASH: u32 = 0xB3;
 /// or no room for the pristine payload copy; hypervisor/src/aarch64/guest.rs).
 const STATUS_GUEST_RESET: u32 = 0xB2;
 
-fn out() -> Result<PathBuf, String> {
+pub(crate) fn out() -> Result<PathBuf, String> {
     util::out_dir("aarch64")
 }
 
@@ -87,6 +87,8 @@ pub struct Extra {
     pub qemu_args: Vec<String>,
     /// Boot Bulwark as firmware (`-bios`, `secure=on`): entered at EL3 at address 0.
     pub as_firmware: bool,
+    /// QEMU virt with `iommu=smmuv3`: the PCI host bridge behind an SMMUv3.
+    pub iommu: bool,
 }
 
 /// Guest command line of the demo (`cargo xtask run --arch aarch64` without `--guest`).
@@ -143,6 +145,8 @@ pub fn run_with(o: &RunOpts, x: &Extra) -> Result<Outcome, String> {
         "virt,gic-version=3"
     } else if x.as_firmware {
         "virt,secure=on,virtualization=on,gic-version=3"
+    } else if x.iommu {
+        "virt,virtualization=on,gic-version=3,iommu=smmuv3"
     } else {
         "virt,virtualization=on,gic-version=3"
     };
@@ -173,7 +177,7 @@ pub fn run_with(o: &RunOpts, x: &Extra) -> Result<Outcome, String> {
     })
 }
 
-fn quiet() -> RunOpts {
+pub(crate) fn quiet() -> RunOpts {
     RunOpts {
         quiet: true,
         ..RunOpts::default()
@@ -200,7 +204,7 @@ fn counter_at_least(out: &Outcome, key: &str, min: u64) -> Result<(), String> {
     Ok(())
 }
 
-fn need(out: &Outcome, needle: &str) -> Result<(), String> {
+pub(crate) fn need(out: &Outcome, needle: &str) -> Result<(), String> {
     if out.has(needle) {
         Ok(())
     } else {
@@ -214,12 +218,12 @@ fn need(out: &Outcome, needle: &str) -> Result<(), String> {
 // ---- Debian's arm64 kernel with a busybox initramfs -------------------------------------------
 
 /// Marker the initramfs's /init prints before powering off.
-const INIT_MARKER: &str = "BULWARK-INIT-MARKER: userspace reached";
+pub(crate) const INIT_MARKER: &str = "BULWARK-INIT-MARKER: userspace reached";
 /// CPU for the Linux runs: QEMU's IMP DEF pointer-authentication algorithm is much faster in TCG.
-const LINUX_CPU: &str = "max,pauth-impdef=on";
-const LINUX_CMDLINE: &str = "console=ttyAMA0 panic=-1";
+pub(crate) const LINUX_CPU: &str = "max,pauth-impdef=on";
+pub(crate) const LINUX_CMDLINE: &str = "console=ttyAMA0 panic=-1";
 
-fn debian_dir() -> Result<PathBuf, String> {
+pub(crate) fn debian_dir() -> Result<PathBuf, String> {
     util::out_dir("aarch64/debian")
 }
 
@@ -305,9 +309,19 @@ pub fn debian_kernel_and_busybox() -> Result<(PathBuf, PathBuf), String> {
 /// An initramfs (cpio "newc") with /bin/busybox, /dev/console and an /init script that prints
 /// [`INIT_MARKER`] and powers off.
 pub fn busybox_initramfs(busybox: &Path) -> Result<Vec<u8>, String> {
-    let bb = std::fs::read(busybox).map_err(|e| format!("{}: {e}", busybox.display()))?;
     let init =
         format!("#!/bin/busybox sh\n/bin/busybox echo {INIT_MARKER}\n/bin/busybox poweroff -f\n");
+    busybox_initramfs_with(busybox, &init, &[])
+}
+
+/// An initramfs with /bin/busybox, /dev/console, `/init` = `init` and `files` (`(path, bytes)`,
+/// regular files under existing directories: `bin`, `dev`, `proc`, `lib`).
+pub(crate) fn busybox_initramfs_with(
+    busybox: &Path,
+    init: &str,
+    files: &[(&str, Vec<u8>)],
+) -> Result<Vec<u8>, String> {
+    let bb = std::fs::read(busybox).map_err(|e| format!("{}: {e}", busybox.display()))?;
     let mut out = Vec::new();
     let mut ino = 0u32;
     let mut add = |name: &str, mode: u32, data: &[u8], rdev: (u32, u32)| {
@@ -345,7 +359,11 @@ pub fn busybox_initramfs(busybox: &Path) -> Result<Vec<u8>, String> {
     add("dev", 0o040755, &[], (0, 0));
     add("proc", 0o040755, &[], (0, 0));
     add("dev/console", 0o020600, &[], (5, 1));
+    add("lib", 0o040755, &[], (0, 0));
     add("bin/busybox", 0o100755, &bb, (0, 0));
+    for (name, data) in files {
+        add(name, 0o100644, data, (0, 0));
+    }
     add("init", 0o100755, init.as_bytes(), (0, 0));
     add("TRAILER!!!", 0, &[], (0, 0));
     while out.len() % 512 != 0 {
@@ -468,7 +486,7 @@ fn bulwark_string_addr(needle: &[u8]) -> Result<u64, String> {
     Ok(0x4008_0000 + off as u64)
 }
 
-fn refute(out: &Outcome, needle: &str, why: &str) -> Result<(), String> {
+pub(crate) fn refute(out: &Outcome, needle: &str, why: &str) -> Result<(), String> {
     if out.has(needle) {
         return Err(format!(
             "{why}: console has {needle:?}\n--- console tail ---\n{}",
@@ -601,6 +619,7 @@ pub fn scenarios() -> Vec<Scenario> {
     let emu = "qemu virt el2";
     let mut v = breach_scenarios(emu);
     v.splice(0..0, base_scenarios(emu));
+    v.extend(crate::dma_tests::scenarios(emu));
     v
 }
 

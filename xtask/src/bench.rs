@@ -41,6 +41,9 @@ enum Host {
     Qemu,
     /// QEMU virt, guest entered at EL1, no Bulwark.
     QemuBare,
+    /// QEMU virt at EL2 with `iommu=smmuv3`: Bulwark owns the SMMU, so every lock also
+    /// re-derives the SMMU's device table and invalidates its TLB (docs/aarch64.md, "SMMUv3").
+    QemuSmmu,
 }
 
 impl Host {
@@ -50,6 +53,7 @@ impl Host {
             Host::BochsBare => "bochs tigerlake, bare".into(),
             Host::Qemu => "qemu virt el2 icount".into(),
             Host::QemuBare => "qemu virt el1 icount, bare".into(),
+            Host::QemuSmmu => "qemu virt el2 icount, iommu=smmuv3".into(),
         }
     }
     fn bare(self) -> bool {
@@ -186,6 +190,13 @@ fn arm_runs() -> Vec<(RunSpec, &'static str)> {
         (r(q, "workload", "", MEM_MIB), "workload"),
         (r(Host::QemuBare, "workload", "", MEM_MIB), "workload-bare"),
         (r(q, "footprint", "", MEM_MIB), "fp-after"),
+        // The cost of a lock with the SMMU in the path.
+        (r(Host::QemuSmmu, "none", "", MEM_MIB), "none"),
+        (r(Host::QemuSmmu, "mprotect-1", "", MEM_MIB), "mprotect-1"),
+        (
+            r(Host::QemuSmmu, "mprotect-262144", "", BIG_MEM_MIB),
+            "mprotect-262144",
+        ),
     ]
 }
 
@@ -338,7 +349,12 @@ fn arm_run(b: &ArmBuild, spec: &RunSpec, tag: &str) -> Result<Outcome, String> {
             .arg(&b.guest)
             .args(["-append", &gc]);
     } else {
-        cmd.args(["-M", "virt,virtualization=on,gic-version=3"])
+        let machine = if spec.host == Host::QemuSmmu {
+            "virt,virtualization=on,gic-version=3,iommu=smmuv3"
+        } else {
+            "virt,virtualization=on,gic-version=3"
+        };
+        cmd.args(["-M", machine])
             .arg("-kernel")
             .arg(&b.bulwark)
             .arg("-initrd")
@@ -767,6 +783,28 @@ fn make_rows(
         "<= 64",
         "one call per run: the spread is across the two runs",
     );
+    if arch == Arch::Aarch64 {
+        let h = Host::QemuSmmu;
+        add(
+            format!("ROE_MPROTECT 1 page, SMMU in the path ({})", h.name()),
+            "mprotect-1",
+            h,
+            "instructions/page",
+            "-",
+            "stage 2 and the SMMU's device table re-derived, CMD_TLBI_NSNH_ALL + CMD_SYNC waited for",
+        );
+        add(
+            format!(
+                "ROE_MPROTECT 262,144 pages, SMMU in the path ({})",
+                h.name()
+            ),
+            "mprotect-262144",
+            h,
+            "instructions/page",
+            "-",
+            "one call per run: the spread is across the two runs",
+        );
+    }
     let chunk_hosts: Vec<Host> = match arch {
         Arch::X86_64 => vec![Host::Bochs("tigerlake"), Host::Bochs("corei7_skylake_x")],
         Arch::Aarch64 => vec![Host::Qemu],

@@ -184,6 +184,7 @@ mod attr;
 mod bench;
 mod breach;
 mod demo;
+mod dma;
 mod forge;
 mod gic;
 mod highmem;
@@ -486,6 +487,7 @@ extern "C" fn guest_main(dtb: u64, el: u64) -> ! {
         Some("third-page") => breach::third_page(),
         Some("highmem") => highmem::run(mem),
         Some("forge") => forge::run(mem.map_or(RAM_BASE, |(b, s)| b.saturating_add(s))),
+        Some(d @ ("dma" | "dma-nopci")) => dma::dispatch(d, dtb, mem),
         _ => {}
     }
     let (img_s, img_e) = (

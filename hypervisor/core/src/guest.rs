@@ -559,6 +559,52 @@ impl Guest {
         s2.sync(mem, range, &layout, tlb)
     }
 
+    /// Re-derive `range` of a device (DMA) table: the view an IOMMU Bulwark owns gives the
+    /// guest's DMA masters (docs/aarch64.md, "SMMUv3"). Input = the guest's IPA, output = the
+    /// same host address as the CPU's stage 2; only guest RAM is mapped (no device pages: no
+    /// peer-to-peer, and Bulwark's memory has no IPA at all), read/write at most, never
+    /// executable, with the same rights the CPU's stage 2 has minus what a device cannot be
+    /// held to: a ROE-locked page or a page with chunk-protected bytes is **read-only** for
+    /// devices (a device write cannot be checked byte by byte), an `attr=` page without W is
+    /// read-only, one without R has no entry. `F` is the table's format (stage 1 for an SMMU
+    /// with stage 1 only, stage 2 otherwise); the engine is the same.
+    pub fn sync_dma<F: crate::pt::Format>(
+        &self,
+        mem: &mut dyn PhysMem,
+        table: &mut PageTable<F>,
+        range: GpaRange,
+        tlb: &mut dyn TlbFlush,
+    ) -> Result<Invalidation, PtError> {
+        let range = range.page_aligned_outer().ok_or(PtError::OutOfRange)?;
+        table.sync(mem, range, &DmaView { guest: self }, tlb)
+    }
+
+    /// What a device's refused access at `gpa` ran into (for the violation line of an IOMMU
+    /// fault): `"roe"` (a ROE-locked page), `"roe-chunk"` (chunk-protected bytes), `"attr"`
+    /// (`attr=` withholds the right), `"unmapped"` (no guest RAM there: the back end names
+    /// Bulwark's own window itself), or `None` when the DMA view allows the access (a stale
+    /// device TLB, or a fault the view did not cause).
+    pub fn dma_fault_kind(&self, gpa: GuestPhysAddr, write: bool) -> Option<&'static str> {
+        let in_ram = self
+            .region_of(gpa)
+            .is_some_and(|r| r.kind == RegionKind::Ram);
+        if !in_ram {
+            return Some("unmapped");
+        }
+        let (st, _) = self.store.run_at(gpa.frame());
+        let want = if write { Perms::W } else { Perms::R };
+        if !st.allowed.contains(want) || !st.allowed.read() {
+            return Some("attr");
+        }
+        if write && st.roe {
+            return Some("roe");
+        }
+        if write && st.chunk {
+            return Some("roe-chunk");
+        }
+        None
+    }
+
     /// SPP vectors of the chunk pages in `range`.
     pub fn spp_vectors(&self, range: GpaRange) -> Result<Vec<(GuestPhysAddr, SppVector)>, PtError> {
         let mut out = Vec::new();
@@ -1158,6 +1204,25 @@ struct Derived<'a> {
 impl Layout for Derived<'_> {
     fn lookup(&self, gpa: GuestPhysAddr) -> Run {
         self.guest.lookup(gpa, self.spp)
+    }
+}
+
+/// The DMA view of a guest's store ([`Guest::sync_dma`]).
+struct DmaView<'a> {
+    guest: &'a Guest,
+}
+
+impl Layout for DmaView<'_> {
+    fn lookup(&self, gpa: GuestPhysAddr) -> Run {
+        let mut run = self.guest.lookup(gpa, false);
+        run.target = run.target.and_then(|m| {
+            let perms = m.attrs.perms.intersect(Perms::RW);
+            (m.attrs.mem == crate::pt::MemType::WriteBack && perms.read()).then_some(Mapping {
+                hpa: m.hpa,
+                attrs: LeafAttrs::ram(perms),
+            })
+        });
+        run
     }
 }
 

@@ -50,6 +50,7 @@ fn refuse(args: core::fmt::Arguments<'_>) -> ! {
 }
 
 mod gicr;
+mod smmu;
 mod swstore;
 
 /// Exits and software-path work of a run, printed in the end-of-run counters line.
@@ -324,13 +325,45 @@ pub fn boot_and_run(dt: &'static [u8], desc: &BootDescription<'_>) -> ! {
         .zip(place.initrd)
         .map(|(i, ipa)| (ipa, ipa + i.len));
 
+    // The SMMUv3 (docs/aarch64.md, "SMMUv3"): Bulwark takes it before deciding the devices;
+    // only with it may DMA masters behind it (the PCI host bridge) be handed over.
+    let mut smmu = match fdt_guest::smmu_v3(dt) {
+        Ok(Some((base, size, ph))) => match smmu::Smmu::probe(base, size, ph) {
+            Ok(s) => {
+                log::info!(
+                    "SMMUv3 at {base:#x}: taken by Bulwark ({}); hidden from the guest",
+                    s.stage()
+                );
+                Some(s)
+            }
+            Err(why) => {
+                log::warn!(
+                    "SMMUv3 at {base:#x}: not usable ({why}); it stays hidden and so do the DMA masters behind it"
+                );
+                None
+            }
+        },
+        Ok(None) => {
+            log::info!(
+                "no SMMUv3 in the device tree: DMA-capable devices (PCI) are not handed over to the guest (nothing would confine their DMA)"
+            );
+            None
+        }
+        Err(e) => refuse(format_args!("device tree: {e}")),
+    };
+    let iommu = smmu.as_ref().map(|s| s.phandle);
+
     // The device policy (docs/aarch64.md, "Device policy"): which devices the guest gets.
-    let devices = match fdt_guest::device_policy(dt, &cfg.passthrough) {
+    let pol = fdt_guest::Pol {
+        passthrough: &cfg.passthrough,
+        iommu,
+    };
+    let devices = match fdt_guest::device_policy(dt, pol) {
         Ok(Ok(d)) => d,
         Ok(Err((name, why))) => refuse(format_args!("{}", cfg.passthrough_refused(&name, why))),
         Err(e) => refuse(format_args!("device tree: {e}")),
     };
-    log_device_policy(&devices);
+    log_device_policy(&devices, iommu.is_some());
 
     // The guest's device tree.
     let mpidr = read_sysreg!("mpidr_el1") & 0xff_00ff_ffff;
@@ -343,6 +376,7 @@ pub fn boot_and_run(dt: &'static [u8], desc: &BootDescription<'_>) -> ! {
         boot_cpu: mpidr,
         psci_method: "hvc",
         passthrough: &cfg.passthrough,
+        iommu,
     };
     let (os, oe) = region(Region::DtOut);
     let scratch_len = 256 << 10;
@@ -486,6 +520,20 @@ pub fn boot_and_run(dt: &'static [u8], desc: &BootDescription<'_>) -> ! {
         s2cfg.vtcr()
     );
     el2::prepare(s2cfg.vtcr(), s2.vttbr(VMID));
+    if let Some(s) = smmu.as_mut() {
+        let before = pool.in_use;
+        if let Err(e) = s.enable(&core_guest, &mut pool, s2cfg) {
+            refuse(format_args!(
+                "SMMUv3: {e}; the PCI devices were to be handed over behind it, so Bulwark stops"
+            ));
+        }
+        log::info!(
+            "SMMUv3: enabled, StreamIDs 0..{} translated ({}), device table derived from the store: {} table pages; guest RAM only, locked pages read-only for devices, Bulwark's memory absent",
+            smmu::STREAMS,
+            s.stage(),
+            pool.in_use - before
+        );
+    }
 
     // Two scratch frames for the software path (swstore.rs): a store touches at most two pages.
     let mut scratch = [0u64; swstore::STEP_PAGES];
@@ -535,6 +583,7 @@ pub fn boot_and_run(dt: &'static [u8], desc: &BootDescription<'_>) -> ! {
         gicr,
         hidden,
         no_read,
+        smmu,
         stats: ExitStats::default(),
         reboot: Reboot {
             reload,
@@ -587,6 +636,16 @@ fn keep_pristine(pb: u64, size: u64, image_end: u64, reserved_end: u64, max: u32
     Some(start)
 }
 
+/// A run of SMMU faults reported as one violation line.
+struct DmaFault {
+    kind: &'static str,
+    write: bool,
+    stream: u32,
+    event: &'static str,
+    addr: u64,
+    count: u32,
+}
+
 /// Pages of a device the policy hides (host-physical = IPA: devices are identity-mapped).
 struct HiddenDevice {
     start: u64,
@@ -598,7 +657,7 @@ struct HiddenDevice {
 /// The boot log of the device policy: one line per device (consecutive hidden devices of one
 /// kind, such as QEMU virt's 32 virtio-mmio transports, share a line), a warning for each
 /// device passed through on request (`passthrough=`), and a summary.
-fn log_device_policy(devices: &[fdt_guest::Device]) {
+fn log_device_policy(devices: &[fdt_guest::Device], smmu: bool) {
     use core::fmt::Write as _;
     let (mut passed, mut hidden, mut requested) = (0u32, 0u32, 0u32);
     let kind = |d: &fdt_guest::Device| d.name.split('@').next().unwrap_or("").len();
@@ -657,8 +716,17 @@ fn log_device_policy(devices: &[fdt_guest::Device]) {
         }
     }
     log::info!(
-        "device policy: {passed} device(s) passed through, {hidden} hidden (DMA masters and unknown devices: no IOMMU Bulwark controls confines them){}",
-        if requested > 0 { alloc::format!(", {requested} passed through on request (WARNING above)") } else { alloc::string::String::new() }
+        "device policy: {passed} device(s) passed through, {hidden} hidden ({}){}",
+        if smmu {
+            "DMA masters not behind the SMMUv3 Bulwark owns, and unknown devices"
+        } else {
+            "DMA masters and unknown devices: no IOMMU Bulwark controls confines them"
+        },
+        if requested > 0 {
+            alloc::format!(", {requested} passed through on request (WARNING above)")
+        } else {
+            alloc::string::String::new()
+        }
     );
 }
 
@@ -723,6 +791,8 @@ struct Vm {
     /// Guest frames the guest may not read ([`unreadable_frames`] of `core`): Bulwark's reads
     /// on the guest's behalf refuse them too.
     no_read: alloc::vec::Vec<(u64, u64)>,
+    /// The SMMUv3 Bulwark owns (smmu.rs), if any.
+    smmu: Option<smmu::Smmu>,
     stats: ExitStats,
     reboot: Reboot,
     /// The core's counters of the boots before the last reboot (the core guest is new per boot).
@@ -745,7 +815,10 @@ impl Vm {
             let kind = vcpu::enter_guest(&mut self.regs);
             let mut d = self.decode(kind);
             self.count_exit(&d);
-            let action = if self.step.is_some() {
+            let halt = self.poll_smmu();
+            let action = if let Some(stop) = halt {
+                stop
+            } else if self.step.is_some() {
                 self.step_exit(&mut d)
             } else {
                 self.handle(&d)
@@ -917,6 +990,10 @@ impl Vm {
     /// PSCI SYSTEM_RESET: reboot the guest (docs/aarch64.md, "SYSTEM_RESET"), or end the run
     /// with status 178 when there is no pristine payload copy or `maxresets=` is reached.
     fn system_reset(&mut self) -> Action {
+        // The ending boot's DMA faults, judged against its own store.
+        if let Some(stop) = self.poll_smmu() {
+            return stop;
+        }
         let g = self.core.mmio_guard();
         log::info!(
             "guest: PSCI SYSTEM_RESET (MMIO guard enrolment {} with {} mapped granule(s))",
@@ -981,6 +1058,13 @@ impl Vm {
         self.no_read = unreadable_frames(&core);
         self.core = core;
         self.step = None;
+        // The device table follows the new store (locks gone) before the guest runs again.
+        if let Some(s) = self.smmu.as_mut() {
+            if let Err(e) = s.rederive(&self.core, &mut self.pool, full) {
+                log::error!("guest reset: SMMUv3: {e}");
+                return failed;
+            }
+        }
 
         // 3. The payload and device tree again, at the same IPAs.
         let r = reload;
@@ -1012,12 +1096,27 @@ impl Vm {
         Action::Retry
     }
 
-    /// Re-derive `range` of stage 2 from the core's state; `Some(stop)` when that fails.
+    /// Re-derive `range` of stage 2 — and of the SMMU's device table, whose TLBs are
+    /// invalidated before this returns (one invalidation path: a lock holds for devices before
+    /// its hypercall returns) — from the core's state; `Some(stop)` when that fails.
     fn rederive(&mut self, range: GpaRange) -> Option<Action> {
-        match self
+        let r = self
             .core
-            .sync_stage2(&mut self.pool, &mut self.s2, range, &mut Stage2Tlb)
-        {
+            .sync_stage2(&mut self.pool, &mut self.s2, range, &mut Stage2Tlb);
+        if let (Ok(_), Some(s)) = (&r, self.smmu.as_mut()) {
+            if let Err(e) = s.rederive(&self.core, &mut self.pool, range) {
+                log::error!(
+                    "SMMUv3: {e} for {:#x}..{:#x}; a lock might not hold against DMA, the run stops",
+                    range.start(),
+                    range.end()
+                );
+                return Some(Action::Stop(StopReason {
+                    status: STATUS_BULWARK_FAILURE,
+                    reason: reason::UNHANDLED_EXIT,
+                }));
+            }
+        }
+        match r {
             Ok(_) => None,
             Err(e) => {
                 log::error!(
@@ -1031,6 +1130,92 @@ impl Vm {
                 }))
             }
         }
+    }
+
+    /// Turn the SMMU's fault records into violation lines (polled at every exit and at the end
+    /// of the run). Under `violation=halt` a DMA violation ends the run (the transaction itself
+    /// was already aborted by the SMMU).
+    fn poll_smmu(&mut self) -> Option<Action> {
+        let s = self.smmu.as_mut()?;
+        let core = &self.core;
+        let gram = self.gram;
+        let halt = core.policy() == ViolationPolicy::Halt;
+        let mut stop = None;
+        let mut count = 0u64;
+        let mut lines: alloc::vec::Vec<DmaFault> = alloc::vec::Vec::new();
+        s.events(|e| {
+            let (name, access_fault) = e.name();
+            if !access_fault {
+                log::warn!(
+                    "SMMUv3: event {name} ({:#x}) stream={} addr={:#x}: the device's DMA was aborted",
+                    e.kind,
+                    e.stream,
+                    e.addr
+                );
+                return;
+            }
+            count += 1;
+            let write = !e.read;
+            // The IPAs past guest RAM are where Bulwark's 32 MiB would lie in a 1:1 map.
+            let ram_end = gram.ipa_base + gram.size;
+            let kind = match core.dma_fault_kind(GuestPhysAddr::new(e.addr), write) {
+                Some("unmapped")
+                    if (e.addr >= ram_end && e.addr < ram_end + BULWARK_RESERVED)
+                        || (e.addr >= gram.ipa_base - BULWARK_RESERVED.min(gram.ipa_base)
+                            && e.addr < gram.ipa_base) =>
+                {
+                    "bulwark"
+                }
+                Some(k) => k,
+                None => "stale",
+            };
+            // One line per run of faults of one stream on one page (a device writes a buffer
+            // in many small transactions: QEMU records one fault per 4 bytes).
+            match lines.last_mut() {
+                Some(l)
+                    if l.kind == kind
+                        && l.write == write
+                        && l.stream == e.stream
+                        && l.event == name
+                        && l.addr >> 12 == e.addr >> 12 =>
+                {
+                    l.count += 1
+                }
+                _ => {
+                    if lines.try_reserve(1).is_ok() {
+                        lines.push(DmaFault {
+                            kind,
+                            write,
+                            stream: e.stream,
+                            event: name,
+                            addr: e.addr,
+                            count: 1,
+                        });
+                    }
+                }
+            }
+        });
+        for l in &lines {
+            log::error!(
+                target: bulwark_core::violation::VIOLATION_TARGET,
+                "kind={} access=dma-{} gpa={:#x} stream={} event={} count={} action={}",
+                l.kind,
+                if l.write { "write" } else { "read" },
+                l.addr,
+                l.stream,
+                l.event,
+                l.count,
+                if halt { "halt" } else { "abort" }
+            );
+            if halt && stop.is_none() {
+                stop = Some(Action::Stop(StopReason {
+                    status: STATUS_BULWARK_FAILURE,
+                    reason: reason::VIOLATION_HALT,
+                }));
+            }
+        }
+        s.faults = s.faults.saturating_add(count);
+        stop
     }
 
     fn stage2_abort(&mut self, d: &Decoded, f: &MemFault) -> Action {
@@ -1184,6 +1369,7 @@ impl Vm {
                 return;
             }
             Action::Stop(r) => {
+                self.poll_smmu();
                 self.print_counters();
                 crate::finish(r.status, r.reason)
             }
@@ -1219,7 +1405,7 @@ impl Vm {
             "counters exits={} exit_hvc={} exit_smc={} exit_dabt={} exit_iabt={} exit_wfi={} exit_sstep={} exit_other={} \
              hypercalls={} hypercall_errors={} el0_calls_refused={} violations={} violations_roe={roe} violations_roe_chunk={chunk} \
              violations_mmio_guard={guard} violations_attr={attr} emulated_stores={} sw_steps={} sw_writes={} sw_exclusive={} \
-             spurious_faults={} mmio_maps={} mmio_unmaps={} table_pages={}",
+             spurious_faults={} mmio_maps={} mmio_unmaps={} table_pages={} violations_dma={}",
             s.exits,
             s.hvc,
             s.smc,
@@ -1239,7 +1425,8 @@ impl Vm {
             c.spurious_faults,
             c.mmio_maps,
             c.mmio_unmaps,
-            self.pool.in_use
+            self.pool.in_use,
+            self.smmu.as_ref().map_or(0, |s| s.faults)
         );
     }
 

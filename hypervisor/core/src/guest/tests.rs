@@ -743,3 +743,88 @@ fn shadow_mapping_and_restore() {
     assert_eq!(ept.stats().table_pages, t0);
     assert!(t0 >= pages0);
 }
+
+/// The DMA view (an IOMMU's table, here in the stage-1 format an SMMU without stage 2 uses):
+/// RAM only, read/write at most, ROE/chunk pages read-only, `attr=` rights, re-derived with the
+/// CPU's stage 2 after a lock.
+#[test]
+fn dma_view_follows_the_store() {
+    use crate::pt::stage1::Stage1;
+    use bulwark_abi::smccc::BULWARK_ROE;
+    let mut g = Guest::new(cfg(Arch::Aarch64, ViolationPolicy::Skip, false)).unwrap();
+    g.set_host_attributes(0x7000, 0x1000, 1, 0).unwrap(); // r--
+    g.set_host_attributes(0x9000, 0x1000, 0, 0).unwrap(); // ---
+    let mut mem = FakePhysMem::new();
+    let mut tlb = RecordingFlush::default();
+    let mut t1 = Stage1::new_stage1(&mut mem, 39).unwrap();
+    let full = g.full_range().unwrap();
+    g.sync_dma(&mut mem, &mut t1, full, &mut tlb).unwrap();
+    let perms = |mem: &FakePhysMem, t1: &Stage1, a: u64| {
+        t1.translate(mem, GuestPhysAddr::new(a))
+            .map(|(m, _)| (m.hpa.as_u64(), m.attrs.perms))
+    };
+    // Ordinary RAM: read/write, never executable, same host address as the CPU's view.
+    assert_eq!(perms(&mem, &t1, 0x1000), Some((0x1000, Perms::RW)));
+    assert_eq!(perms(&mem, &t1, 33 * MIB), Some((33 * MIB, Perms::RW)));
+    // attr= r--: read-only; attr= ---: absent.
+    assert_eq!(perms(&mem, &t1, 0x7000), Some((0x7000, Perms::R)));
+    assert_eq!(perms(&mem, &t1, 0x9000), None);
+    // The hole between the RAM regions and the passed-through device: absent.
+    assert_eq!(perms(&mem, &t1, 20 * MIB), None);
+    assert_eq!(perms(&mem, &t1, 0x0900_0000), None);
+    assert_eq!(
+        g.dma_fault_kind(GuestPhysAddr::new(20 * MIB), true),
+        Some("unmapped")
+    );
+    assert_eq!(
+        g.dma_fault_kind(GuestPhysAddr::new(0x7000), true),
+        Some("attr")
+    );
+    assert_eq!(
+        g.dma_fault_kind(GuestPhysAddr::new(0x9000), false),
+        Some("attr")
+    );
+    assert_eq!(g.dma_fault_kind(GuestPhysAddr::new(0x7000), false), None);
+    assert_eq!(g.dma_fault_kind(GuestPhysAddr::new(0x2000), true), None);
+
+    // A ROE lock: the hypercall names the range to re-derive; the DMA view of it turns
+    // read-only (and the engine asks for the invalidation of exactly that page).
+    let mut t = tr();
+    let (v, r) = result(g.handle_hypercall(
+        &hc(u64::from(BULWARK_ROE), [ROE_MPROTECT, 0x2000, 1]),
+        &mut t,
+    ));
+    assert_eq!(v, 1);
+    let r = r.unwrap();
+    tlb.calls.clear();
+    let inv = g.sync_dma(&mut mem, &mut t1, r, &mut tlb).unwrap();
+    assert_eq!(perms(&mem, &t1, 0x2000), Some((0x2000, Perms::R)));
+    assert_eq!(perms(&mem, &t1, 0x3000), Some((0x3000, Perms::RW)));
+    let inv = inv.range.unwrap();
+    assert!(inv.start().as_u64() <= 0x2000 && inv.end().as_u64() >= 0x3000);
+    assert!(!tlb.calls.is_empty());
+    assert_eq!(
+        g.dma_fault_kind(GuestPhysAddr::new(0x2000), true),
+        Some("roe")
+    );
+    assert_eq!(g.dma_fault_kind(GuestPhysAddr::new(0x2000), false), None);
+
+    // Chunk-protected bytes: the whole page is read-only for devices.
+    let (v, r) = result(g.handle_hypercall(
+        &hc(u64::from(BULWARK_ROE), [ROE_MPROTECT_CHUNK, 0x4010, 8]),
+        &mut t,
+    ));
+    assert_eq!(v, 8);
+    g.sync_dma(&mut mem, &mut t1, r.unwrap(), &mut tlb).unwrap();
+    assert_eq!(perms(&mem, &t1, 0x4000), Some((0x4000, Perms::R)));
+    assert_eq!(
+        g.dma_fault_kind(GuestPhysAddr::new(0x4800), true),
+        Some("roe-chunk")
+    );
+
+    // A full re-derivation changes nothing more (the view is a function of the store).
+    tlb.calls.clear();
+    let inv = g.sync_dma(&mut mem, &mut t1, full, &mut tlb).unwrap();
+    assert_eq!(inv.range, None);
+    assert!(tlb.calls.is_empty());
+}

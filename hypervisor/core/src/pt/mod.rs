@@ -2,7 +2,8 @@
 //!
 //! One engine, [`PageTable`], walks and edits a 4-level radix tree with 4 KiB granules through the
 //! [`PhysMem`] trait; a [`Format`] says how a descriptor is encoded (EPT: [`ept::EptFormat`],
-//! stage 2: [`stage2::Stage2Format`]). The engine never decides permissions itself: it makes the
+//! stage 2: [`stage2::Stage2Format`], VMSAv8-64 stage 1 for an SMMU without stage 2:
+//! [`stage1::Stage1Format`]). The engine never decides permissions itself: it makes the
 //! tables agree with a [`Layout`] (the desired mapping of every guest page) over a range, using
 //! the largest leaf that fits, splitting a large leaf only where the range needs it and merging
 //! back where a whole large region becomes uniform again.
@@ -15,6 +16,7 @@
 
 pub mod ept;
 pub mod sppt;
+pub mod stage1;
 pub mod stage2;
 
 use alloc::vec::Vec;

@@ -539,3 +539,105 @@ fn sppt_paths_vectors_and_failure() {
     sppt.destroy(&mut mem);
     assert_eq!(mem.allocated(), 0);
 }
+
+/// Raw walk of a stage-1 table (levels from `root_level`).
+fn s1_raw(mem: &FakePhysMem, root: u64, root_level: u8, a: u64) -> Option<(u64, u8)> {
+    s2_raw(mem, root, root_level, a)
+}
+
+#[test]
+fn stage1_descriptors() {
+    use super::stage1::*;
+    let mut mem = FakePhysMem::new();
+    let mut tlb = RecordingFlush::default();
+    let mut t = Stage1::new_stage1(&mut mem, 48).unwrap();
+    assert_eq!(t.root_level(), 3);
+    assert_eq!(Stage1::new_stage1(&mut mem, 39).unwrap().root_level(), 2);
+    // IPA 1 GiB -> PA 1 GiB + 32 MiB, read/write: 2 MiB blocks.
+    t.map(
+        &mut mem,
+        gpa(GIB),
+        GIB,
+        hpa(GIB + 0x200_0000),
+        LeafAttrs::ram(Perms::RW),
+        &mut tlb,
+    )
+    .unwrap();
+    let root = t.root().as_u64();
+    let (raw, level) = s1_raw(&mem, root, 3, GIB + 0x1000).unwrap();
+    assert_eq!(level, 1);
+    assert_eq!(raw & 3, 0b01, "block");
+    assert_eq!(raw & S1_ADDR_MASK, GIB + 0x200_0000);
+    assert_eq!(raw & (0b111 << 2), 0, "AttrIndx 0 = Normal WB");
+    assert_eq!(raw & (0b11 << 6), 1 << 6, "AP = read/write, any privilege");
+    assert_eq!(raw & (0b11 << 8), 0b11 << 8, "inner shareable");
+    assert_ne!(raw & (1 << 10), 0, "AF");
+    assert_eq!(raw & (0b11 << 53), 0b11 << 53, "PXN and UXN");
+    // One page read-only: split down to a 4 KiB page with AP[2] set.
+    t.map(
+        &mut mem,
+        gpa(GIB + 0x5000),
+        0x1000,
+        hpa(GIB + 0x200_5000),
+        LeafAttrs::ram(Perms::R),
+        &mut tlb,
+    )
+    .unwrap();
+    let (raw, level) = s1_raw(&mem, root, 3, GIB + 0x5000).unwrap();
+    assert_eq!(level, 0);
+    assert_eq!(raw & 3, 0b11, "page");
+    assert_eq!(raw & (0b11 << 6), 0b11 << 6, "AP = read-only");
+    let (m, _) = t.translate(&mem, gpa(GIB + 0x5000)).unwrap();
+    assert_eq!(m.attrs.perms, Perms::R);
+    let (m, _) = t.translate(&mem, gpa(GIB + 0x6000)).unwrap();
+    assert_eq!((m.hpa, m.attrs.perms), (hpa(GIB + 0x200_6000), Perms::RW));
+    // Device memory: AttrIndx 1.
+    t.map(
+        &mut mem,
+        gpa(0x900_0000),
+        0x1000,
+        hpa(0x900_0000),
+        LeafAttrs::mmio(Perms::RW),
+        &mut tlb,
+    )
+    .unwrap();
+    let (raw, _) = s1_raw(&mem, root, 3, 0x900_0000).unwrap();
+    assert_eq!((raw >> 2) & 0b111, S1_ATTR_DEVICE);
+    assert_eq!(MAIR & 0xff, 0xff);
+    assert_eq!((MAIR >> 8) & 0xff, 0x04);
+    // Stage 1 cannot say "no read": write-only and none are refused, tables unchanged.
+    let before = snapshot_s1(&mem, root);
+    for p in [Perms::W, Perms::NONE.union(Perms::X)] {
+        assert_eq!(
+            t.map(
+                &mut mem,
+                gpa(GIB),
+                0x1000,
+                hpa(GIB),
+                LeafAttrs::ram(p),
+                &mut tlb
+            ),
+            Err(PtError::Unrepresentable(LeafAttrs::ram(p)))
+        );
+    }
+    assert_eq!(before, snapshot_s1(&mem, root));
+    // Break-before-make: changing a valid page's output flushes before the new entry.
+    tlb.calls.clear();
+    t.map(
+        &mut mem,
+        gpa(GIB + 0x5000),
+        0x1000,
+        hpa(0x7000_0000),
+        LeafAttrs::ram(Perms::R),
+        &mut tlb,
+    )
+    .unwrap();
+    assert!(!tlb.calls.is_empty());
+    // Unmapping leaves no valid entry.
+    t.unmap(&mut mem, gpa(GIB), GIB, &mut tlb).unwrap();
+    assert!(t.translate(&mem, gpa(GIB + 0x5000)).is_none());
+}
+
+fn snapshot_s1(mem: &FakePhysMem, root: u64) -> Vec<u64> {
+    (0..512).map(|i| mem.read_u64(hpa(root + i * 8))).collect()
+}
