@@ -188,6 +188,7 @@ mod gic;
 mod highmem;
 mod mmio_guard;
 mod roe;
+mod smccc_probe;
 mod stepaif;
 
 fn read_esr_far() -> (u64, u64) {
@@ -484,6 +485,7 @@ extern "C" fn guest_main(dtb: u64, el: u64) -> ! {
         Some("walk-noread") => breach::walk_noread(),
         Some("third-page") => breach::third_page(),
         Some("highmem") => highmem::run(mem),
+        Some("smccc-linux") => smccc_probe::run(bootargs),
         _ => {}
     }
     let (img_s, img_e) = (
