@@ -216,8 +216,8 @@ fn need(out: &Outcome, needle: &str) -> Result<(), String> {
 /// Marker the initramfs's /init prints before powering off.
 const INIT_MARKER: &str = "BULWARK-INIT-MARKER: userspace reached";
 /// CPU for the Linux runs: QEMU's IMP DEF pointer-authentication algorithm is much faster in TCG.
-const LINUX_CPU: &str = "max,pauth-impdef=on";
-const LINUX_CMDLINE: &str = "console=ttyAMA0 panic=-1";
+pub(crate) const LINUX_CPU: &str = "max,pauth-impdef=on";
+pub(crate) const LINUX_CMDLINE: &str = "console=ttyAMA0 panic=-1";
 
 fn debian_dir() -> Result<PathBuf, String> {
     util::out_dir("aarch64/debian")
@@ -408,6 +408,13 @@ fn linux_scenario() -> Result<(), String> {
     // The ~34 MiB bundle does not fit the room left in Bulwark's 32 MiB for a pristine copy:
     // Bulwark says so, and a SYSTEM_RESET of this guest would end the run (docs/aarch64.md).
     need(&out, "does not fit the")?;
+    // The kernel's own SMCCC probes find SMCCC 1.1 and KVM's services with ROE at function 64
+    // (docs/smccc.md; xtask/src/smccc_tests.rs has the upstream-ABI run).
+    need(&out, "psci: SMC Calling Convention v1.1")?;
+    need(
+        &out,
+        "smccc: KVM: hypervisor services detected (0x00000000 0x00000003 0x00000000 0x0000003d)",
+    )?;
     let marker = out.lines.iter().position(|l| l.contains(INIT_MARKER));
     let off = out
         .lines

@@ -88,6 +88,41 @@ fn linux_probes(out: &Outcome) -> Result<(), String> {
     workarounds_agree(out)
 }
 
+/// Debian's stock arm64 kernel under `hyp-abi=upstream`: its own probes print SMCCC 1.1 and the
+/// upstream bitmap (0x9d in x0, ROE and GUEST_EXIT in x2), and an unmodified kernel boots to
+/// userspace (the default-ABI run is `aarch64: Debian arm64 kernel boots ...` in aarch64.rs).
+fn debian_upstream() -> Result<(), String> {
+    use crate::aarch64::{self as a};
+    let (kernel, busybox) = a::debian_kernel_and_busybox()?;
+    let dir = crate::util::out_dir("aarch64/smccc")?;
+    let initramfs = dir.join("initramfs.cpio");
+    std::fs::write(&initramfs, a::busybox_initramfs(&busybox)?).map_err(|e| e.to_string())?;
+    let payload = dir.join("linux-bundle.bin");
+    a::bundle(&kernel, &initramfs, &payload)?;
+    let out = a::run_with(
+        &RunOpts {
+            cpu: Some(a::LINUX_CPU.into()),
+            cmdline: "hyp-abi=upstream".into(),
+            guest_cmdline: a::LINUX_CMDLINE.into(),
+            timeout: Some(120),
+            quiet: true,
+            ..RunOpts::default()
+        },
+        &a::Extra {
+            payload: Some(payload),
+            ..a::Extra::default()
+        },
+    )?;
+    out.expect(0, reason::GUEST_EXIT)?;
+    need(&out, "psci: SMC Calling Convention v1.1")?;
+    need(
+        &out,
+        "smccc: KVM: hypervisor services detected (0x00000000 0x00000003 0x00000000 0x0000009d)",
+    )?;
+    need(&out, "BULWARK-INIT-MARKER: userspace reached")?;
+    refute(&out, "bulwark: violation")
+}
+
 pub fn scenarios() -> Vec<Scenario> {
     let emu = "qemu virt el2";
     vec![
@@ -145,6 +180,11 @@ pub fn scenarios() -> Vec<Scenario> {
                 }
                 Ok(())
             },
+        ),
+        Scenario::new(
+            "aarch64 smccc: Debian's arm64 kernel under hyp-abi=upstream: its own probes see SMCCC 1.1 and the upstream bitmap",
+            emu,
+            debian_upstream,
         ),
         Scenario::new("aarch64 smccc: a bad hyp-abi= is refused", emu, || {
             let out = run("hyp-abi=pkvm", "scenario=smccc-linux")?;
