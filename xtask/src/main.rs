@@ -12,6 +12,7 @@
 mod aarch64;
 mod attr_tests;
 mod bench;
+mod header;
 mod smccc_tests;
 mod test;
 mod uboot;
@@ -44,6 +45,9 @@ commands:
         host tests, lint, then every emulator scenario; prints a result table
   bench [--arch A]
         deterministic path-length and footprint benchmarks
+  header [--check]
+        write (or check) guest-images/include/bulwark.h, the C header of the guest ABI,
+        from the bulwark-abi crate
 
 exit status: the guest's (or Bulwark's) status from the final console line; 124 on timeout;
 2 on usage or build errors.";
@@ -107,6 +111,7 @@ fn real_main(args: &[String]) -> Result<u8, String> {
         }
         "test" => test::main(rest),
         "bench" => bench::main(rest),
+        "header" => header::main(rest),
         other => Err(format!("unknown command '{other}'\n{USAGE}")),
     }
 }
