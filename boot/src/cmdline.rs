@@ -9,6 +9,7 @@ use alloc::string::{String, ToString};
 use alloc::vec::Vec;
 use core::fmt;
 
+pub use bulwark_abi::smccc::HypAbi;
 use bulwark_core::addr::{GuestPhysAddr, PAGE_SIZE};
 use bulwark_core::guest::ConfigError;
 use bulwark_core::store::StoreError;
@@ -98,6 +99,9 @@ pub struct Config {
     pub passthrough: Vec<String>,
     /// The `passthrough=` token as typed (for errors found when the device tree is read).
     pub passthrough_token: String,
+    /// `hyp-abi=seed|upstream` (arm64): which numbering of the KVM vendor-hyp functions 2..=7
+    /// the guest is served (docs/smccc.md). Default: the seed's.
+    pub hyp_abi: HypAbi,
 }
 
 /// The command-line text an `attr=` range came from.
@@ -121,6 +125,7 @@ impl Default for Config {
             attr_origins: Vec::new(),
             passthrough: Vec::new(),
             passthrough_token: String::new(),
+            hyp_abi: HypAbi::Seed,
         }
     }
 }
@@ -190,6 +195,7 @@ pub fn parse(cmdline: &str) -> Result<Config, CmdlineError> {
     let mut seen_maxresets = false;
     let mut seen_spp = false;
     let mut seen_passthrough = false;
+    let mut seen_hyp_abi = false;
     for token in cmdline.split_ascii_whitespace() {
         let Some((key, value)) = token.split_once('=') else {
             return Err(err(token, "expected key=value (see docs/cmdline.md)"));
@@ -244,6 +250,15 @@ pub fn parse(cmdline: &str) -> Result<Config, CmdlineError> {
                 cfg.passthrough = parse_passthrough(value).map_err(|why| err(token, why))?;
                 cfg.passthrough_token = token.to_string();
             }
+            "hyp-abi" => {
+                once(&mut seen_hyp_abi, token)?;
+                cfg.hyp_abi = HypAbi::parse(value).map_err(|_| {
+                    err(
+                        token,
+                        "hyp-abi must be seed (the 2021 MMIO-guard numbering) or upstream (Linux 6.12+ pKVM guest ABI); see docs/smccc.md",
+                    )
+                })?;
+            }
             "attr" => {
                 if value.is_empty() {
                     return Err(err(token, "attr needs at least one START+SIZE:PERMS range"));
@@ -277,7 +292,7 @@ pub fn parse(cmdline: &str) -> Result<Config, CmdlineError> {
             }
             _ => return Err(err(
                 token,
-                "unknown key (known: violation, log, ratelimit, maxresets, spp, attr, passthrough)",
+                "unknown key (known: violation, log, ratelimit, maxresets, spp, attr, passthrough, hyp-abi)",
             )),
         }
     }
@@ -592,6 +607,15 @@ mod tests {
         assert!(!parse("spp=off").unwrap().spp);
         assert!(e("spp=yes").why.contains("on or off"));
         assert!(e("spp=on spp=off").why.contains("twice"));
+    }
+
+    #[test]
+    fn hyp_abi_choice() {
+        assert_eq!(parse("").unwrap().hyp_abi, HypAbi::Seed);
+        assert_eq!(parse("hyp-abi=seed").unwrap().hyp_abi, HypAbi::Seed);
+        assert_eq!(parse("hyp-abi=upstream").unwrap().hyp_abi, HypAbi::Upstream);
+        assert!(e("hyp-abi=pkvm").why.contains("seed"));
+        assert!(e("hyp-abi=seed hyp-abi=upstream").why.contains("twice"));
     }
 
     #[test]

@@ -426,6 +426,13 @@ fn linux_scenario() -> Result<(), String> {
     // The ~34 MiB bundle does not fit the room left in Bulwark's 32 MiB for a pristine copy:
     // Bulwark says so, and a SYSTEM_RESET of this guest would end the run (docs/aarch64.md).
     need(&out, "does not fit the")?;
+    // The kernel's own SMCCC probes find SMCCC 1.1 and KVM's services with ROE at function 64
+    // (docs/smccc.md; xtask/src/smccc_tests.rs has the upstream-ABI run).
+    need(&out, "psci: SMC Calling Convention v1.1")?;
+    need(
+        &out,
+        "smccc: KVM: hypervisor services detected (0x00000000 0x00000003 0x00000000 0x0000003d)",
+    )?;
     let marker = out.lines.iter().position(|l| l.contains(INIT_MARKER));
     let off = out
         .lines

@@ -15,7 +15,9 @@ mod attr_tests;
 mod bench;
 mod console_tests;
 mod dma_tests;
+mod header;
 mod logtool;
+mod smccc_tests;
 mod test;
 mod uboot;
 mod util;
@@ -51,6 +53,9 @@ commands:
         summarise a saved serial log (runs save theirs under target/xtask/console/): violations
         by kind, access, page, address and action, counters, the verdict, and every line that
         fails verification (docs/console.md); exit 0 only for a clean, verified status 0
+  header [--check]
+        write (or check) guest-images/include/bulwark.h, the C header of the guest ABI,
+        from the bulwark-abi crate
 
 exit status: the guest's (or Bulwark's) status from the final console line; 124 on timeout;
 2 on usage or build errors.";
@@ -115,6 +120,7 @@ fn real_main(args: &[String]) -> Result<u8, String> {
         "test" => test::main(rest),
         "bench" => bench::main(rest),
         "log" => logtool::main(rest),
+        "header" => header::main(rest),
         other => Err(format!("unknown command '{other}'\n{USAGE}")),
     }
 }

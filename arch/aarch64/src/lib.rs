@@ -13,6 +13,8 @@ pub mod smccc;
 
 #[cfg(target_arch = "aarch64")]
 pub mod el2;
+#[cfg(target_arch = "aarch64")]
+pub mod firmware;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 pub mod mem;
 #[cfg(target_arch = "aarch64")]

@@ -190,6 +190,7 @@ mod gic;
 mod highmem;
 mod mmio_guard;
 mod roe;
+mod smccc_probe;
 mod stepaif;
 
 fn read_esr_far() -> (u64, u64) {
@@ -488,6 +489,7 @@ extern "C" fn guest_main(dtb: u64, el: u64) -> ! {
         Some("highmem") => highmem::run(mem),
         Some("forge") => forge::run(mem.map_or(RAM_BASE, |(b, s)| b.saturating_add(s))),
         Some(d @ ("dma" | "dma-nopci")) => dma::dispatch(d, dtb, mem),
+        Some("smccc-linux") => smccc_probe::run(bootargs),
         _ => {}
     }
     let (img_s, img_e) = (

@@ -115,36 +115,101 @@ fn cpuid_signature_and_features() {
 
 #[test]
 fn smccc_ids_round_trip_unknown_is_error() {
-    for f in Function::ALL {
-        assert_eq!(Function::decode(f.encode()), Ok(f));
-    }
-    // Distinct IDs.
-    for (i, a) in Function::ALL.iter().enumerate() {
-        for b in Function::ALL.iter().skip(i + 1) {
-            assert_ne!(a.encode(), b.encode());
+    for abi in HypAbi::ALL {
+        assert_eq!(HypAbi::parse(abi.as_str()), Ok(abi));
+        for f in Function::ALL {
+            // Each function is served under its own ABI (or both) and nowhere decodes to a
+            // different function.
+            match Function::decode(f.encode(), abi) {
+                Ok(g) => assert!(g == f || g.encode() == f.encode()),
+                Err(UnknownFunction(v)) => assert_eq!(v, f.encode()),
+            }
+        }
+        for v in [
+            0xC600_0000u32,
+            0xC600_0001,
+            0xC600_0006,
+            0xC600_0008,
+            0x8600_0001,
+            PSCI_CPU_SUSPEND_32,
+            PSCI_CPU_SUSPEND_64,
+            0,
+            u32::MAX,
+        ] {
+            assert_eq!(Function::decode(v, abi), Err(UnknownFunction(v)));
         }
     }
-    for v in [
-        0xC600_0000u32,
-        0xC600_0001,
-        0xC600_0006,
-        0xC600_0007,
-        0x8600_0001,
-        0,
-        u32::MAX,
-    ] {
-        assert_eq!(Function::decode(v), Err(UnknownFunction(v)));
+    assert_eq!(HypAbi::default(), HypAbi::Seed);
+    assert_eq!(HypAbi::parse("Seed"), Err(UnknownHypAbi));
+    for f in Function::ALL {
+        let seed = Function::decode(f.encode(), HypAbi::Seed) == Ok(f);
+        let up = Function::decode(f.encode(), HypAbi::Upstream) == Ok(f);
+        assert!(seed || up, "{f:?} served under no ABI");
+    }
+    // The two numberings collide on 2..=4 and never decode across.
+    assert_eq!(
+        Function::decode(0xC600_0003, HypAbi::Seed),
+        Ok(Function::MmioGuardEnroll)
+    );
+    assert_eq!(
+        Function::decode(0xC600_0003, HypAbi::Upstream),
+        Ok(Function::PkvmMemShare)
+    );
+    assert_eq!(
+        Function::decode(0xC600_0004, HypAbi::Upstream),
+        Ok(Function::PkvmMemUnshare)
+    );
+    assert!(Function::decode(MMIO_GUARD_UNMAP, HypAbi::Upstream).is_err());
+    assert!(Function::decode(PKVM_MMIO_GUARD, HypAbi::Seed).is_err());
+    // Distinct IDs within one ABI.
+    for abi in HypAbi::ALL {
+        let served = |f: &&Function| Function::decode(f.encode(), abi) == Ok(**f);
+        for (i, a) in Function::ALL.iter().filter(served).enumerate() {
+            for b in Function::ALL.iter().filter(served).skip(i + 1) {
+                assert_ne!(a.encode(), b.encode());
+            }
+        }
     }
     assert_eq!(MMIO_GUARD_INFO, 0xC600_0002);
     assert_eq!(MMIO_GUARD_UNMAP, 0xC600_0005);
+    assert_eq!(PKVM_MMIO_GUARD, 0xC600_0007);
     assert!((0xC600_0040..=0xC600_FFFF).contains(&BULWARK_ROE));
     // Vendor range, SMC64 fast, outside KVM's numbers.
     assert_eq!(BULWARK_ROE >> 24, 0xC6);
     assert!(function_number(BULWARK_ROE) >= 0x40);
-    let (x0, x1) = vendor_hyp_features(true);
-    assert_eq!(x0, 0b11_1101);
-    assert_eq!(x1, 0b11);
-    assert_eq!(vendor_hyp_features(false).0, 1);
+}
+
+#[test]
+fn vendor_hyp_features_in_kvm_layout() {
+    // Seed: FEATURES (0) and MMIO guard 2..=5 in x0; ROE (64) and GUEST_EXIT (65) in x2 bits 0-1.
+    assert_eq!(vendor_hyp_features(HypAbi::Seed), [0b11_1101, 0, 0b11, 0]);
+    // Upstream: FEATURES, HYP_MEMINFO, MEM_SHARE, MEM_UNSHARE, MMIO_GUARD (7); no bit 5.
+    assert_eq!(
+        vendor_hyp_features(HypAbi::Upstream),
+        [0b1001_1101, 0, 0b11, 0]
+    );
+    for abi in HypAbi::ALL {
+        let f = vendor_hyp_features(abi);
+        // Linux's kvm_arm_hyp_service_available(64) is ROE.
+        assert!(hyp_service_available(f, function_number(BULWARK_ROE)));
+        assert!(hyp_service_available(
+            f,
+            function_number(BULWARK_GUEST_EXIT)
+        ));
+        assert!(!hyp_service_available(f, 1)); // PTP: not offered
+        assert!(!hyp_service_available(f, 32));
+        assert!(!hyp_service_available(f, 200));
+        for n in 0..128 {
+            let fid = 0xC600_0000 | n;
+            let fid32 = 0x8600_0000 | n;
+            let served = Function::decode(fid, abi).is_ok() || Function::decode(fid32, abi).is_ok();
+            assert_eq!(
+                hyp_service_available(f, n),
+                served,
+                "function {n} under {abi:?}"
+            );
+        }
+    }
 }
 
 #[test]

@@ -120,9 +120,11 @@ pub fn hypercall(data: &[u8]) -> Result<(), String> {
         return Err(format!("known sub-op {a} refused"));
     }
     let fid = (inp.u64() & 0xffff_ffff) as u32;
-    if let Ok(f) = Function::decode(fid) {
-        if f.encode() != fid {
-            return Err(format!("Function round trip {fid:#x}"));
+    for abi in smccc::HypAbi::ALL {
+        if let Ok(f) = Function::decode(fid, abi) {
+            if f.encode() != fid {
+                return Err(format!("Function round trip {fid:#x}"));
+            }
         }
     }
     let regs = [
@@ -150,6 +152,12 @@ pub fn hypercall(data: &[u8]) -> Result<(), String> {
         Arch::Aarch64
     };
     let mut g = guest(arch)?;
+    let abi = if inp.u8() & 1 == 0 {
+        smccc::HypAbi::Seed
+    } else {
+        smccc::HypAbi::Upstream
+    };
+    g.set_hyp_abi(abi);
     let mut tr = FuzzTr { map: [0; 16] };
     for m in tr.map.iter_mut() {
         *m = inp.u8() % 0x90;
@@ -163,7 +171,7 @@ pub fn hypercall(data: &[u8]) -> Result<(), String> {
         let nr = match (arch, sel % 4) {
             (Arch::X86_64, 0..=2) => KVM_HC_ROE | (inp.interesting() & !0xffff_ffff),
             (Arch::Aarch64, 0 | 1) => u64::from(smccc::BULWARK_ROE),
-            (Arch::Aarch64, 2) => u64::from(0xC600_0002 + u32::from(inp.u8() % 5)),
+            (Arch::Aarch64, 2) => u64::from(0xC600_0002 + u32::from(inp.u8() % 7)),
             _ => inp.interesting(),
         };
         let hc = Hypercall {
@@ -179,7 +187,23 @@ pub fn hypercall(data: &[u8]) -> Result<(), String> {
         };
         let runs = g.store().run_count();
         let chunks = g.store().chunk_pages();
+        let guard = (g.mmio_guard().enrolled(), g.mmio_guard().mapped_count());
         let out = g.handle_hypercall(&hc, &mut tr);
+        // No call of one vendor-hyp ABI may act as the other's: upstream MEM_SHARE/UNSHARE
+        // (3, 4) and the seed's unserved 6..=7 / upstream's unserved 5..=6 never touch the guard.
+        let fid = hc.nr as u32;
+        let inert = match abi {
+            smccc::HypAbi::Upstream => {
+                matches!(
+                    fid,
+                    smccc::PKVM_MEM_SHARE | smccc::PKVM_MEM_UNSHARE | 0xC600_0005 | 0xC600_0006
+                )
+            }
+            smccc::HypAbi::Seed => matches!(fid, 0xC600_0006 | smccc::PKVM_MMIO_GUARD),
+        };
+        if inert && guard != (g.mmio_guard().enrolled(), g.mmio_guard().mapped_count()) {
+            return Err(format!("{abi:?}: {hc:?} changed the MMIO guard"));
+        }
         let HypercallOutcome::Handled { action, rederive } = out else {
             continue;
         };

@@ -10,7 +10,7 @@ use alloc::vec::Vec;
 
 use bulwark_abi::errno::{smccc_ret, Errno};
 use bulwark_abi::roe::{RoeRequest, KVM_HC_ROE, ROE_IMPL_VERSION};
-use bulwark_abi::smccc::{self, Function};
+use bulwark_abi::smccc::{Function, HypAbi};
 
 use crate::addr::{GpaRange, GuestPhysAddr, GuestVirtAddr, HostPhysAddr, PAGE_SIZE};
 use crate::console::reason;
@@ -210,6 +210,9 @@ pub struct Guest {
     /// The back end completes unsized writes to chunk pages by single-stepping the
     /// instruction against a shadow copy (x86: EPT violations carry no access size).
     shadow_step: bool,
+    /// arm64: which numbering of the KVM vendor-hyp functions 2..=7 this guest is served
+    /// (Bulwark's `hyp-abi=`; docs/smccc.md). Calls of the other ABI are not this core's.
+    hyp_abi: HypAbi,
 }
 
 fn region_end(r: &MemRegion) -> u64 {
@@ -255,7 +258,18 @@ impl Guest {
             counters: Counters::default(),
             spurious_streak: (0, u64::MAX, 0, 0),
             shadow_step: false,
+            hyp_abi: HypAbi::default(),
         })
+    }
+
+    /// arm64: serve the KVM vendor-hyp functions 2..=7 as `abi` numbers them (set once, before
+    /// the guest runs; the back end's discovery answers use the same choice).
+    pub fn set_hyp_abi(&mut self, abi: HypAbi) {
+        self.hyp_abi = abi;
+    }
+
+    pub fn hyp_abi(&self) -> HypAbi {
+        self.hyp_abi
     }
 
     /// Apply a boot-time host attribute (KVM_SET_MEMORY_ATTRIBUTES rules; must lie in RAM).
@@ -671,25 +685,12 @@ impl Guest {
                 self.roe_call(hc, a0, a1, a2, tr)
             }
             Arch::Aarch64 => {
+                // The one table of what exists (bulwark_abi::smccc::Function::decode) under this
+                // guest's ABI: a function number of the other ABI is not this core's (the
+                // back end answers it NOT_SUPPORTED), never a function of this one.
                 let fid = (hc.nr & 0xffff_ffff) as u32;
-                match Function::decode(fid) {
+                match Function::decode(fid, self.hyp_abi) {
                     Ok(Function::Roe) => self.roe_call(hc, a0, a1, a2, tr),
-                    Ok(Function::VendorHypCallUid) => {
-                        let u = smccc::KVM_UID;
-                        self.counters.hypercalls += 1;
-                        HypercallOutcome::Handled {
-                            action: Action::AdvanceWithResults(u.map(u64::from)),
-                            rederive: None,
-                        }
-                    }
-                    Ok(Function::VendorHypFeatures) => {
-                        let (x0, x1) = smccc::vendor_hyp_features(true);
-                        self.counters.hypercalls += 1;
-                        HypercallOutcome::Handled {
-                            action: Action::AdvanceWithResults([x0, x1, 0, 0]),
-                            rederive: None,
-                        }
-                    }
                     Ok(Function::MmioGuardInfo) => self.smccc_ok(hc, MMIO_GUARD_GRANULE, None),
                     Ok(Function::MmioGuardEnroll) => {
                         if hc.from_user {
@@ -702,6 +703,16 @@ impl Guest {
                     }
                     Ok(Function::MmioGuardMap) => self.mmio_map(hc, a0),
                     Ok(Function::MmioGuardUnmap) => self.mmio_unmap(hc, a0),
+                    Ok(Function::PkvmHypMeminfo) => {
+                        if hc.from_user || (a0 | a1 | a2) != 0 {
+                            return self.smccc_fail(smccc_ret::INVALID_PARAMETER);
+                        }
+                        self.smccc_ok(hc, MMIO_GUARD_GRANULE, None)
+                    }
+                    Ok(Function::PkvmMemShare | Function::PkvmMemUnshare) => {
+                        self.pkvm_mem_share(hc, a0, a1, a2)
+                    }
+                    Ok(Function::PkvmMmioGuard) => self.pkvm_mmio_guard(hc, a0, a1, a2),
                     _ => HypercallOutcome::NotMine,
                 }
             }
@@ -730,6 +741,66 @@ impl Guest {
         self.counters.hypercalls += 1;
         self.counters.hypercall_errors += 1;
         self.done(smccc_ret::NOT_SUPPORTED_REG, None)
+    }
+
+    fn smccc_fail(&mut self, code: i64) -> HypercallOutcome {
+        self.counters.hypercalls += 1;
+        self.counters.hypercall_errors += 1;
+        self.done(code as u64, None)
+    }
+
+    /// Upstream MEM_SHARE / MEM_UNSHARE (x1 = IPA, x2 = x3 = 0). Bulwark has no host to share
+    /// guest memory with, and guest RAM is never hidden from the guest itself: both only check
+    /// that the IPA is one granule of guest RAM and succeed with no side effect. They never
+    /// enrol in the MMIO guard, map or unmap anything, or change the attribute store.
+    fn pkvm_mem_share(&mut self, hc: &Hypercall, ipa: u64, a1: u64, a2: u64) -> HypercallOutcome {
+        let gpa = GuestPhysAddr::new(ipa);
+        let ok = !hc.from_user
+            && (a1 | a2) == 0
+            && gpa.is_aligned(MMIO_GUARD_GRANULE)
+            && self.range_is_ram(gpa, MMIO_GUARD_GRANULE);
+        if !ok {
+            return self.smccc_fail(smccc_ret::INVALID_PARAMETER);
+        }
+        self.smccc_ok(hc, 0, None)
+    }
+
+    /// Upstream MMIO_GUARD (x1 = IPA, x2 = x3 = 0): register one device granule. The first
+    /// successful call enrols the guest (from then on every device granule not registered is
+    /// refused, as for the seed's ENROLL); registering is idempotent and there is no
+    /// unregister (upstream has none). Anything but a granule-aligned IPA inside a device
+    /// region fails with INVALID_PARAMETER and changes nothing (no enrolment either).
+    fn pkvm_mmio_guard(&mut self, hc: &Hypercall, ipa: u64, a1: u64, a2: u64) -> HypercallOutcome {
+        let gpa = GuestPhysAddr::new(ipa);
+        let ok = !hc.from_user
+            && (a1 | a2) == 0
+            && gpa.is_aligned(MMIO_GUARD_GRANULE)
+            && self
+                .region_of(gpa)
+                .is_some_and(|r| r.kind == RegionKind::Device);
+        if !ok {
+            return self.smccc_fail(smccc_ret::INVALID_PARAMETER);
+        }
+        let f = gpa.frame();
+        // `Err(i)`: not registered yet, insert at `i`.
+        let i = self.guard.mapped.binary_search(&f).err();
+        if let Some(i) = i {
+            if self.guard.mapped.try_reserve(1).is_err() {
+                return self.smccc_fail(smccc_ret::NOT_SUPPORTED);
+            }
+            self.guard.mapped.insert(i, f);
+            self.counters.mmio_maps += 1;
+        }
+        let first = !self.guard.enrolled;
+        self.guard.enrolled = true;
+        let r = if first {
+            self.device_range()
+        } else if i.is_some() {
+            GpaRange::new(gpa, MMIO_GUARD_GRANULE)
+        } else {
+            None
+        };
+        self.smccc_ok(hc, 0, r)
     }
 
     fn device_range(&self) -> Option<GpaRange> {

@@ -8,7 +8,7 @@ use bulwark_aarch64::esr::{ec, ec_name, fsc_level, fsc_name, Esr};
 use bulwark_aarch64::image::{self, Move};
 use bulwark_aarch64::mem::{region, FramePool, Region};
 use bulwark_aarch64::read_sysreg;
-use bulwark_aarch64::smccc::{self, CallerInfo, Outcome};
+use bulwark_aarch64::smccc::{self, CallerInfo, Outcome, Services};
 use bulwark_aarch64::vcpu::{self, exit_kind, VcpuRegs};
 use bulwark_abi::console::{reason, STATUS_BULWARK_FAILURE};
 use bulwark_abi::smccc::BULWARK_GUEST_EXIT;
@@ -568,6 +568,7 @@ pub fn boot_and_run(dt: &'static [u8], desc: &BootDescription<'_>) -> ! {
         dtb_ipa: place.dtb,
     });
     let no_read = unreadable_frames(&core_guest);
+    let svc = smccc_services(cfg.hyp_abi, desc.psci_method);
     let mut vm = Vm {
         regs: VcpuRegs::default(),
         core: core_guest,
@@ -593,6 +594,7 @@ pub fn boot_and_run(dt: &'static [u8], desc: &BootDescription<'_>) -> ! {
             done: 0,
         },
         earlier: Counters::default(),
+        svc,
     };
     vm.regs.x[0] = place.dtb;
     vm.regs.pc = place.kernel;
@@ -730,10 +732,35 @@ fn log_device_policy(devices: &[fdt_guest::Device], smmu: bool) {
     );
 }
 
+/// What the guest's SMCCC discovery answers: the `hyp-abi=` choice and what the firmware below
+/// Bulwark serves (probed once, through the host device tree's SMC conduit; docs/smccc.md).
+fn smccc_services(abi: bulwark_abi::smccc::HypAbi, psci_method: Option<&str>) -> Services {
+    let p = bulwark_aarch64::firmware::probe(psci_method == Some("smc"));
+    let fw = p.firmware;
+    let f = bulwark_abi::smccc::vendor_hyp_features(abi);
+    log::info!(
+        "SMCCC: v1.1 to the guest; hyp-abi={} (vendor-hyp FEATURES x0..x3 = {:#x} {:#x} {:#x} {:#x}); firmware: PSCI {}, SMCCC {}; Spectre workarounds to the guest: WA1={} WA2={} WA3={}",
+        abi.as_str(),
+        f[0],
+        f[1],
+        f[2],
+        f[3],
+        p.psci_version
+            .map_or("not probed".into(), |v| alloc::format!("{}.{}", v >> 16, v & 0xffff)),
+        p.smccc_version
+            .map_or("1.0 or absent".into(), |v| alloc::format!("{}.{}", v >> 16, v & 0xffff)),
+        fw.answer(bulwark_abi::smccc::Workaround::W1),
+        fw.answer(bulwark_abi::smccc::Workaround::W2),
+        fw.answer(bulwark_abi::smccc::Workaround::W3),
+    );
+    Services { abi, firmware: fw }
+}
+
 /// A fresh core guest: the memory map and the boot-time `attr=` ranges, nothing else (no ROE,
 /// no MMIO guard enrolment).
 fn new_core(gcfg: &GuestConfig, cfg: &cmdline::Config) -> Result<Guest, alloc::string::String> {
     let mut g = Guest::new(gcfg.clone()).map_err(|e| alloc::format!("guest memory map: {e:?}"))?;
+    g.set_hyp_abi(cfg.hyp_abi);
     for a in &cfg.attrs {
         g.set_host_attributes(a.start.as_u64(), a.size, u64::from(a.perms.bits()), 0)
             .map_err(|e| alloc::format!("{}", cfg.attr_refused(a, &e)))?;
@@ -797,6 +824,8 @@ struct Vm {
     reboot: Reboot,
     /// The core's counters of the boots before the last reboot (the core guest is new per boot).
     earlier: Counters,
+    /// What SMCCC discovery answers (the same `hyp-abi=` as the core's).
+    svc: Services,
 }
 
 /// A decoded exit and how many bytes `Advance` skips (SMC traps with ELR at the SMC itself;
@@ -940,7 +969,7 @@ impl Vm {
                     };
                 }
                 let x = [hc.nr, hc.args[0], hc.args[1], hc.args[2], hc.args[3]];
-                match smccc::dispatch(x, CallerInfo { mpidr: self.mpidr }) {
+                match smccc::dispatch(x, CallerInfo { mpidr: self.mpidr }, &self.svc) {
                     Outcome::Return { x0, x1_3: None } => Action::AdvanceWithResult(x0),
                     Outcome::Return { x0, x1_3: Some(r) } => {
                         Action::AdvanceWithResults([x0, r[0], r[1], r[2]])
@@ -957,6 +986,10 @@ impl Vm {
                         status: s,
                         reason: reason::GUEST_EXIT,
                     }),
+                    // A Spectre workaround the firmware said it serves (probed at boot).
+                    Outcome::Firmware { fid, x1 } => {
+                        Action::AdvanceWithResult(bulwark_aarch64::firmware::smc(fid, x1))
+                    }
                 }
             }
             Exit::GuestStatus(s) => {
