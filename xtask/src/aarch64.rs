@@ -18,7 +18,7 @@ const QEMU: &str = "qemu-system-aarch64";
 const DEFAULT_TIMEOUT_S: u64 = 30;
 const MEMORY: &str = "512M";
 /// Status Bulwark reports for a guest stuck in an exception loop (hypervisor/src/aarch64/guest.rs).
-const STATUS_GUEST_CRASH: u32 = 0xB3;
+pub(crate) const STATUS_GUEST_CRASH: u32 = 0xB3;
 /// Status of a run that ended at a PSCI SYSTEM_RESET Bulwark did not reboot (past `maxresets=`,
 /// or no room for the pristine payload copy; hypervisor/src/aarch64/guest.rs).
 const STATUS_GUEST_RESET: u32 = 0xB2;
@@ -87,6 +87,8 @@ pub struct Extra {
     pub qemu_args: Vec<String>,
     /// Boot Bulwark as firmware (`-bios`, `secure=on`): entered at EL3 at address 0.
     pub as_firmware: bool,
+    /// More `-M virt` options, comma-separated (e.g. `mte=on`).
+    pub machine_opts: Option<&'static str>,
 }
 
 /// Guest command line of the demo (`cargo xtask run --arch aarch64` without `--guest`).
@@ -146,8 +148,12 @@ pub fn run_with(o: &RunOpts, x: &Extra) -> Result<Outcome, String> {
     } else {
         "virt,virtualization=on,gic-version=3"
     };
+    let machine = match x.machine_opts {
+        Some(opts) => format!("{machine},{opts}"),
+        None => machine.to_string(),
+    };
     let mut cmd = Command::new(QEMU);
-    cmd.args(["-M", machine])
+    cmd.args(["-M", &machine])
         .args(["-cpu", o.cpu.as_deref().unwrap_or("max")])
         .args(["-m", MEMORY])
         // No emulator backdoor in a run with a guest (no `-semihosting`: an EL1 guest's
@@ -173,7 +179,7 @@ pub fn run_with(o: &RunOpts, x: &Extra) -> Result<Outcome, String> {
     })
 }
 
-fn quiet() -> RunOpts {
+pub(crate) fn quiet() -> RunOpts {
     RunOpts {
         quiet: true,
         ..RunOpts::default()
@@ -200,7 +206,7 @@ fn counter_at_least(out: &Outcome, key: &str, min: u64) -> Result<(), String> {
     Ok(())
 }
 
-fn need(out: &Outcome, needle: &str) -> Result<(), String> {
+pub(crate) fn need(out: &Outcome, needle: &str) -> Result<(), String> {
     if out.has(needle) {
         Ok(())
     } else {
@@ -214,12 +220,12 @@ fn need(out: &Outcome, needle: &str) -> Result<(), String> {
 // ---- Debian's arm64 kernel with a busybox initramfs -------------------------------------------
 
 /// Marker the initramfs's /init prints before powering off.
-const INIT_MARKER: &str = "BULWARK-INIT-MARKER: userspace reached";
+pub(crate) const INIT_MARKER: &str = "BULWARK-INIT-MARKER: userspace reached";
 /// CPU for the Linux runs: QEMU's IMP DEF pointer-authentication algorithm is much faster in TCG.
-const LINUX_CPU: &str = "max,pauth-impdef=on";
-const LINUX_CMDLINE: &str = "console=ttyAMA0 panic=-1";
+pub(crate) const LINUX_CPU: &str = "max,pauth-impdef=on";
+pub(crate) const LINUX_CMDLINE: &str = "console=ttyAMA0 panic=-1";
 
-fn debian_dir() -> Result<PathBuf, String> {
+pub(crate) fn debian_dir() -> Result<PathBuf, String> {
     util::out_dir("aarch64/debian")
 }
 
@@ -386,13 +392,49 @@ fn run_linux_bare(kernel: &Path, initrd: &Path, icount: bool) -> Result<Outcome,
     })
 }
 
-fn linux_scenario() -> Result<(), String> {
+/// Debian's kernel, the busybox initramfs and the bundle of both Bulwark boots (built on demand).
+pub(crate) struct LinuxPayload {
+    pub kernel: PathBuf,
+    pub initramfs: PathBuf,
+    pub bundle: PathBuf,
+}
+
+pub(crate) fn linux_payload() -> Result<LinuxPayload, String> {
     let (kernel, busybox) = debian_kernel_and_busybox()?;
     let dir = debian_dir()?;
     let initramfs = dir.join("initramfs.cpio");
     std::fs::write(&initramfs, busybox_initramfs(&busybox)?).map_err(|e| e.to_string())?;
     let payload = dir.join("linux-bundle.bin");
     bundle(&kernel, &initramfs, &payload)?;
+    Ok(LinuxPayload {
+        kernel,
+        initramfs,
+        bundle: payload,
+    })
+}
+
+/// The console shows the /init marker, then the kernel's power-off.
+pub(crate) fn need_init_then_power_off(out: &Outcome) -> Result<(), String> {
+    let marker = out.lines.iter().position(|l| l.contains(INIT_MARKER));
+    let off = out
+        .lines
+        .iter()
+        .position(|l| l.contains("reboot: Power down"));
+    match (marker, off) {
+        (Some(m), Some(p)) if m < p => Ok(()),
+        _ => Err(format!(
+            "expected the /init marker, then a power-off\n--- console tail ---\n{}",
+            out.tail(25)
+        )),
+    }
+}
+
+fn linux_scenario() -> Result<(), String> {
+    let LinuxPayload {
+        kernel,
+        initramfs,
+        bundle: payload,
+    } = linux_payload()?;
     let o = RunOpts {
         cpu: Some(LINUX_CPU.into()),
         guest_cmdline: LINUX_CMDLINE.into(),
@@ -408,20 +450,7 @@ fn linux_scenario() -> Result<(), String> {
     // The ~34 MiB bundle does not fit the room left in Bulwark's 32 MiB for a pristine copy:
     // Bulwark says so, and a SYSTEM_RESET of this guest would end the run (docs/aarch64.md).
     need(&out, "does not fit the")?;
-    let marker = out.lines.iter().position(|l| l.contains(INIT_MARKER));
-    let off = out
-        .lines
-        .iter()
-        .position(|l| l.contains("reboot: Power down"));
-    match (marker, off) {
-        (Some(m), Some(p)) if m < p => {}
-        _ => {
-            return Err(format!(
-                "expected the /init marker, then a power-off\n--- console tail ---\n{}",
-                out.tail(25)
-            ))
-        }
-    }
+    need_init_then_power_off(&out)?;
     // Cost of running under Bulwark: the kernel's time to /init with QEMU's clock tied to
     // executed instructions (-icount shift=0), bare vs under Bulwark: repeatable, unlike wall time.
     let bare = run_linux_bare(&kernel, &initramfs, true)?;
@@ -468,7 +497,7 @@ fn bulwark_string_addr(needle: &[u8]) -> Result<u64, String> {
     Ok(0x4008_0000 + off as u64)
 }
 
-fn refute(out: &Outcome, needle: &str, why: &str) -> Result<(), String> {
+pub(crate) fn refute(out: &Outcome, needle: &str, why: &str) -> Result<(), String> {
     if out.has(needle) {
         return Err(format!(
             "{why}: console has {needle:?}\n--- console tail ---\n{}",

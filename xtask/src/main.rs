@@ -12,6 +12,7 @@
 mod aarch64;
 mod attr_tests;
 mod bench;
+mod cpu_tests;
 mod test;
 mod uboot;
 mod util;

@@ -28,6 +28,8 @@ pub mod hcr {
 ///   passed through, Bulwark takes no interrupts);
 /// * TWE = 0: WFE is not trapped (spin-wait loops would exit for nothing on one vCPU);
 /// * no TVM/TRVM/TID*/TACR/TSW: the guest owns its EL1 state; stage 2 is what protects Bulwark.
+///
+/// [`prepare`] adds HCR_EL2.ATA ([`crate::mte::HCR_ATA`]) on a CPU with FEAT_MTE2.
 pub const HCR_EL2: u64 = hcr::VM | hcr::SWIO | hcr::TWI | hcr::TSC | hcr::RW | hcr::APK | hcr::API;
 
 /// SCTLR_EL1 at guest entry: MMU and caches off, RES1 bits set (Linux boot protocol).
@@ -92,7 +94,15 @@ pub fn prepare(vtcr: u64, vttbr: u64) {
 
     write_sysreg!("vtcr_el2", vtcr);
     write_sysreg!("vttbr_el2", vttbr);
-    write_sysreg!("hcr_el2", HCR_EL2);
+    // FEAT_MTE2: the guest gets memory tagging (its MTE registers and tag accesses untrapped;
+    // stage 2 maps RAM Normal WB, so its stage 1 may choose Tagged), and Bulwark reads and
+    // writes tags itself for the software store path (crate::mte, docs/aarch64.md).
+    let mut hcr = HCR_EL2;
+    if crate::mte::level() >= 2 {
+        hcr |= crate::mte::HCR_ATA;
+        crate::mte::enable_el2_tags();
+    }
+    write_sysreg!("hcr_el2", hcr);
     crate::sysreg::isb();
     flush_stage2_all();
 }

@@ -16,6 +16,8 @@ pub mod el2;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 pub mod mem;
 #[cfg(target_arch = "aarch64")]
+pub mod mte;
+#[cfg(target_arch = "aarch64")]
 pub mod pl011;
 #[cfg(target_arch = "aarch64")]
 pub mod power;

@@ -187,6 +187,7 @@ mod demo;
 mod gic;
 mod highmem;
 mod mmio_guard;
+mod mte;
 mod roe;
 mod stepaif;
 
@@ -484,6 +485,7 @@ extern "C" fn guest_main(dtb: u64, el: u64) -> ! {
         Some("walk-noread") => breach::walk_noread(),
         Some("third-page") => breach::third_page(),
         Some("highmem") => highmem::run(mem),
+        Some("mte") => mte::run(mem.map_or(0, |(b, s)| b.saturating_add(s))),
         _ => {}
     }
     let (img_s, img_e) = (
