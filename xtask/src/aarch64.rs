@@ -187,7 +187,7 @@ pub(crate) fn quiet() -> RunOpts {
 }
 
 /// The value of `key` in Bulwark's end-of-run counters line is at least `min`.
-fn counter_at_least(out: &Outcome, key: &str, min: u64) -> Result<(), String> {
+pub(crate) fn counter_at_least(out: &Outcome, key: &str, min: u64) -> Result<(), String> {
     let line = out
         .lines
         .iter()

@@ -92,8 +92,49 @@ fn mte_linux() -> Result<(), String> {
     aarch64::need_init_then_power_off(&out)
 }
 
+/// The test guest's `scenario=sve` on `cpu` (QEMU `-cpu`); `vl_bits`: the vector length the
+/// guest must report.
+fn sve_guest(cpu: &str, vl_bits: u32) -> Result<(), String> {
+    let o = RunOpts {
+        cpu: Some(cpu.into()),
+        guest_cmdline: "scenario=sve".into(),
+        ..quiet()
+    };
+    let out = aarch64::run_with(&o, &Extra::default())?;
+    out.expect(0, reason::GUEST_EXIT)?;
+    for needle in [
+        format!("testguest: ok   sve: vector length {vl_bits} bits"),
+        format!("testguest: ok   sve: non-streaming: Z0-Z31 ({vl_bits} bits each), P0-P15, FFR intact across 5 exits"),
+        "testguest: ok   sve: the two chunk-page stores landed".into(),
+        "testguest: sve: all checks passed".into(),
+    ] {
+        need(&out, &needle)?;
+    }
+    // The exits really happened: three HVCs, a syndrome store, a software step.
+    aarch64::counter_at_least(&out, "exit_hvc", 4)?;
+    aarch64::counter_at_least(&out, "emulated_stores", 2)?;
+    aarch64::counter_at_least(&out, "sw_steps", 1)?;
+    // SME, where QEMU offers it, in streaming mode with ZA.
+    if out.has("ID_AA64PFR1_EL1.SME = 0") {
+        need(&out, "no SME on this CPU")
+    } else {
+        need(&out, "testguest: ok   sve: streaming: Z0-Z31")?;
+        need(&out, "testguest: ok   sve: ZA rows 0-3 intact")
+    }
+}
+
 pub fn scenarios() -> Vec<Scenario> {
     vec![
+        Scenario::new(
+            "aarch64 cpu: SVE state intact across exits, longest vectors (-cpu max)",
+            "qemu virt el2 sve",
+            || sve_guest("max", 2048),
+        ),
+        Scenario::new(
+            "aarch64 cpu: SVE state intact across exits, 256-bit vectors (sve-max-vq=2)",
+            "qemu virt el2 sve",
+            || sve_guest("max,sve-max-vq=2", 256),
+        ),
         Scenario::new(
             "aarch64 cpu: MTE registers, tags, tag checks and tag locks (mte=on)",
             "qemu virt el2 mte",

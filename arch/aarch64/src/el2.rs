@@ -38,7 +38,8 @@ pub const SCTLR_EL1_RESET: u64 = 0x30d0_0800;
 pub const SPSR_EL1H_MASKED: u64 = 0x3c5;
 
 /// Configure EL2 for the guest on this CPU: stage 2 (`vtcr`, `vttbr`), traps, timers, the GIC
-/// CPU interface, FP/SVE/SME access, the identity registers the guest reads. Call once per CPU
+/// CPU interface, FP/SVE/SME access and how their state is switched
+/// ([`crate::vcpu::init_fp_state`]), MTE ([`crate::mte`]), the identity registers the guest reads. Call once per CPU
 /// before the first [`crate::vcpu::enter_guest`].
 pub fn prepare(vtcr: u64, vttbr: u64) {
     // Identity registers: the guest reads these instead of MIDR_EL1/MPIDR_EL1 (UNKNOWN at reset).
@@ -67,6 +68,8 @@ pub fn prepare(vtcr: u64, vttbr: u64) {
     if has_sme {
         write_sysreg!("S3_4_C1_C2_6", 0xf); // SMCR_EL2.LEN
     }
+    crate::sysreg::isb();
+    crate::vcpu::init_fp_state(has_sve, has_sme);
 
     // Timers: EL1 physical counter and timer accessible (EL1PCTEN, EL1PCEN); no virtual offset.
     write_sysreg!("cnthctl_el2", 0b11);
@@ -141,6 +144,10 @@ pub fn reset_el1() {
     write_sysreg!("cntkctl_el1", 0);
     write_sysreg!("cntv_ctl_el0", 0);
     write_sysreg!("cntp_ctl_el0", 0);
+    if (read_sysreg!("id_aa64pfr1_el1") >> 24) & 0xf != 0 {
+        // SVCR = 0: out of streaming mode, ZA off (SMSTOP), as after reset.
+        write_sysreg!("S3_3_C4_C2_2", 0);
+    }
     if (read_sysreg!("id_aa64pfr0_el1") >> 24) & 0xf != 0 {
         write_sysreg!("S3_0_C12_C12_7", 0); // ICC_IGRPEN1_EL1
         write_sysreg!("S3_0_C4_C6_0", 0); // ICC_PMR_EL1

@@ -190,6 +190,7 @@ mod mmio_guard;
 mod mte;
 mod roe;
 mod stepaif;
+mod sve;
 
 fn read_esr_far() -> (u64, u64) {
     let (esr, far): (u64, u64);
@@ -485,6 +486,7 @@ extern "C" fn guest_main(dtb: u64, el: u64) -> ! {
         Some("walk-noread") => breach::walk_noread(),
         Some("third-page") => breach::third_page(),
         Some("highmem") => highmem::run(mem),
+        Some("sve") => sve::run(),
         Some("mte") => mte::run(mem.map_or(0, |(b, s)| b.saturating_add(s))),
         _ => {}
     }
