@@ -10,6 +10,7 @@ pub mod image;
 pub mod inject;
 pub mod insn;
 pub mod smccc;
+pub mod tagmask;
 
 #[cfg(target_arch = "aarch64")]
 pub mod el2;

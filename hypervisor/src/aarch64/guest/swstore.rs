@@ -31,6 +31,7 @@ use bulwark_aarch64::inject::spsr_with_aif_of;
 use bulwark_aarch64::insn::{decode_exclusive, Exclusive};
 use bulwark_aarch64::mte;
 use bulwark_aarch64::read_sysreg;
+use bulwark_aarch64::tagmask::{first_changed_protected_tag, granule_protected, merged_tags, TAGS};
 use bulwark_aarch64::vcpu::VcpuRegs;
 use bulwark_aarch64::write_sysreg;
 use bulwark_abi::console::{reason, STATUS_BULWARK_FAILURE};
@@ -64,8 +65,6 @@ const PSTATE_SS: u64 = 1 << 21;
 const PSTATE_AIF: u64 = 0b111 << 6;
 /// SCTLR_EL1.TCF (bits 41:40) and TCF0 (bits 39:38): tag checks at EL1 / EL0.
 const SCTLR_TCF_TCF0: u64 = 0b1111 << 38;
-/// Allocation Tag granules in a page.
-const TAGS: usize = PAGE / 16;
 /// Bytes in a page.
 const PAGE: usize = PAGE_SIZE as usize;
 /// Pages with protected bytes one stepped instruction may write: the widest contiguous store
@@ -151,23 +150,6 @@ fn write_tags(page: u64, tags: &[u8; TAGS]) {
     }
 }
 
-/// Whether granule `g` (0..256) of a page holds a protected byte under `mask` (one bit a byte).
-fn granule_protected(mask: &[u64; 64], g: usize) -> bool {
-    let word = mask.get(g / 4).copied().unwrap_or(0);
-    (word >> ((g % 4) * 16)) & 0xffff != 0
-}
-
-/// The first granule whose tag the step changed (`before` vs `after`) although it holds a
-/// protected byte: tags are locked with the bytes they cover (docs/aarch64.md, "Memory
-/// tagging").
-fn first_changed_protected_tag(
-    before: &[u8; TAGS],
-    after: &[u8; TAGS],
-    mask: &[u64; 64],
-) -> Option<usize> {
-    (0..TAGS).find(|&g| granule_protected(mask, g) && before.get(g) != after.get(g))
-}
-
 /// Set the page's tags to `tags`, granules without protected bytes first and those with
 /// protected bytes last: on an emulator whose tag storage aliases granules (QEMU 7.2, see
 /// docs/aarch64.md) the locked tags are then the ones that stick.
@@ -182,19 +164,6 @@ fn write_tags_locked_last(page: u64, tags: &[u8; TAGS], mask: &[u64; 64]) {
             }
         }
     }
-}
-
-/// The page's tags after the step: the step's tags on granules without protected bytes, the
-/// tags from before the step on granules with protected bytes. Written whole, so an emulator
-/// whose tag storage aliases the scratch frame's with the page's gets the locked tags back too.
-fn merged_tags(before: &[u8; TAGS], after: &[u8; TAGS], mask: &[u64; 64]) -> [u8; TAGS] {
-    let mut t = *before;
-    for (g, v) in t.iter_mut().enumerate() {
-        if !granule_protected(mask, g) {
-            *v = after.get(g).copied().unwrap_or(*v);
-        }
-    }
-    t
 }
 
 impl Vm {
@@ -531,16 +500,11 @@ impl Vm {
             }
             if hit.is_none() {
                 let after = read_tags(scratch);
-                if let Some(g) = first_changed_protected_tag(&p.tags, &after, mask) {
-                    // The violation names the granule's first protected byte.
-                    let first = (0..16)
-                        .map(|b| g * 16 + b)
-                        .find(|&j| mask.get(j / 64).is_some_and(|w| w >> (j % 64) & 1 != 0))
-                        .unwrap_or(g * 16);
+                if let Some(first) = first_changed_protected_tag(&p.tags, &after, mask) {
                     log::warn!(
                         "software store: pc={:#x} changes the Allocation Tag of a granule with protected bytes at ipa={:#x}",
                         step.saved.pc,
-                        p.ipa.as_u64() + (g as u64) * mte::GRANULE
+                        p.ipa.as_u64() + (first as u64 & !(mte::GRANULE - 1))
                     );
                     hit = Some((
                         GuestPhysAddr::new(p.ipa.as_u64() + first as u64),
