@@ -45,6 +45,9 @@ pub fn el2_tags() -> bool {
 /// mappings from Normal WB to Normal WB Tagged keeps the cacheability (the same change Linux
 /// makes to MAIR_EL1 at boot); the EL2 TLB is invalidated afterwards.
 pub fn enable_el2_tags() -> bool {
+    if el2_tags() {
+        return true;
+    }
     if level() < 2 {
         return false;
     }
