@@ -118,7 +118,14 @@ fn sve_guest(cpu: &str, vl_bits: u32) -> Result<(), String> {
     if out.has("ID_AA64PFR1_EL1.SME = 0") {
         need(&out, "no SME on this CPU")
     } else {
-        need(&out, "testguest: ok   sve: streaming: Z0-Z31")?;
+        if out.has("testguest: sve: SME FA64 = 1") {
+            need(
+                &out,
+                "testguest: ok   sve: streaming: Z0-Z31 (2048 bits each), P0-P15, FFR intact",
+            )?;
+        } else {
+            need(&out, "testguest: ok   sve: streaming: Z0-Z31")?;
+        }
         need(&out, "testguest: ok   sve: ZA rows 0-3 intact")
     }
 }

@@ -65,11 +65,15 @@ pub fn prepare(vtcr: u64, vttbr: u64) {
         // Let the guest use the largest vector length the CPU has.
         write_sysreg!("S3_4_C1_C2_0", 0xf); // ZCR_EL2.LEN
     }
+    // SMCR_EL2: the longest streaming length, and FA64 (the full A64 instruction set in
+    // streaming mode) when the CPU has it, so the guest gets what ID_AA64SMFR0_EL1 tells it.
+    let has_fa64 = has_sme && read_sysreg!("S3_0_C0_C4_5") >> 63 != 0; // ID_AA64SMFR0_EL1.FA64
     if has_sme {
-        write_sysreg!("S3_4_C1_C2_6", 0xf); // SMCR_EL2.LEN
+        let fa64 = if has_fa64 { 1 << 31 } else { 0 };
+        write_sysreg!("S3_4_C1_C2_6", fa64 | 0xf); // SMCR_EL2.FA64, LEN
     }
     crate::sysreg::isb();
-    crate::vcpu::init_fp_state(has_sve, has_sme);
+    crate::vcpu::init_fp_state(has_sve, has_sme, has_fa64);
 
     // Timers: EL1 physical counter and timer accessible (EL1PCTEN, EL1PCEN); no virtual offset.
     write_sysreg!("cnthctl_el2", 0b11);

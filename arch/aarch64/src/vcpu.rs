@@ -43,10 +43,12 @@ pub struct VcpuRegs {
 /// Largest SVE/SME vector length the architecture allows, in bytes (2048 bits).
 const VL_MAX: usize = 256;
 /// SVE save area: a flags word (bit 0 the state was saved in streaming mode, bit 1 the CPU has
-/// SME), padding, Z0-Z31 at the current vector length, then P0-P15 and FFR (VL/8 bytes each),
+/// SME, bit 2 it has FEAT_SME_FA64), padding, Z0-Z31 at the current vector length, then P0-P15 and FFR (VL/8 bytes each),
 /// laid out with ADDVL/`mul vl` offsets so it fits any vector length up to [`VL_MAX`].
 const SVE_AREA_BYTES: usize = 16 + 32 * VL_MAX + 17 * (VL_MAX / 8);
 const SVE_FLAG_SME: u64 = 2;
+/// FEAT_SME_FA64 (SMCR_EL2.FA64 set): FFR exists in streaming mode too.
+const SVE_FLAG_FA64: u64 = 4;
 
 #[repr(C, align(16))]
 struct SveArea(core::cell::UnsafeCell<[u8; SVE_AREA_BYTES]>);
@@ -58,31 +60,36 @@ static SVE_AREA_ADDR: core::sync::atomic::AtomicU64 = core::sync::atomic::Atomic
 
 /// Choose how the guest's FP/SIMD state is switched on this CPU: with SVE, the full Z0-Z31 (at
 /// the vector length in effect at EL2, which ZCR_EL2.LEN = max makes at least the guest's),
-/// P0-P15 and FFR; with SME also streaming mode (the streaming Z/P registers are saved, then
+/// P0-P15 and FFR; with SME also streaming mode (the streaming Z/P registers, and FFR with
+/// FEAT_SME_FA64, are saved, then
 /// SMSTOP SM so Bulwark's NEON code runs; SMSTART SM before they are loaded back; ZA is never
 /// touched by Bulwark and stays as it is). Without SVE only V0-V31. FPSR/FPCR always.
 /// Call once per CPU, before the first [`enter_guest`].
-pub fn init_fp_state(has_sve: bool, has_sme: bool) {
+pub fn init_fp_state(has_sve: bool, has_sme: bool, has_fa64: bool) {
     if !has_sve {
         SVE_AREA_ADDR.store(0, core::sync::atomic::Ordering::Relaxed);
         return;
     }
     clear_fp_state();
     let base = SVE_AREA.0.get();
-    let flags = if has_sme { SVE_FLAG_SME } else { 0 };
+    let flags = match (has_sme, has_fa64) {
+        (true, true) => SVE_FLAG_SME | SVE_FLAG_FA64,
+        (true, false) => SVE_FLAG_SME,
+        _ => 0,
+    };
     // SAFETY: the area is 16-byte aligned and at least 8 bytes; no guest runs now.
     unsafe { core::ptr::write_volatile(base.cast::<u64>(), flags) };
     SVE_AREA_ADDR.store(base as u64, core::sync::atomic::Ordering::Relaxed);
 }
 
 /// Zero the guest's saved SVE registers (a guest reboot starts with them zero), keeping the
-/// CPU's SME flag. Call only while the guest is not running.
+/// CPU's SME/FA64 flags. Call only while the guest is not running.
 pub fn clear_fp_state() {
     let base = SVE_AREA.0.get();
     // SAFETY: the area belongs to this module; no guest runs now, so the world-switch code does
     // not use it concurrently.
     unsafe {
-        let flags = core::ptr::read_volatile(base.cast::<u64>()) & SVE_FLAG_SME;
+        let flags = core::ptr::read_volatile(base.cast::<u64>()) & (SVE_FLAG_SME | SVE_FLAG_FA64);
         core::ptr::write_bytes(base.cast::<u8>(), 0, SVE_AREA_BYTES);
         core::ptr::write_volatile(base.cast::<u64>(), flags);
     }
@@ -285,7 +292,9 @@ bulwark_enter_guest:
     ldr     z31, [x2, #31, mul vl]
     addvl   x2, x2, #16
     addvl   x2, x2, #16
-    tbnz    x3, #0, 12f
+    tbz     x3, #0, 14f             /* not streaming: FFR */
+    tbz     x3, #2, 12f             /* streaming without FA64: no FFR */
+14:
     ldr     p0, [x2, #16, mul vl]
     wrffr   p0.b
 12:
@@ -440,10 +449,12 @@ __bulwark_guest_exit:
     str     p13, [x2, #13, mul vl]
     str     p14, [x2, #14, mul vl]
     str     p15, [x2, #15, mul vl]
-    tbnz    x3, #0, 22f
+    tbz     x3, #0, 24f             /* not streaming: FFR */
+    tbz     x3, #2, 22f             /* streaming without FA64: no FFR */
+24:
     rdffr   p0.b
     str     p0, [x2, #16, mul vl]
-    b       23f
+    tbz     x3, #0, 23f
 22:
     /* Leave streaming mode for Bulwark's own (NEON) code; FPSR was saved above. */
     smstop  sm

@@ -8,9 +8,9 @@
 //! register back; every bit is compared. Nothing else runs in between (the guest's own Rust code
 //! uses NEON, which would itself zero the upper bits).
 //!
-//! With SME (ID_AA64PFR1_EL1.SME): the same in streaming mode (SMSTART SM, SMCR_EL1.LEN = 15;
-//! Z0-Z31 and P0-P15 at the streaming length, no FFR), with ZA on and its first rows loaded and
-//! checked too.
+//! With SME (ID_AA64PFR1_EL1.SME): the same in streaming mode (SMSTART, SMCR_EL1.LEN = 15;
+//! Z0-Z31 and P0-P15 at the streaming length, FFR too with FEAT_SME_FA64 and SMCR_EL1.FA64),
+//! with ZA on and its first rows loaded and checked too.
 //!
 //! Ends with SYSTEM_OFF when every check passed, else GUEST_EXIT(1).
 
@@ -319,15 +319,23 @@ pub fn run() -> ! {
     );
 
     if sme != 0 {
-        // Streaming mode at the longest streaming length, ZA on (inside `round_trip`).
+        let smfr0: u64;
+        // SAFETY: reading ID_AA64SMFR0_EL1 (SME is present).
+        unsafe {
+            core::arch::asm!("mrs {}, S3_0_C0_C4_5", out(reg) smfr0, options(nomem, nostack))
+        };
+        let fa64 = smfr0 >> 63 != 0;
+        let fa64_bit: u64 = if fa64 { 1 << 31 } else { 0 };
+        say!("testguest: sve: SME FA64 = {}", u8::from(fa64));
+        // Streaming mode at the longest streaming length, ZA on (inside `round_trip`); with
+        // FA64 the full instruction set, FFR included.
         // SAFETY: the guest's own EL1 configuration.
         unsafe {
             core::arch::asm!(
                 ".arch_extension sme",
-                "mov {t}, #15",
-                "msr S3_0_C1_C2_6, {t}", // SMCR_EL1.LEN
+                "msr S3_0_C1_C2_6, {t}", // SMCR_EL1.FA64, LEN
                 "isb",
-                t = out(reg) _,
+                t = in(reg) fa64_bit | 15,
                 options(nostack)
             )
         };
@@ -338,7 +346,7 @@ pub fn run() -> ! {
         };
         let svl = svl as usize;
         say!("testguest: sve: streaming vector length {} bits", svl * 8);
-        fill(svl, 0x77, false);
+        fill(svl, 0x77, fa64);
         for i in 0..ZA_ROWS * VL_MAX {
             // SAFETY: inside ZA_IN / ZA_OUT.
             unsafe {
@@ -351,8 +359,8 @@ pub fn run() -> ! {
                 ZA_OUT.0.get().cast::<u8>().add(i).write_volatile(0);
             }
         }
-        round_trip(chunk, false, true);
-        check_round(&mut c, "streaming", svl, false);
+        round_trip(chunk, fa64, true);
+        check_round(&mut c, "streaming", svl, fa64);
         let n = ZA_ROWS * svl;
         // SAFETY: both ZA areas hold ZA_ROWS * VL_MAX >= n bytes.
         let za_bad = (0..n).find(|&i| unsafe {
