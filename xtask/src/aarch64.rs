@@ -18,7 +18,7 @@ const QEMU: &str = "qemu-system-aarch64";
 const DEFAULT_TIMEOUT_S: u64 = 30;
 const MEMORY: &str = "512M";
 /// Status Bulwark reports for a guest stuck in an exception loop (hypervisor/src/aarch64/guest.rs).
-const STATUS_GUEST_CRASH: u32 = 0xB3;
+pub(crate) const STATUS_GUEST_CRASH: u32 = 0xB3;
 /// Status of a run that ended at a PSCI SYSTEM_RESET Bulwark did not reboot (past `maxresets=`,
 /// or no room for the pristine payload copy; hypervisor/src/aarch64/guest.rs).
 const STATUS_GUEST_RESET: u32 = 0xB2;
@@ -89,6 +89,8 @@ pub struct Extra {
     pub as_firmware: bool,
     /// QEMU virt with `iommu=smmuv3`: the PCI host bridge behind an SMMUv3.
     pub iommu: bool,
+    /// More `-M virt` options, comma-separated (e.g. `mte=on`).
+    pub machine_opts: Option<&'static str>,
 }
 
 /// Guest command line of the demo (`cargo xtask run --arch aarch64` without `--guest`).
@@ -150,8 +152,12 @@ pub fn run_with(o: &RunOpts, x: &Extra) -> Result<Outcome, String> {
     } else {
         "virt,virtualization=on,gic-version=3"
     };
+    let machine = match x.machine_opts {
+        Some(opts) => format!("{machine},{opts}"),
+        None => machine.to_string(),
+    };
     let mut cmd = Command::new(QEMU);
-    cmd.args(["-M", machine])
+    cmd.args(["-M", &machine])
         .args(["-cpu", o.cpu.as_deref().unwrap_or("max")])
         .args(["-m", MEMORY])
         // No emulator backdoor in a run with a guest (no `-semihosting`: an EL1 guest's
@@ -185,7 +191,7 @@ pub(crate) fn quiet() -> RunOpts {
 }
 
 /// The value of `key` in Bulwark's end-of-run counters line is at least `min`.
-fn counter_at_least(out: &Outcome, key: &str, min: u64) -> Result<(), String> {
+pub(crate) fn counter_at_least(out: &Outcome, key: &str, min: u64) -> Result<(), String> {
     let line = out
         .lines
         .iter()
@@ -404,13 +410,49 @@ fn run_linux_bare(kernel: &Path, initrd: &Path, icount: bool) -> Result<Outcome,
     })
 }
 
-fn linux_scenario() -> Result<(), String> {
+/// Debian's kernel, the busybox initramfs and the bundle of both Bulwark boots (built on demand).
+pub(crate) struct LinuxPayload {
+    pub kernel: PathBuf,
+    pub initramfs: PathBuf,
+    pub bundle: PathBuf,
+}
+
+pub(crate) fn linux_payload() -> Result<LinuxPayload, String> {
     let (kernel, busybox) = debian_kernel_and_busybox()?;
     let dir = debian_dir()?;
     let initramfs = dir.join("initramfs.cpio");
     std::fs::write(&initramfs, busybox_initramfs(&busybox)?).map_err(|e| e.to_string())?;
     let payload = dir.join("linux-bundle.bin");
     bundle(&kernel, &initramfs, &payload)?;
+    Ok(LinuxPayload {
+        kernel,
+        initramfs,
+        bundle: payload,
+    })
+}
+
+/// The console shows the /init marker, then the kernel's power-off.
+pub(crate) fn need_init_then_power_off(out: &Outcome) -> Result<(), String> {
+    let marker = out.lines.iter().position(|l| l.contains(INIT_MARKER));
+    let off = out
+        .lines
+        .iter()
+        .position(|l| l.contains("reboot: Power down"));
+    match (marker, off) {
+        (Some(m), Some(p)) if m < p => Ok(()),
+        _ => Err(format!(
+            "expected the /init marker, then a power-off\n--- console tail ---\n{}",
+            out.tail(25)
+        )),
+    }
+}
+
+fn linux_scenario() -> Result<(), String> {
+    let LinuxPayload {
+        kernel,
+        initramfs,
+        bundle: payload,
+    } = linux_payload()?;
     let o = RunOpts {
         cpu: Some(LINUX_CPU.into()),
         guest_cmdline: LINUX_CMDLINE.into(),
@@ -433,20 +475,7 @@ fn linux_scenario() -> Result<(), String> {
         &out,
         "smccc: KVM: hypervisor services detected (0x00000000 0x00000003 0x00000000 0x0000003d)",
     )?;
-    let marker = out.lines.iter().position(|l| l.contains(INIT_MARKER));
-    let off = out
-        .lines
-        .iter()
-        .position(|l| l.contains("reboot: Power down"));
-    match (marker, off) {
-        (Some(m), Some(p)) if m < p => {}
-        _ => {
-            return Err(format!(
-                "expected the /init marker, then a power-off\n--- console tail ---\n{}",
-                out.tail(25)
-            ))
-        }
-    }
+    need_init_then_power_off(&out)?;
     // Cost of running under Bulwark: the kernel's time to /init with QEMU's clock tied to
     // executed instructions (-icount shift=0), bare vs under Bulwark: repeatable, unlike wall time.
     let bare = run_linux_bare(&kernel, &initramfs, true)?;

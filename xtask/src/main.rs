@@ -14,6 +14,7 @@ mod aarch64;
 mod attr_tests;
 mod bench;
 mod console_tests;
+mod cpu_tests;
 mod dma_tests;
 mod header;
 mod logtool;

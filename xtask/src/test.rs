@@ -88,6 +88,7 @@ pub fn main(args: &[String]) -> Result<u8, String> {
     all.extend(crate::x86_64_spp::scenarios());
     all.extend(crate::aarch64::scenarios());
     all.extend(crate::smccc_tests::scenarios());
+    all.extend(crate::cpu_tests::scenarios());
     all.extend(crate::uboot::scenarios());
     all.extend(crate::attr_tests::scenarios());
     all.extend(crate::bench::scenarios());

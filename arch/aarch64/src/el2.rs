@@ -28,6 +28,8 @@ pub mod hcr {
 ///   passed through, Bulwark takes no interrupts);
 /// * TWE = 0: WFE is not trapped (spin-wait loops would exit for nothing on one vCPU);
 /// * no TVM/TRVM/TID*/TACR/TSW: the guest owns its EL1 state; stage 2 is what protects Bulwark.
+///
+/// [`prepare`] adds HCR_EL2.ATA ([`crate::mte::HCR_ATA`]) on a CPU with FEAT_MTE2.
 pub const HCR_EL2: u64 = hcr::VM | hcr::SWIO | hcr::TWI | hcr::TSC | hcr::RW | hcr::APK | hcr::API;
 
 /// SCTLR_EL1 at guest entry: MMU and caches off, RES1 bits set (Linux boot protocol).
@@ -36,7 +38,8 @@ pub const SCTLR_EL1_RESET: u64 = 0x30d0_0800;
 pub const SPSR_EL1H_MASKED: u64 = 0x3c5;
 
 /// Configure EL2 for the guest on this CPU: stage 2 (`vtcr`, `vttbr`), traps, timers, the GIC
-/// CPU interface, FP/SVE/SME access, the identity registers the guest reads. Call once per CPU
+/// CPU interface, FP/SVE/SME access and how their state is switched
+/// ([`crate::vcpu::init_fp_state`]), MTE ([`crate::mte`]), the identity registers the guest reads. Call once per CPU
 /// before the first [`crate::vcpu::enter_guest`].
 pub fn prepare(vtcr: u64, vttbr: u64) {
     // Identity registers: the guest reads these instead of MIDR_EL1/MPIDR_EL1 (UNKNOWN at reset).
@@ -62,9 +65,15 @@ pub fn prepare(vtcr: u64, vttbr: u64) {
         // Let the guest use the largest vector length the CPU has.
         write_sysreg!("S3_4_C1_C2_0", 0xf); // ZCR_EL2.LEN
     }
+    // SMCR_EL2: the longest streaming length, and FA64 (the full A64 instruction set in
+    // streaming mode) when the CPU has it, so the guest gets what ID_AA64SMFR0_EL1 tells it.
+    let has_fa64 = has_sme && read_sysreg!("S3_0_C0_C4_5") >> 63 != 0; // ID_AA64SMFR0_EL1.FA64
     if has_sme {
-        write_sysreg!("S3_4_C1_C2_6", 0xf); // SMCR_EL2.LEN
+        let fa64 = if has_fa64 { 1 << 31 } else { 0 };
+        write_sysreg!("S3_4_C1_C2_6", fa64 | 0xf); // SMCR_EL2.FA64, LEN
     }
+    crate::sysreg::isb();
+    crate::vcpu::init_fp_state(has_sve, has_sme, has_fa64);
 
     // Timers: EL1 physical counter and timer accessible (EL1PCTEN, EL1PCEN); no virtual offset.
     write_sysreg!("cnthctl_el2", 0b11);
@@ -92,7 +101,15 @@ pub fn prepare(vtcr: u64, vttbr: u64) {
 
     write_sysreg!("vtcr_el2", vtcr);
     write_sysreg!("vttbr_el2", vttbr);
-    write_sysreg!("hcr_el2", HCR_EL2);
+    // FEAT_MTE2: the guest gets memory tagging (its MTE registers and tag accesses untrapped;
+    // stage 2 maps RAM Normal WB, so its stage 1 may choose Tagged), and Bulwark reads and
+    // writes tags itself for the software store path (crate::mte, docs/aarch64.md).
+    let mut hcr = HCR_EL2;
+    if crate::mte::level() >= 2 {
+        hcr |= crate::mte::HCR_ATA;
+        crate::mte::enable_el2_tags();
+    }
+    write_sysreg!("hcr_el2", hcr);
     crate::sysreg::isb();
     flush_stage2_all();
 }
@@ -131,6 +148,10 @@ pub fn reset_el1() {
     write_sysreg!("cntkctl_el1", 0);
     write_sysreg!("cntv_ctl_el0", 0);
     write_sysreg!("cntp_ctl_el0", 0);
+    if (read_sysreg!("id_aa64pfr1_el1") >> 24) & 0xf != 0 {
+        // SVCR = 0: out of streaming mode, ZA off (SMSTOP), as after reset.
+        write_sysreg!("S3_3_C4_C2_2", 0);
+    }
     if (read_sysreg!("id_aa64pfr0_el1") >> 24) & 0xf != 0 {
         write_sysreg!("S3_0_C12_C12_7", 0); // ICC_IGRPEN1_EL1
         write_sysreg!("S3_0_C4_C6_0", 0); // ICC_PMR_EL1

@@ -10,6 +10,7 @@ pub mod image;
 pub mod inject;
 pub mod insn;
 pub mod smccc;
+pub mod tagmask;
 
 #[cfg(target_arch = "aarch64")]
 pub mod el2;
@@ -17,6 +18,8 @@ pub mod el2;
 pub mod firmware;
 #[cfg(all(target_arch = "aarch64", target_os = "none"))]
 pub mod mem;
+#[cfg(target_arch = "aarch64")]
+pub mod mte;
 #[cfg(target_arch = "aarch64")]
 pub mod pl011;
 #[cfg(target_arch = "aarch64")]

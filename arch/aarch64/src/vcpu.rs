@@ -9,8 +9,9 @@
 //! `loop { let kind = enter_guest(regs); ... }`.
 //!
 //! EL1 system registers are not switched: one guest owns the CPU and Bulwark never uses EL1.
-//! FP/SIMD registers are switched because Bulwark's compiled code uses them (memcpy, NEON).
-//! Only the low 128 bits of SVE Z registers survive an exit (documented in docs/aarch64.md).
+//! FP/SIMD registers are switched because Bulwark's compiled code uses them (memcpy, NEON):
+//! on a CPU with SVE the whole SVE state (Z0-Z31 at the vector length, P0-P15, FFR; streaming
+//! mode with SME), else V0-V31; FPSR/FPCR always (see [`init_fp_state`], docs/aarch64.md).
 //!
 //! Exceptions taken at EL2 itself (a Bulwark bug) go to
 //! `bulwark_el2_exception(frame, kind)`, which the binary provides; it may return to resume.
@@ -32,8 +33,66 @@ pub struct VcpuRegs {
     host_d: [u64; 8],
     pub fpsr: u64,
     pub fpcr: u64,
-    /// V0..V31.
+    /// V0..V31 (without SVE: with SVE the full Z registers live in the SVE save area and these
+    /// are neither saved nor loaded, see [`init_fp_state`]).
     pub v: [u128; 32],
+    /// The SVE save area ([`init_fp_state`]) or 0; set by [`enter_guest`] on every entry.
+    sve_area: u64,
+}
+
+/// Largest SVE/SME vector length the architecture allows, in bytes (2048 bits).
+const VL_MAX: usize = 256;
+/// SVE save area: a flags word (bit 0 the state was saved in streaming mode, bit 1 the CPU has
+/// SME, bit 2 it has FEAT_SME_FA64), padding, Z0-Z31 at the current vector length, then P0-P15 and FFR (VL/8 bytes each),
+/// laid out with ADDVL/`mul vl` offsets so it fits any vector length up to [`VL_MAX`].
+const SVE_AREA_BYTES: usize = 16 + 32 * VL_MAX + 17 * (VL_MAX / 8);
+const SVE_FLAG_SME: u64 = 2;
+/// FEAT_SME_FA64 (SMCR_EL2.FA64 set): FFR exists in streaming mode too.
+const SVE_FLAG_FA64: u64 = 4;
+
+#[repr(C, align(16))]
+struct SveArea(core::cell::UnsafeCell<[u8; SVE_AREA_BYTES]>);
+// SAFETY: one vCPU; the area is written only by the world-switch assembly (guest not running
+// in between) and by `init_fp_state`/`clear_fp_state`, which run between guest runs.
+unsafe impl Sync for SveArea {}
+static SVE_AREA: SveArea = SveArea(core::cell::UnsafeCell::new([0; SVE_AREA_BYTES]));
+static SVE_AREA_ADDR: core::sync::atomic::AtomicU64 = core::sync::atomic::AtomicU64::new(0);
+
+/// Choose how the guest's FP/SIMD state is switched on this CPU: with SVE, the full Z0-Z31 (at
+/// the vector length in effect at EL2, which ZCR_EL2.LEN = max makes at least the guest's),
+/// P0-P15 and FFR; with SME also streaming mode (the streaming Z/P registers, and FFR with
+/// FEAT_SME_FA64, are saved, then
+/// SMSTOP SM so Bulwark's NEON code runs; SMSTART SM before they are loaded back; ZA is never
+/// touched by Bulwark and stays as it is). Without SVE only V0-V31. FPSR/FPCR always.
+/// Call once per CPU, before the first [`enter_guest`].
+pub fn init_fp_state(has_sve: bool, has_sme: bool, has_fa64: bool) {
+    if !has_sve {
+        SVE_AREA_ADDR.store(0, core::sync::atomic::Ordering::Relaxed);
+        return;
+    }
+    clear_fp_state();
+    let base = SVE_AREA.0.get();
+    let flags = match (has_sme, has_fa64) {
+        (true, true) => SVE_FLAG_SME | SVE_FLAG_FA64,
+        (true, false) => SVE_FLAG_SME,
+        _ => 0,
+    };
+    // SAFETY: the area is 16-byte aligned and at least 8 bytes; no guest runs now.
+    unsafe { core::ptr::write_volatile(base.cast::<u64>(), flags) };
+    SVE_AREA_ADDR.store(base as u64, core::sync::atomic::Ordering::Relaxed);
+}
+
+/// Zero the guest's saved SVE registers (a guest reboot starts with them zero), keeping the
+/// CPU's SME/FA64 flags. Call only while the guest is not running.
+pub fn clear_fp_state() {
+    let base = SVE_AREA.0.get();
+    // SAFETY: the area belongs to this module; no guest runs now, so the world-switch code does
+    // not use it concurrently.
+    unsafe {
+        let flags = core::ptr::read_volatile(base.cast::<u64>()) & (SVE_FLAG_SME | SVE_FLAG_FA64);
+        core::ptr::write_bytes(base.cast::<u8>(), 0, SVE_AREA_BYTES);
+        core::ptr::write_volatile(base.cast::<u64>(), flags);
+    }
 }
 
 impl VcpuRegs {
@@ -92,6 +151,8 @@ const _: () = assert!(core::mem::size_of::<El2Frame>() == 264);
 
 core::arch::global_asm!(
     r#"
+    .arch_extension sve
+    .arch_extension sme
     .section .text.bulwark_vectors, "ax"
 
     .macro EL2_ENTRY kind
@@ -189,6 +250,72 @@ bulwark_enter_guest:
     str     x1, [x0, #{host_sp}]
     msr     tpidr_el2, x0
 
+    ldr     x1, [x0, #{sve_area}]
+    cbz     x1, 10f
+    /* SVE: the full Z/P/FFR state from the save area (streaming mode entered first). */
+    ldr     x3, [x1]
+    tbz     x3, #0, 11f
+    smstart sm
+11:
+    add     x2, x1, #16
+    ldr     z0, [x2, #0, mul vl]
+    ldr     z1, [x2, #1, mul vl]
+    ldr     z2, [x2, #2, mul vl]
+    ldr     z3, [x2, #3, mul vl]
+    ldr     z4, [x2, #4, mul vl]
+    ldr     z5, [x2, #5, mul vl]
+    ldr     z6, [x2, #6, mul vl]
+    ldr     z7, [x2, #7, mul vl]
+    ldr     z8, [x2, #8, mul vl]
+    ldr     z9, [x2, #9, mul vl]
+    ldr     z10, [x2, #10, mul vl]
+    ldr     z11, [x2, #11, mul vl]
+    ldr     z12, [x2, #12, mul vl]
+    ldr     z13, [x2, #13, mul vl]
+    ldr     z14, [x2, #14, mul vl]
+    ldr     z15, [x2, #15, mul vl]
+    ldr     z16, [x2, #16, mul vl]
+    ldr     z17, [x2, #17, mul vl]
+    ldr     z18, [x2, #18, mul vl]
+    ldr     z19, [x2, #19, mul vl]
+    ldr     z20, [x2, #20, mul vl]
+    ldr     z21, [x2, #21, mul vl]
+    ldr     z22, [x2, #22, mul vl]
+    ldr     z23, [x2, #23, mul vl]
+    ldr     z24, [x2, #24, mul vl]
+    ldr     z25, [x2, #25, mul vl]
+    ldr     z26, [x2, #26, mul vl]
+    ldr     z27, [x2, #27, mul vl]
+    ldr     z28, [x2, #28, mul vl]
+    ldr     z29, [x2, #29, mul vl]
+    ldr     z30, [x2, #30, mul vl]
+    ldr     z31, [x2, #31, mul vl]
+    addvl   x2, x2, #16
+    addvl   x2, x2, #16
+    tbz     x3, #0, 14f             /* not streaming: FFR */
+    tbz     x3, #2, 12f             /* streaming without FA64: no FFR */
+14:
+    ldr     p0, [x2, #16, mul vl]
+    wrffr   p0.b
+12:
+    ldr     p0, [x2, #0, mul vl]
+    ldr     p1, [x2, #1, mul vl]
+    ldr     p2, [x2, #2, mul vl]
+    ldr     p3, [x2, #3, mul vl]
+    ldr     p4, [x2, #4, mul vl]
+    ldr     p5, [x2, #5, mul vl]
+    ldr     p6, [x2, #6, mul vl]
+    ldr     p7, [x2, #7, mul vl]
+    ldr     p8, [x2, #8, mul vl]
+    ldr     p9, [x2, #9, mul vl]
+    ldr     p10, [x2, #10, mul vl]
+    ldr     p11, [x2, #11, mul vl]
+    ldr     p12, [x2, #12, mul vl]
+    ldr     p13, [x2, #13, mul vl]
+    ldr     p14, [x2, #14, mul vl]
+    ldr     p15, [x2, #15, mul vl]
+    b       13f
+10:
     add     x1, x0, #{v}
     ldp     q0, q1, [x1, #0]
     ldp     q2, q3, [x1, #32]
@@ -206,6 +333,7 @@ bulwark_enter_guest:
     ldp     q26, q27, [x1, #416]
     ldp     q28, q29, [x1, #448]
     ldp     q30, q31, [x1, #480]
+13:
     ldp     x1, x2, [x0, #{fpsr}]
     msr     fpsr, x1
     msr     fpcr, x2
@@ -256,6 +384,82 @@ __bulwark_guest_exit:
     mrs     x2, spsr_el2
     stp     x1, x2, [x0, #{pc}]
 
+    mrs     x1, fpsr
+    mrs     x2, fpcr
+    stp     x1, x2, [x0, #{fpsr}]
+    ldr     x1, [x0, #{sve_area}]
+    cbz     x1, 20f
+    /* SVE: Z0-Z31, P0-P15, FFR at the current vector length (streaming if PSTATE.SM). */
+    ldr     x3, [x1]
+    bic     x3, x3, #1
+    tbz     x3, #1, 21f
+    mrs     x4, S3_3_C4_C2_2        /* SVCR */
+    and     x4, x4, #1              /* SM */
+    orr     x3, x3, x4
+21:
+    str     x3, [x1]
+    add     x2, x1, #16
+    str     z0, [x2, #0, mul vl]
+    str     z1, [x2, #1, mul vl]
+    str     z2, [x2, #2, mul vl]
+    str     z3, [x2, #3, mul vl]
+    str     z4, [x2, #4, mul vl]
+    str     z5, [x2, #5, mul vl]
+    str     z6, [x2, #6, mul vl]
+    str     z7, [x2, #7, mul vl]
+    str     z8, [x2, #8, mul vl]
+    str     z9, [x2, #9, mul vl]
+    str     z10, [x2, #10, mul vl]
+    str     z11, [x2, #11, mul vl]
+    str     z12, [x2, #12, mul vl]
+    str     z13, [x2, #13, mul vl]
+    str     z14, [x2, #14, mul vl]
+    str     z15, [x2, #15, mul vl]
+    str     z16, [x2, #16, mul vl]
+    str     z17, [x2, #17, mul vl]
+    str     z18, [x2, #18, mul vl]
+    str     z19, [x2, #19, mul vl]
+    str     z20, [x2, #20, mul vl]
+    str     z21, [x2, #21, mul vl]
+    str     z22, [x2, #22, mul vl]
+    str     z23, [x2, #23, mul vl]
+    str     z24, [x2, #24, mul vl]
+    str     z25, [x2, #25, mul vl]
+    str     z26, [x2, #26, mul vl]
+    str     z27, [x2, #27, mul vl]
+    str     z28, [x2, #28, mul vl]
+    str     z29, [x2, #29, mul vl]
+    str     z30, [x2, #30, mul vl]
+    str     z31, [x2, #31, mul vl]
+    addvl   x2, x2, #16
+    addvl   x2, x2, #16
+    str     p0, [x2, #0, mul vl]
+    str     p1, [x2, #1, mul vl]
+    str     p2, [x2, #2, mul vl]
+    str     p3, [x2, #3, mul vl]
+    str     p4, [x2, #4, mul vl]
+    str     p5, [x2, #5, mul vl]
+    str     p6, [x2, #6, mul vl]
+    str     p7, [x2, #7, mul vl]
+    str     p8, [x2, #8, mul vl]
+    str     p9, [x2, #9, mul vl]
+    str     p10, [x2, #10, mul vl]
+    str     p11, [x2, #11, mul vl]
+    str     p12, [x2, #12, mul vl]
+    str     p13, [x2, #13, mul vl]
+    str     p14, [x2, #14, mul vl]
+    str     p15, [x2, #15, mul vl]
+    tbz     x3, #0, 24f             /* not streaming: FFR */
+    tbz     x3, #2, 22f             /* streaming without FA64: no FFR */
+24:
+    rdffr   p0.b
+    str     p0, [x2, #16, mul vl]
+    tbz     x3, #0, 23f
+22:
+    /* Leave streaming mode for Bulwark's own (NEON) code; FPSR was saved above. */
+    smstop  sm
+    b       23f
+20:
     add     x1, x0, #{v}
     stp     q0, q1, [x1, #0]
     stp     q2, q3, [x1, #32]
@@ -273,9 +477,7 @@ __bulwark_guest_exit:
     stp     q26, q27, [x1, #416]
     stp     q28, q29, [x1, #448]
     stp     q30, q31, [x1, #480]
-    mrs     x1, fpsr
-    mrs     x2, fpcr
-    stp     x1, x2, [x0, #{fpsr}]
+23:
 
     ldr     x1, [x0, #{host_sp}]
     mov     sp, x1
@@ -298,6 +500,7 @@ __bulwark_guest_exit:
     v = const offset_of!(VcpuRegs, v),
     fpsr = const offset_of!(VcpuRegs, fpsr),
     pc = const offset_of!(VcpuRegs, pc),
+    sve_area = const offset_of!(VcpuRegs, sve_area),
 );
 
 const _: () = assert!(offset_of!(VcpuRegs, pc) == 248);
@@ -318,6 +521,7 @@ pub fn install_vectors() {
 
 /// Run the guest until its next exception; returns the exit kind ([`exit_kind`]).
 pub fn enter_guest(regs: &mut VcpuRegs) -> u64 {
+    regs.sve_area = SVE_AREA_ADDR.load(core::sync::atomic::Ordering::Relaxed);
     // SAFETY: `regs` is exclusively borrowed for the whole run and pinned on the caller's stack
     // (TPIDR_EL2 points at it only while the guest runs); the assembly saves and restores every
     // callee-saved register, so the Rust caller's state is intact when it returns. HCR_EL2,

@@ -189,9 +189,11 @@ mod forge;
 mod gic;
 mod highmem;
 mod mmio_guard;
+mod mte;
 mod roe;
 mod smccc_probe;
 mod stepaif;
+mod sve;
 
 fn read_esr_far() -> (u64, u64) {
     let (esr, far): (u64, u64);
@@ -490,6 +492,8 @@ extern "C" fn guest_main(dtb: u64, el: u64) -> ! {
         Some("forge") => forge::run(mem.map_or(RAM_BASE, |(b, s)| b.saturating_add(s))),
         Some(d @ ("dma" | "dma-nopci")) => dma::dispatch(d, dtb, mem),
         Some("smccc-linux") => smccc_probe::run(bootargs),
+        Some("sve") => sve::run(),
+        Some("mte") => mte::run(mem.map_or(0, |(b, s)| b.saturating_add(s))),
         _ => {}
     }
     let (img_s, img_e) = (

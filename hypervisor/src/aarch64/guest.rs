@@ -1121,6 +1121,7 @@ impl Vm {
         // 4. The vCPU as at boot.
         el2::reset_el1();
         self.regs = VcpuRegs::default();
+        vcpu::clear_fp_state();
         self.regs.x[0] = r.dtb_ipa;
         self.regs.pc = r.entry;
         self.regs.pstate = SPSR_EL1H_MASKED;

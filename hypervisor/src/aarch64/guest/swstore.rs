@@ -29,7 +29,9 @@ use super::{Decoded, GuestMem, Stage2Tlb, Vm};
 use bulwark_aarch64::esr::ec;
 use bulwark_aarch64::inject::spsr_with_aif_of;
 use bulwark_aarch64::insn::{decode_exclusive, Exclusive};
+use bulwark_aarch64::mte;
 use bulwark_aarch64::read_sysreg;
+use bulwark_aarch64::tagmask::{first_changed_protected_tag, granule_protected, merged_tags, TAGS};
 use bulwark_aarch64::vcpu::VcpuRegs;
 use bulwark_aarch64::write_sysreg;
 use bulwark_abi::console::{reason, STATUS_BULWARK_FAILURE};
@@ -61,6 +63,8 @@ const MDCR_TDE: u64 = 1 << 8;
 const PSTATE_SS: u64 = 1 << 21;
 /// SPSR A, I, F: SError, IRQ and FIQ masked for the stepped instruction.
 const PSTATE_AIF: u64 = 0b111 << 6;
+/// SCTLR_EL1.TCF (bits 41:40) and TCF0 (bits 39:38): tag checks at EL1 / EL0.
+const SCTLR_TCF_TCF0: u64 = 0b1111 << 38;
 /// Bytes in a page.
 const PAGE: usize = PAGE_SIZE as usize;
 /// Pages with protected bytes one stepped instruction may write: the widest contiguous store
@@ -82,6 +86,9 @@ pub struct StepPage {
     ipa: GuestPhysAddr,
     /// Page base (guest VA), when the fault gave one.
     va: Option<u64>,
+    /// The page's Allocation Tags before the step, one per 16-byte granule (all 0 without EL2
+    /// tag access).
+    tags: [u8; TAGS],
 }
 
 /// A software step in progress.
@@ -122,6 +129,43 @@ fn clean_inval(addr: u64, len: u64) {
     bulwark_aarch64::sysreg::dsb_ish();
 }
 
+/// The Allocation Tags of the page at `page` (all 0 without EL2 tag access, see
+/// `bulwark_aarch64::mte`).
+fn read_tags(page: u64) -> [u8; TAGS] {
+    let mut t = [0u8; TAGS];
+    if mte::el2_tags() {
+        for (g, v) in t.iter_mut().enumerate() {
+            *v = mte::granule_tag(page + (g as u64) * mte::GRANULE);
+        }
+    }
+    t
+}
+
+/// Set the Allocation Tags of the page at `page` (no-op without EL2 tag access).
+fn write_tags(page: u64, tags: &[u8; TAGS]) {
+    if mte::el2_tags() {
+        for (g, v) in tags.iter().enumerate() {
+            mte::set_granule_tag(page + (g as u64) * mte::GRANULE, *v);
+        }
+    }
+}
+
+/// Set the page's tags to `tags`, granules without protected bytes first and those with
+/// protected bytes last: on an emulator whose tag storage aliases granules (QEMU 7.2, see
+/// docs/aarch64.md) the locked tags are then the ones that stick.
+fn write_tags_locked_last(page: u64, tags: &[u8; TAGS], mask: &[u64; 64]) {
+    if !mte::el2_tags() {
+        return;
+    }
+    for locked in [false, true] {
+        for (g, v) in tags.iter().enumerate() {
+            if granule_protected(mask, g) == locked {
+                mte::set_granule_tag(page + (g as u64) * mte::GRANULE, *v);
+            }
+        }
+    }
+}
+
 impl Vm {
     fn is_ram(&self, gpa: GuestPhysAddr) -> bool {
         let a = gpa.as_u64();
@@ -144,6 +188,12 @@ impl Vm {
         // (S1PTW): stepped too, so the instruction completes and the update lands unless it
         // touches protected bytes.
         if d.esr.s1ptw() {
+            return true;
+        }
+        // A guest with tag checking on (SCTLR_EL1.TCF or TCF0): a store completed from the
+        // syndrome would skip the Allocation Tag check the hardware makes after stage 2, so
+        // every such store is stepped against the tagged copy instead.
+        if mte::el2_tags() && read_sysreg!("sctlr_el1") & SCTLR_TCF_TCF0 != 0 {
             return true;
         }
         let isv = d.esr.ec() == ec::DABT_LOWER && d.esr.isv();
@@ -247,6 +297,10 @@ impl Vm {
         // SAFETY: `host` is a guest RAM page (checked), `scratch` a pool frame only this path
         // uses; both identity-mapped at EL2, 4 KiB each, disjoint.
         unsafe { core::ptr::copy_nonoverlapping(host as *const u8, scratch as *mut u8, PAGE) };
+        // With MTE the copy carries the page's Allocation Tags too, so the stepped instruction's
+        // tag checks see what they would see on the page itself.
+        let tags = read_tags(host);
+        write_tags(scratch, &tags);
         clean_inval(scratch, PAGE_SIZE);
         let attrs = LeafAttrs::ram(st.allowed.union(Perms::RW));
         if let Err(e) = self.s2.map(
@@ -267,6 +321,7 @@ impl Vm {
                     .gva
                     .filter(|_| !s1ptw)
                     .map(|v| v.as_u64() & !(PAGE_SIZE - 1)),
+                tags,
             });
         }
         Ok(())
@@ -443,6 +498,20 @@ impl Vm {
                     ));
                 }
             }
+            if hit.is_none() {
+                let after = read_tags(scratch);
+                if let Some(first) = first_changed_protected_tag(&p.tags, &after, mask) {
+                    log::warn!(
+                        "software store: pc={:#x} changes the Allocation Tag of a granule with protected bytes at ipa={:#x}",
+                        step.saved.pc,
+                        p.ipa.as_u64() + (first as u64 & !(mte::GRANULE - 1))
+                    );
+                    hit = Some((
+                        GuestPhysAddr::new(p.ipa.as_u64() + first as u64),
+                        p.va.map(|v| v + first as u64),
+                    ));
+                }
+            }
         }
         let merge = |vm: &mut Vm| {
             for (i, p) in step.pages.iter().enumerate() {
@@ -460,6 +529,10 @@ impl Vm {
                     )
                 };
                 shadow::merge_unprotected(page, copy, mask);
+                if mte::el2_tags() {
+                    let tags = merged_tags(&p.tags, &read_tags(scratch), mask);
+                    write_tags_locked_last(host, &tags, mask);
+                }
                 clean_inval(host, PAGE_SIZE);
             }
         };
@@ -482,6 +555,13 @@ impl Vm {
                 Action::Retry
             }
             Action::InjectFault => {
+                // The page keeps its tags (the step only touched the scratch frame's; written
+                // back for emulators whose tag storage aliases the two).
+                for (i, p) in step.pages.iter().enumerate() {
+                    if let (Some(p), Some(mask)) = (p, masks.get(i)) {
+                        write_tags_locked_last(self.gram.host(p.ipa.as_u64()), &p.tags, mask);
+                    }
+                }
                 let s = &step.saved;
                 self.regs.x = s.x;
                 self.regs.pc = s.pc;
