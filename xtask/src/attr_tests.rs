@@ -74,7 +74,7 @@ impl Pages {
 }
 
 /// Addresses of `names` in the ELF `elf` (`llvm-nm`), in order.
-fn symbols(elf: &Path, names: &[&str]) -> Result<Vec<u64>, String> {
+pub(crate) fn symbols(elf: &Path, names: &[&str]) -> Result<Vec<u64>, String> {
     util::need_tool("llvm-nm", "llvm")?;
     let out = Command::new("llvm-nm")
         .arg(elf)
@@ -104,7 +104,7 @@ fn symbols(elf: &Path, names: &[&str]) -> Result<Vec<u64>, String> {
         .collect()
 }
 
-fn guest_elf(arch: Arch) -> PathBuf {
+pub(crate) fn guest_elf(arch: Arch) -> PathBuf {
     let (target, bin) = match arch {
         Arch::X86_64 => ("x86_64-unknown-none", "x86_64-testguest"),
         Arch::Aarch64 => ("aarch64-unknown-none", "aarch64-testguest"),
