@@ -9,12 +9,12 @@
 //!    whatever the secret entry holds: the walk's read of the secret page is refused.
 //! 2. INS of a dword straddling from RAM into the legacy hole (not RAM): #GP(0) and not one
 //!    byte written.
-//! 3. PUSHF onto unprotected bytes of a chunk page (the software path steps it): the stored
+//! 3. Breach 4: a ROE-locked page holding the guest's own PTEs, one with A/D clear and one with
+//!    A/D set. Touching the A/D-set page works without a violation; touching the A/D-clear page
+//!    makes the CPU set A (and D) in the locked PTE: a `roe` violation, and the PTE must be
+//!    unchanged afterwards (skip: the access completes; inject: #GP(0), nothing written).
+//! 4. PUSHF onto unprotected bytes of a chunk page (the software path steps it): the stored
 //!    image has the guest's own TF, and POPF of it raises no #DB.
-//! 4. Breach 4, last: a ROE-locked page holding the guest's own PTEs, one with A/D clear and one
-//!    with A/D set. Touching the A/D-set page works without a violation; touching the A/D-clear
-//!    page makes the CPU set A (and D) in the locked PTE: a `roe` violation, and the PTE must be
-//!    unchanged afterwards (skip: the access completes; inject: #GP(0)).
 
 use core::arch::asm;
 use core::sync::atomic::Ordering;
@@ -259,49 +259,7 @@ pub fn walk(t: &mut T) {
     );
     map(dev, 0, 0);
 
-    // 3. PUSHF onto unprotected bytes of a chunk page, then POPF.
-    let stk = pages(1);
-    let r = chunk_protect(stk.va + 0x800, 8);
-    t.ret("walk-pushf-chunk", r, 8);
-    let before = rflags();
-    let top = stk.va + 0x100;
-    let image: u64;
-    // SAFETY: RSP is moved to an unprotected part of our own arena page for one PUSHFQ/POPFQ
-    // and restored; no call or interrupt can use that stack (IF is clear).
-    unsafe {
-        asm!(
-            "mov {saved}, rsp",
-            "mov rsp, {top}",
-            "pushfq",
-            "mov {img}, [rsp]",
-            "popfq",
-            "mov rsp, {saved}",
-            saved = out(reg) _,
-            top = in(reg) top,
-            img = out(reg) image,
-        );
-    }
-    let after = rflags();
-    let stored = rd64(top - 8);
-    let tf_if = |f: u64| (f >> 8) & 3;
-    t.check(
-        "walk-pushf-image",
-        tf_if(image) == tf_if(before) && stored == image,
-        format_args!("pushed {image:#x}, in memory {stored:#x}, flags before {before:#x}"),
-    );
-    t.check(
-        "walk-popf-no-trap",
-        tf_if(after) == tf_if(before),
-        format_args!("flags after POPF {after:#x}, before {before:#x}"),
-    );
-    let prot = rd64(stk.va + 0x800);
-    t.check(
-        "walk-pushf-protected-unchanged",
-        (0..8).all(|o| rd(stk.va + 0x800 + o) == init(stk.va + 0x800 + o)),
-        format_args!("protected qword {prot:#x}"),
-    );
-
-    // 4. A locked page table with A/D clear (entry 0) and A/D set (entry 1).
+    // 3. A locked page table with A/D clear (entry 0) and A/D set (entry 1).
     let data = pages(2);
     let pte0 = data.pa | P | RW;
     let pte1 = (data.pa + PAGE) | P | RW | ACC | DIRTY;
@@ -356,5 +314,47 @@ pub fn walk(t: &mut T) {
         "walk-ad-table-write-refused",
         rd64(ad_pt + 16) == 0 && (w.is_err() == (policy == ViolationPolicy::Inject)),
         format_args!("{:#x} ({w:?})", rd64(ad_pt + 16)),
+    );
+    // 4. PUSHF onto unprotected bytes of a chunk page, then POPF (last: on the old code the
+    // POPF raised #DB, which ended the run).
+    let stk = pages(1);
+    let r = chunk_protect(stk.va + 0x800, 8);
+    t.ret("walk-pushf-chunk", r, 8);
+    let before = rflags();
+    let top = stk.va + 0x100;
+    let image: u64;
+    // SAFETY: RSP is moved to an unprotected part of our own arena page for one PUSHFQ/POPFQ
+    // and restored; no call or interrupt can use that stack (IF is clear).
+    unsafe {
+        asm!(
+            "mov {saved}, rsp",
+            "mov rsp, {top}",
+            "pushfq",
+            "mov {img}, [rsp]",
+            "popfq",
+            "mov rsp, {saved}",
+            saved = out(reg) _,
+            top = in(reg) top,
+            img = out(reg) image,
+        );
+    }
+    let after = rflags();
+    let stored = rd64(top - 8);
+    let tf_if = |f: u64| (f >> 8) & 3;
+    t.check(
+        "walk-pushf-image",
+        tf_if(image) == tf_if(before) && stored == image,
+        format_args!("pushed {image:#x}, in memory {stored:#x}, flags before {before:#x}"),
+    );
+    t.check(
+        "walk-popf-no-trap",
+        tf_if(after) == tf_if(before),
+        format_args!("flags after POPF {after:#x}, before {before:#x}"),
+    );
+    let prot = rd64(stk.va + 0x800);
+    t.check(
+        "walk-pushf-protected-unchanged",
+        (0..8).all(|o| rd(stk.va + 0x800 + o) == init(stk.va + 0x800 + o)),
+        format_args!("protected qword {prot:#x}"),
     );
 }
