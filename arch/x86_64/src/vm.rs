@@ -865,8 +865,8 @@ impl<'a, const XO: bool> Vm<'a, XO> {
         let mut done = 0u64;
         while count > 0 && done < STRING_IO_CHUNK {
             let offset = self.vcpu.regs.get(reg) & addr_mask;
-            // (gpa, write it) per byte of the element, decided before anything moves.
-            let mut plan = [(0u64, false); 4];
+            // (gpa, linear) per byte of the element, decided before anything moves.
+            let mut plan = [(0u64, 0u64); 4];
             for (i, slot) in plan.iter_mut().enumerate().take(usize::from(size)) {
                 let lin = base.wrapping_add((offset.wrapping_add(i as u64)) & addr_mask);
                 let lin = if long { lin } else { lin & 0xffff_ffff };
@@ -914,11 +914,17 @@ impl<'a, const XO: bool> Vm<'a, XO> {
                     log::debug!("string I/O: linear {lin:#x} is not guest RAM ({g:#x}): #GP");
                     return gp();
                 }
-                let st = self.guest.lock().store().state(t.gpa.frame());
-                let mut write = is_in;
+                *slot = (t.gpa.as_u64(), lin);
+            }
+            // Then the protection state of each byte (only once every byte translated to RAM,
+            // so that no violation is logged or store counted for an element that faults).
+            let mut write = [is_in; 4];
+            for (i, &(gpa, lin)) in plan.iter().enumerate().take(usize::from(size)) {
+                let gpa = GuestPhysAddr::new(gpa);
+                let st = self.guest.lock().store().state(gpa.frame());
                 if is_in && st.write_protected() {
                     let f = MemFault {
-                        gpa: t.gpa,
+                        gpa,
                         gva: Some(GuestVirtAddr::new(lin)),
                         ip,
                         access: Access::Write,
@@ -929,21 +935,29 @@ impl<'a, const XO: bool> Vm<'a, XO> {
                         // An unprotected byte of a chunk page (or a stale refusal).
                         Action::EmulateStore(_) | Action::Retry => {}
                         // skip: this byte is dropped.
-                        Action::Advance => write = false,
+                        Action::Advance => {
+                            if let Some(w) = write.get_mut(i) {
+                                *w = false;
+                            }
+                        }
                         Action::Stop(_) => return Step::Do(d.action),
                         _ => return gp(),
                     }
                 } else if !is_in && !st.allowed.read() {
                     // OUTS from memory the guest may not read: the read EPT violation the
                     // CPU's own access would take (attr line, the policy's action).
-                    return self.string_io_read_fault(t.gpa, lin, ip);
+                    return self.string_io_read_fault(gpa, lin, ip);
                 }
-                *slot = (t.gpa.as_u64(), write);
             }
             let mut bytes = [0u8; 4];
             if is_in {
                 let value = self.port_in(port, size);
-                for (i, &(gpa, write)) in plan.iter().enumerate().take(usize::from(size)) {
+                for (i, (&(gpa, _), &write)) in plan
+                    .iter()
+                    .zip(write.iter())
+                    .enumerate()
+                    .take(usize::from(size))
+                {
                     if write && ram.write_byte(gpa, (value >> (8 * i)) as u8).is_err() {
                         return gp();
                     }
