@@ -49,6 +49,7 @@ fn walk(model: &str, policy: &'static str) -> Result<(), String> {
         "guest| PASS walk-chunk-present",
         "guest| PASS walk-chunk-absent",
         "guest| PASS walk-mprotect-secret",
+        "guest| PASS walk-outsb-secret-data",
         "guest| PASS walk-insd-straddle",
         "guest| PASS walk-pushf-image",
         "guest| PASS walk-popf-no-trap",
@@ -70,9 +71,9 @@ fn walk(model: &str, policy: &'static str) -> Result<(), String> {
             .any(|l| l.starts_with(head) && l.contains(" gva=") && l.ends_with(action))
     };
     // The secret page's entries 0, 1 (OUTSB) and 2 (INSB): refused reads of the walk, whatever
-    // the entry holds (0 is present, 1 is not).
-    for i in 0..3u64 {
-        let head = line("attr", "read", secret + 8 * i);
+    // the entry holds (0 is present, 1 is not); then OUTSB's data read at offset 0x800.
+    for gpa in [secret, secret + 8, secret + 16, secret + 0x800] {
+        let head = line("attr", "read", gpa);
         if !has_line(&head, "action=inject") {
             return fail(&out, format!("no violation line '{head}... action=inject'"));
         }

@@ -235,6 +235,14 @@ pub fn walk(t: &mut T) {
     }
     t.ret("walk-mprotect-secret", mprotect(VA_SECRET, 1), E_INVAL);
     set_pd(2, 0);
+    // The secret page as OUTSB's source (identity mapped): the data read is refused like the
+    // CPU's own read (an attr line, #GP(0)).
+    let r = outsb(secret + 0x800);
+    t.check(
+        "walk-outsb-secret-data",
+        r == (1, 0, 0),
+        format_args!("OUTSB from the secret page: {r:?}"),
+    );
 
     // 2. INSD straddling RAM -> the legacy hole (0xA0000, not RAM): nothing written, #GP(0).
     let ram = pages(1);
