@@ -10,6 +10,8 @@ use crate::util::{self, Arch, Outcome, RunOpts, Scenario};
 
 const MODELS: [&str; 2] = ["tigerlake", "corei7_skylake_x"];
 const TIMEOUT_S: u64 = 180;
+/// The guest's window for its locked page table (walk.rs `VA_AD`: PML4 slot 1 + 6 MiB).
+const VA_AD: u64 = 0x0000_0080_0060_0000;
 
 fn fail<T>(out: &Outcome, why: String) -> Result<T, String> {
     Err(format!("{why}\n--- console tail ---\n{}", out.tail(40)))
@@ -78,15 +80,24 @@ fn walk(model: &str, policy: &'static str) -> Result<(), String> {
             return fail(&out, format!("no violation line '{head}... action=inject'"));
         }
     }
-    // The A/D update into the locked PTE (entry 0); nothing for the preset entry 1.
+    // The A/D update into the locked PTE (entry 2, at offset 0x10), reported with the linear
+    // address whose walk wrote it; nothing for the preset entry 1.
     let action = if policy == "inject" {
         "action=inject"
     } else {
         "action=skip"
     };
-    let head = line("roe", "write", ad_pt);
-    if !has_line(&head, action) {
-        return fail(&out, format!("no violation line '{head}... {action}'"));
+    let head = line("roe", "write", ad_pt + 16);
+    let gva = format!(" gva={:#x} ", VA_AD + 2 * 4096);
+    let ok = out
+        .lines
+        .iter()
+        .any(|l| l.starts_with(&head) && l.contains(&gva) && l.ends_with(action));
+    if !ok {
+        return fail(
+            &out,
+            format!("no violation line '{head}{}... {action}'", gva.trim()),
+        );
     }
     let preset = line("roe", "write", ad_pt + 8);
     if out.lines.iter().any(|l| l.starts_with(&preset)) {

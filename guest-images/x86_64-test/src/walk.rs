@@ -9,8 +9,8 @@
 //!    whatever the secret entry holds: the walk's read of the secret page is refused.
 //! 2. INS of a dword straddling from RAM into the legacy hole (not RAM): #GP(0) and not one
 //!    byte written.
-//! 3. Breach 4: a ROE-locked page holding the guest's own PTEs, one with A/D clear and one with
-//!    A/D set. Touching the A/D-set page works without a violation; touching the A/D-clear page
+//! 3. Breach 4: a ROE-locked page holding the guest's own PTEs, one with A/D clear (entry 2) and
+//!    one with A/D set (entry 1). Touching the A/D-set page works without a violation; touching the A/D-clear page
 //!    makes the CPU set A (and D) in the locked PTE: a `roe` violation, and the PTE must be
 //!    unchanged afterwards (skip: the access completes; inject: #GP(0), nothing written).
 //! 4. PUSHF onto unprotected bytes of a chunk page (the software path steps it): the stored
@@ -267,14 +267,14 @@ pub fn walk(t: &mut T) {
     );
     map(dev, 0, 0);
 
-    // 3. A locked page table with A/D clear (entry 0) and A/D set (entry 1).
+    // 3. A locked page table with A/D clear (entry 2) and A/D set (entry 1).
     let data = pages(2);
     let pte0 = data.pa | P | RW;
     let pte1 = (data.pa + PAGE) | P | RW | ACC | DIRTY;
     // SAFETY: our own page table; single-threaded, not yet in use.
     unsafe {
         let pt = &mut *core::ptr::addr_of_mut!(WALK_AD_PT);
-        pt.0[0] = pte0;
+        pt.0[2] = pte0;
         pt.0[1] = pte1;
     }
     set_pd(3, ad_pt);
@@ -293,8 +293,8 @@ pub fn walk(t: &mut T) {
         format_args!("load {v:x?}, store {w:?}"),
     );
     say!("walk: touching the page whose locked PTE has A/D clear");
-    let v = load(VA_AD);
-    let w = store(VA_AD + 8, 0x0bad_f00d);
+    let v = load(VA_AD + 2 * PAGE);
+    let w = store(VA_AD + 2 * PAGE + 8, 0x0bad_f00d);
     let (v_ok, w_ok) = match policy {
         ViolationPolicy::Inject => (v.is_err(), w.is_err() && rd64(data.pa + 8) != 0x0bad_f00d),
         _ => (
@@ -309,19 +309,19 @@ pub fn walk(t: &mut T) {
     );
     t.check(
         "walk-ad-locked-unchanged",
-        pte(0) == pte0 && pte(1) == pte1,
+        pte(2) == pte0 && pte(1) == pte1,
         format_args!(
             "PTEs {:#x} {:#x}, locked as {pte0:#x} {pte1:#x}",
-            pte(0),
+            pte(2),
             pte(1)
         ),
     );
     // The locked page table still cannot be written by the guest itself.
-    let w = store(ad_pt + 16, 0x77);
+    let w = store(ad_pt + 24, 0x77);
     t.check(
         "walk-ad-table-write-refused",
-        rd64(ad_pt + 16) == 0 && (w.is_err() == (policy == ViolationPolicy::Inject)),
-        format_args!("{:#x} ({w:?})", rd64(ad_pt + 16)),
+        rd64(ad_pt + 24) == 0 && (w.is_err() == (policy == ViolationPolicy::Inject)),
+        format_args!("{:#x} ({w:?})", rd64(ad_pt + 24)),
     );
     // 4. PUSHF onto unprotected bytes of a chunk page, then POPF (last: on the old code the
     // POPF raised #DB, which ended the run).

@@ -1004,8 +1004,14 @@ impl Guest {
                 rederive: None,
             };
         };
-        // The reported guest-virtual address follows the byte when it is on the same page.
+        // The reported guest-virtual address follows the byte when it is on the same page. A
+        // fault whose gva does not address its gpa (page offsets differ: the CPU's access to a
+        // paging structure, x86 A/D updates) keeps the gva the hardware gave: the linear
+        // address whose translation wrote the byte.
         let gva = f.gva.and_then(|v| {
+            if v.as_u64() & (PAGE_SIZE - 1) != f.gpa.page_offset() {
+                return Some(v);
+            }
             let same = gpa.page_base() == f.gpa.page_base();
             same.then(|| GuestVirtAddr::new((v.as_u64() & !(PAGE_SIZE - 1)) | gpa.page_offset()))
         });
