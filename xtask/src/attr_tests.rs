@@ -104,7 +104,7 @@ pub(crate) fn symbols(elf: &Path, names: &[&str]) -> Result<Vec<u64>, String> {
         .collect()
 }
 
-fn guest_elf(arch: Arch) -> PathBuf {
+pub(crate) fn guest_elf(arch: Arch) -> PathBuf {
     let (target, bin) = match arch {
         Arch::X86_64 => ("x86_64-unknown-none", "x86_64-testguest"),
         Arch::Aarch64 => ("aarch64-unknown-none", "aarch64-testguest"),

@@ -25,6 +25,7 @@ mod util;
 mod x86_64;
 mod x86_64_roe;
 mod x86_64_spp;
+mod x86_64_walk;
 
 use std::process::ExitCode;
 use util::{Arch, RunOpts};

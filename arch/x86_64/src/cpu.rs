@@ -172,6 +172,11 @@ impl VmxCaps {
     pub fn ept_exec_only(&self) -> bool {
         self.ept_vpid & 1 != 0
     }
+    /// Accessed and dirty flags for EPT (EPTP bit 6 may be set): then every guest
+    /// paging-structure access is checked as a write (issue 12, breach 4; docs/x86_64.md).
+    pub fn ept_ad(&self) -> bool {
+        self.ept_vpid & (1 << 21) != 0
+    }
 }
 
 /// What Bulwark learned about the boot CPU.

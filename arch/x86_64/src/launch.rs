@@ -21,6 +21,9 @@ use bulwark_core::store::StoreLimits;
 use crate::cpu::CpuInfo;
 use crate::host::HostCpu;
 use crate::mem::{GuestRam, HeapFrames, Plan};
+
+/// EPTP bit 6: enable accessed and dirty flags for EPT.
+const EPTP_ACCESSED_DIRTY: u64 = 1 << 6;
 use crate::vcpu::{InitialState, Vcpu};
 use crate::vm::Vm;
 use crate::vmx;
@@ -282,11 +285,28 @@ fn start<const XO: bool>(
         if caps.ept_1g() { "1 GiB" } else { "2 MiB" },
         ept.eptp()
     );
+    // EPT A/D (EPTP bit 6) where offered: the CPU then checks every access to a guest paging
+    // structure as a write, so Accessed/Dirty updates into write-protected page tables take an
+    // EPT violation instead of landing (issue 12, breach 4: Bochs writes them unchecked
+    // otherwise). INVEPT keeps using the plain EPTP (same root, bit 6 does not name a context).
+    let eptp = if caps.ept_ad() {
+        ept.eptp() | EPTP_ACCESSED_DIRTY
+    } else {
+        ept.eptp()
+    };
+    log::info!(
+        "EPT A/D: {}",
+        if caps.ept_ad() {
+            "on (guest paging-structure accesses are checked as writes)"
+        } else {
+            "not offered (IA32_VMX_EPT_VPID_CAP bit 21 clear): A/D updates are checked only as the CPU itself does"
+        }
+    );
     let vcpu = Vcpu::new(
         0,
         caps,
         host,
-        ept.eptp(),
+        eptp,
         InitialState {
             rip: img.entry,
             rax: u64::from(BOOTLOADER_MAGIC),

@@ -4,9 +4,10 @@
 use alloc::alloc::{alloc_zeroed, dealloc, Layout};
 
 use bulwark_core::addr::{GpaRange, GuestPhysAddr, HostPhysAddr, PAGE_SIZE};
-use bulwark_core::gwalk::{GuestMemRead, NotGuestRam};
+use bulwark_core::gwalk::{AttrChecked, GuestMemRead, NotGuestRam};
 use bulwark_core::physmem::{OutOfFrames, PhysMem};
 use bulwark_core::pt::TlbFlush;
+use bulwark_core::store::AttrStore;
 
 use crate::cpu::VmxCaps;
 use crate::layout;
@@ -136,6 +137,14 @@ impl GuestRam<'_> {
         self.write(gpa, &[v])
     }
 
+    /// This memory as a page walk on the guest's behalf must read it (issue 12): a paging
+    /// structure on a frame the guest may not read (host attribute without R) is refused, as
+    /// the CPU's own walk would be by EPT. Every walker use in the exit handlers goes through
+    /// this; the raw [`GuestMemRead`] impl below is only its inner reader.
+    pub fn checked<'s>(&'s self, store: &'s AttrStore) -> AttrChecked<'s, Self> {
+        AttrChecked::new(self, store)
+    }
+
     fn read<const N: usize>(&self, gpa: GuestPhysAddr) -> Result<[u8; N], NotGuestRam> {
         let a = gpa.as_u64();
         let end = a.checked_add(N as u64).ok_or(NotGuestRam)?;
@@ -151,6 +160,7 @@ impl GuestRam<'_> {
     }
 }
 
+/// Raw reads: wrap with [`GuestRam::checked`] before walking guest tables for the guest.
 impl GuestMemRead for GuestRam<'_> {
     fn read_u64(&self, gpa: GuestPhysAddr) -> Result<u64, NotGuestRam> {
         self.read::<8>(gpa).map(u64::from_le_bytes)

@@ -18,7 +18,7 @@
 
 use bulwark_abi::console::{reason, STATUS_BULWARK_FAILURE};
 use bulwark_core::addr::{GpaRange, GuestPhysAddr, GuestVirtAddr, HostPhysAddr, PAGE_SIZE};
-use bulwark_core::exit::{Action, MemFault};
+use bulwark_core::exit::{Access, Action, MemFault};
 use bulwark_core::gwalk::x86::X86Walker;
 use bulwark_core::gwalk::GuestWalker;
 use bulwark_core::physmem::PhysMem;
@@ -333,6 +333,66 @@ impl<const XO: bool> Vm<'_, XO> {
     /// the core already logged a violation for it (skip). Shadows the page and re-enters with
     /// the monitor-trap flag set.
     pub(super) fn sw_fault(&mut self, f: &MemFault, violation_logged: bool) -> VmxResult<Step> {
+        self.sw_fault_with(f, violation_logged, violation_logged)
+    }
+
+    /// A write EPT violation on a guest paging structure (the CPU's own page walk; with EPT
+    /// A/D every walk access counts as a write, issue 12 breach 4). `None`: not Bulwark's
+    /// business here (not RAM, or a page that accepts writes: the core handles it as usual).
+    ///
+    /// * A table on a frame the guest may not read: the walk's read is refused: an `attr`
+    ///   read violation (the CPU checks R before it would set a flag).
+    /// * A write-protected table (ROE page, chunk page, attribute without W): the instruction
+    ///   is stepped against a shadow copy like any store, **without** a violation up front
+    ///   (a walk whose A/D bits are already set changes nothing and is not a violation); at
+    ///   the end of the step a changed protected byte (an A/D update into locked bytes) is a
+    ///   violation of that page's kind with the policy's action, and only unprotected bytes
+    ///   are ever merged back: locked page-table bytes never change, A/D included.
+    pub(super) fn sw_paging_structure(&mut self, f: &MemFault) -> VmxResult<Option<Step>> {
+        let page = f.gpa.page_base();
+        let end = page.as_u64().saturating_add(PAGE_SIZE);
+        if f.access != Access::Write || !self.plan.is_ram(page.as_u64(), end) {
+            return Ok(None);
+        }
+        let st = self.guest.lock().store().state(page.frame());
+        if !st.allowed.read() {
+            let r = MemFault {
+                access: Access::Read,
+                ..*f
+            };
+            return self.decide(super::Exit::MemFault(r)).map(Some);
+        }
+        if !st.write_protected() {
+            return Ok(None);
+        }
+        log::debug!(
+            "software path: page walk of gva={:#x} touches write-protected paging structure gpa={:#x}: stepping",
+            f.gva.map(|g| g.as_u64()).unwrap_or(0),
+            f.gpa.as_u64()
+        );
+        let step = self.sw_fault_with(f, false, !st.allowed.write())?;
+        // Under inject a walk that turns out to change a locked byte must leave the whole
+        // instruction without effect, as the CPU's refused walk would (it faults before the
+        // data access): the page the instruction accesses is shadowed too, so its store can
+        // be discarded with the rest (under skip the access completes anyway).
+        if matches!(step, Step::Do(Action::Retry))
+            && self.guest.lock().policy() == ViolationPolicy::Inject
+        {
+            if let Some(gva) = f.gva {
+                self.sw_shadow_linear(gva.as_u64())?;
+            }
+        }
+        Ok(Some(step))
+    }
+
+    /// [`Vm::sw_fault`]; `discard_ok`: the page may be one whose host attributes refuse
+    /// writes (nothing of its shadow is merged back).
+    fn sw_fault_with(
+        &mut self,
+        f: &MemFault,
+        violation_logged: bool,
+        discard_ok: bool,
+    ) -> VmxResult<Step> {
         if !self.sw.available() {
             return Ok(fail("its scratch frames could not be allocated"));
         }
@@ -386,7 +446,7 @@ impl<const XO: bool> Vm<'_, XO> {
             return self.sw_abort_fail("write fault on a page that is already shadowed");
         }
         let first = st.shadows.iter().all(Option::is_none);
-        if let Err(why) = self.sw_shadow(page, violation_logged)? {
+        if let Err(why) = self.sw_shadow(page, discard_ok)? {
             return self.sw_abort_fail(why);
         }
         // Under inject a store that turns out to change protected bytes must write nothing at
@@ -404,28 +464,8 @@ impl<const XO: bool> Vm<'_, XO> {
                 if off >= PAGE_SIZE - 64 {
                     near[1] = gva.as_u64().checked_add(PAGE_SIZE);
                 }
-                let walker = X86Walker::new(self.paging_state()?);
-                let ram = GuestRam { plan: self.plan };
                 for v in near.into_iter().flatten() {
-                    let Ok(t) = walker.translate(&ram, GuestVirtAddr::new(v)) else {
-                        continue;
-                    };
-                    let np = t.gpa.page_base();
-                    let known = self
-                        .sw
-                        .step
-                        .as_ref()
-                        .is_some_and(|st| st.shadows.iter().flatten().any(|s| s.page == np));
-                    if !known {
-                        // A neighbour that cannot be shadowed (not RAM, read-only) is left:
-                        // the store faults there by itself if it reaches it.
-                        if let Err(why) = self.sw_shadow(np, false)? {
-                            log::debug!(
-                                "software path: neighbour gpa={:#x} not shadowed: {why}",
-                                np.as_u64()
-                            );
-                        }
-                    }
+                    self.sw_shadow_linear(v)?;
                 }
             }
         }
@@ -441,6 +481,39 @@ impl<const XO: bool> Vm<'_, XO> {
             Ok(()) => stop,
             Err(s) => s,
         })
+    }
+
+    /// Under inject: shadow the page that linear address `v` maps to now (if it is not yet),
+    /// so that whatever the stepped instruction writes there can be discarded with the rest.
+    fn sw_shadow_linear(&mut self, v: u64) -> VmxResult<()> {
+        let walker = X86Walker::new(self.paging_state()?);
+        let ram = GuestRam { plan: self.plan };
+        // Walked as the guest may read its tables (issue 12): a page whose tables it may not
+        // read is not shadowed (the access faults by itself).
+        let walked = {
+            let g = self.guest.lock();
+            walker.translate(&ram.checked(g.store()), GuestVirtAddr::new(v))
+        };
+        let Ok(t) = walked else {
+            return Ok(());
+        };
+        let np = t.gpa.page_base();
+        let known = self
+            .sw
+            .step
+            .as_ref()
+            .is_some_and(|st| st.shadows.iter().flatten().any(|s| s.page == np));
+        if !known {
+            // A page that cannot be shadowed (not RAM, read-only) is left: the store faults
+            // there by itself if it reaches it.
+            if let Err(why) = self.sw_shadow(np, false)? {
+                log::debug!(
+                    "software path: neighbour gpa={:#x} not shadowed: {why}",
+                    np.as_u64()
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Copy guest page `page` into a free scratch frame and map the frame at `page`, writable.
@@ -642,6 +715,9 @@ impl<const XO: bool> Vm<'_, XO> {
         };
         match action {
             Action::Advance => {
+                if completed {
+                    self.sw_fix_pushf(&st)?;
+                }
                 for s in st.shadows.iter().flatten() {
                     let Some(Some(hpa)) = self.sw.frames.get(s.slot).copied() else {
                         continue;
@@ -666,6 +742,113 @@ impl<const XO: bool> Vm<'_, XO> {
                 Ok(Step::Do(other))
             }
         }
+    }
+
+    /// One byte of guest memory at linear `lin` as the guest sees it now: through the guest's
+    /// paging (tables read only where the guest may read them) and, where the page is shadowed
+    /// by this step, from the shadow. `Some((byte, gpa))`; `None` when it does not translate,
+    /// is not guest RAM, or the guest may neither read nor execute it.
+    fn sw_guest_byte(&self, st: &Stepping, walker: &X86Walker, lin: u64) -> Option<(u8, u64)> {
+        let ram = GuestRam { plan: self.plan };
+        let t = {
+            let g = self.guest.lock();
+            walker.translate(&ram.checked(g.store()), GuestVirtAddr::new(lin))
+        }
+        .ok()?;
+        let gpa = t.gpa.as_u64();
+        let allowed = self.guest.lock().store().state(t.gpa.frame()).allowed;
+        if !(allowed.read() || allowed.exec()) {
+            return None;
+        }
+        if let Some(hpa) = self.sw_shadow_frame(st, t.gpa.page_base()) {
+            // SAFETY: one of Bulwark's scratch frames (identity mapped), the vCPU is stopped.
+            let b = unsafe { page_ref(hpa) }
+                .get(t.gpa.page_offset() as usize)
+                .copied()?;
+            return Some((b, gpa));
+        }
+        ram.read_byte(gpa).ok().map(|b| (b, gpa))
+    }
+
+    /// The scratch frame shadowing guest page `page` in this step, if any.
+    fn sw_shadow_frame(&self, st: &Stepping, page: GuestPhysAddr) -> Option<u64> {
+        let s = st.shadows.iter().flatten().find(|s| s.page == page)?;
+        self.sw
+            .frames
+            .get(s.slot)
+            .copied()
+            .flatten()
+            .map(|h| h.as_u64())
+    }
+
+    /// Issue 12: the step must be invisible to the guest. [`arm`] sets RFLAGS.TF and clears
+    /// IF for the stepped instruction; a stepped PUSHF/PUSHFD/PUSHFQ stores that image, and a
+    /// later POPF would give the guest a #DB (and IF off). After a completed PUSHF the stored
+    /// image's TF and IF (bits 0 and 1 of its second byte, at SS:RSP+1 for every operand size)
+    /// are set back to the guest's own, in the shadow (so the merge copies the corrected
+    /// byte) or, for an ordinary page, in place. (Interrupt and exception frames are never
+    /// stepped: `delivery_fault`.)
+    fn sw_fix_pushf(&mut self, st: &Stepping) -> VmxResult<()> {
+        let long = self.long_mode_code()?;
+        let walker = X86Walker::new(self.paging_state()?);
+        let cs_base = if long { 0 } else { st.snapshot.segs[1].base };
+        let mut opcode = None;
+        for i in 0..15u64 {
+            let lin = cs_base.wrapping_add(st.snapshot.rip.wrapping_add(i));
+            let lin = if long { lin } else { lin & 0xffff_ffff };
+            let Some((b, _)) = self.sw_guest_byte(st, &walker, lin) else {
+                return Ok(());
+            };
+            match b {
+                0x26 | 0x2e | 0x36 | 0x3e | 0x64 | 0x65 | 0x66 | 0x67 | 0xf0 | 0xf2 | 0xf3 => {}
+                0x40..=0x4f if long => {}
+                b => {
+                    opcode = Some(b);
+                    break;
+                }
+            }
+        }
+        if opcode != Some(0x9c) {
+            return Ok(());
+        }
+        let ss_ar = vmread(vmcs::GUEST_SS_AR)?;
+        let (ss_base, mask) = if long {
+            (0, u64::MAX)
+        } else if ss_ar & (1 << 14) != 0 {
+            (vmread(vmcs::GUEST_SS_BASE)?, 0xffff_ffff)
+        } else {
+            (vmread(vmcs::GUEST_SS_BASE)?, 0xffff)
+        };
+        let lin = ss_base.wrapping_add(vmread(vmcs::GUEST_RSP)?.wrapping_add(1) & mask);
+        let lin = if long { lin } else { lin & 0xffff_ffff };
+        let Some((b, gpa)) = self.sw_guest_byte(st, &walker, lin) else {
+            return Ok(());
+        };
+        let own = ((st.snapshot.rflags >> 8) & 3) as u8;
+        let fixed = (b & !3) | own;
+        if fixed == b {
+            return Ok(());
+        }
+        let g = GuestPhysAddr::new(gpa);
+        if let Some(hpa) = self.sw_shadow_frame(st, g.page_base()) {
+            // SAFETY: one of Bulwark's scratch frames (identity mapped), the vCPU is stopped;
+            // the merge decides afterwards whether this byte may reach the guest page.
+            if let Some(x) = unsafe { page_mut(hpa) }.get_mut(g.page_offset() as usize) {
+                *x = fixed;
+            }
+        } else if !self.guest.lock().store().state(g.frame()).write_protected() {
+            // The CPU stored the image there directly (an ordinary page).
+            if (GuestRam { plan: self.plan })
+                .write_byte(gpa, fixed)
+                .is_err()
+            {
+                log::debug!("software path: PUSHF flags image at {gpa:#x} not guest RAM");
+            }
+        }
+        log::debug!(
+            "software path: stepped PUSHF: flags image at {gpa:#x} given back the guest's TF/IF"
+        );
+        Ok(())
     }
 
     /// End a step without merging anything (inject/halt, or an error): registers back to the

@@ -15,6 +15,7 @@ use bulwark_core::gwalk::x86::{X86PagingState, X86Walker};
 use bulwark_core::gwalk::{GuestWalker, WalkError};
 use bulwark_core::pt::ept::Ept;
 use bulwark_core::pt::sppt::Sppt;
+use bulwark_core::store::AttrStore;
 use bulwark_core::violation::ViolationKind;
 
 use crate::cpu::{msr, rdmsr, VmxCaps};
@@ -191,11 +192,29 @@ struct Translator<'b> {
 }
 
 impl GuestTranslate for Translator<'_> {
-    fn translate(&mut self, gva: GuestVirtAddr) -> Result<GuestPhysAddr, ()> {
-        self.walker
-            .translate(&self.ram, gva)
-            .map(|t| t.gpa)
-            .map_err(|_| ())
+    /// Never used: the core translates with its store at hand (`translate_checked`); a walk
+    /// that cannot see the guest's read permissions fails closed.
+    fn translate(&mut self, _gva: GuestVirtAddr) -> Result<GuestPhysAddr, ()> {
+        Err(())
+    }
+
+    /// The walk reads only paging structures the guest itself may read (issue 12, breach 3):
+    /// a table on a frame without R does not translate, so the hypercall returns -EINVAL.
+    fn translate_checked(
+        &mut self,
+        store: &AttrStore,
+        gva: GuestVirtAddr,
+    ) -> Result<GuestPhysAddr, ()> {
+        let mem = self.ram.checked(store);
+        let r = self.walker.translate(&mem, gva);
+        if let Some(gpa) = mem.denied() {
+            log::debug!(
+                "hypercall translation of {:#x}: the guest may not read its paging structure at {:#x}",
+                gva.as_u64(),
+                gpa.as_u64()
+            );
+        }
+        r.map(|t| t.gpa).map_err(|_| ())
     }
 }
 
@@ -505,6 +524,13 @@ impl<'a, const XO: bool> Vm<'a, XO> {
                         return Ok(s);
                     }
                 }
+                // Qualification bit 7 set, bit 8 clear: the access was to a guest paging
+                // structure (the CPU's own walk), not to the linear address's page.
+                if q & (1 << 7) != 0 && q & (1 << 8) == 0 {
+                    if let Some(s) = self.sw_paging_structure(&f)? {
+                        return Ok(s);
+                    }
+                }
                 self.decide(Exit::MemFault(f))?
             }
             er::EPT_MISCONFIG => {
@@ -517,6 +543,7 @@ impl<'a, const XO: bool> Vm<'a, XO> {
                 stop(STATUS_BULWARK_FAILURE, reason::UNHANDLED_EXIT)
             }
             er::SPP_EVENT => self.spp_event()?,
+            er::TASK_SWITCH => self.task_switch()?,
             er::TRIPLE_FAULT => self.decide(Exit::Fatal {
                 reason: "triple fault",
                 code: u64::from(basic),
@@ -690,6 +717,28 @@ impl<'a, const XO: bool> Vm<'a, XO> {
         Ok(stop(STATUS_BULWARK_FAILURE, reason::UNHANDLED_EXIT))
     }
 
+    /// Exit 9: a hardware task switch (CALL/JMP to a TSS or task gate, IRET with NT, an
+    /// interrupt or exception through a task gate) is refused with one clear line, a state
+    /// dump, and the run stopped (`unhandled-exit`); docs/x86_64.md says why it is not emulated.
+    /// VMX always exits before the task switch changes anything, so nothing was written.
+    fn task_switch(&mut self) -> VmxResult<Step> {
+        let q = vmread(vmcs::EXIT_QUALIFICATION)?;
+        let source = match (q >> 30) & 3 {
+            0 => "CALL",
+            1 => "IRET",
+            2 => "JMP",
+            _ => "a task gate in the IDT",
+        };
+        log::error!(
+            "guest hardware task switch to TSS selector {:#x} by {} at ip={}: not emulated (docs/x86_64.md), stopping the guest",
+            q & 0xffff,
+            source,
+            show(vmcs::GUEST_RIP)
+        );
+        self.dump_state();
+        Ok(stop(STATUS_BULWARK_FAILURE, reason::UNHANDLED_EXIT))
+    }
+
     fn paging_state(&self) -> VmxResult<X86PagingState> {
         let cr0 = vmread(vmcs::GUEST_CR0)?;
         let cr4 = vmread(vmcs::GUEST_CR4)?;
@@ -840,8 +889,8 @@ impl<'a, const XO: bool> Vm<'a, XO> {
         let mut done = 0u64;
         while count > 0 && done < STRING_IO_CHUNK {
             let offset = self.vcpu.regs.get(reg)? & addr_mask;
-            // (gpa, write it) per byte of the element, decided before anything moves.
-            let mut plan = [(0u64, false); 4];
+            // (gpa, linear) per byte of the element, decided before anything moves.
+            let mut plan = [(0u64, 0u64); 4];
             for (i, slot) in plan.iter_mut().enumerate().take(usize::from(size)) {
                 let lin = base.wrapping_add((offset.wrapping_add(i as u64)) & addr_mask);
                 let lin = if long { lin } else { lin & 0xffff_ffff };
@@ -851,7 +900,18 @@ impl<'a, const XO: bool> Vm<'a, XO> {
                         | (u32::from(cpl == 3) << 2)
                         | (u32::from(rsvd) << 3)
                 };
-                let t = match walker.translate(&ram, GuestVirtAddr::new(lin)) {
+                // The walk reads the guest's tables as the CPU's own walk would: a table on a
+                // frame the guest may not read is an EPT read violation (issue 12, breach 3).
+                let (walked, denied) = {
+                    let g = self.guest.lock();
+                    let mem = ram.checked(g.store());
+                    let r = walker.translate(&mem, GuestVirtAddr::new(lin));
+                    (r, mem.denied())
+                };
+                if let (Err(_), Some(gpa)) = (&walked, denied) {
+                    return self.string_io_read_fault(gpa, lin, ip);
+                }
+                let t = match walked {
                     Ok(t) => t,
                     Err(WalkError::NotPresent { .. }) => {
                         return Ok(page_fault(lin, pf(false, false)))
@@ -871,11 +931,26 @@ impl<'a, const XO: bool> Vm<'a, XO> {
                 if denied {
                     return Ok(page_fault(lin, pf(true, false)));
                 }
-                let st = self.guest.lock().store().state(t.gpa.frame());
-                let mut write = is_in;
+                // Every byte is checked before anything moves (issue 12): a byte outside guest
+                // RAM (Bulwark's region, a device, a hole) refuses the whole element.
+                let g = t.gpa.as_u64();
+                if g.checked_add(1)
+                    .is_none_or(|end| !self.plan.is_ram(g, end) || end > 1 << 32)
+                {
+                    log::debug!("string I/O: linear {lin:#x} is not guest RAM ({g:#x}): #GP");
+                    return Ok(gp());
+                }
+                *slot = (t.gpa.as_u64(), lin);
+            }
+            // Then the protection state of each byte (only once every byte translated to RAM,
+            // so that no violation is logged or store counted for an element that faults).
+            let mut write = [is_in; 4];
+            for (i, &(gpa, lin)) in plan.iter().enumerate().take(usize::from(size)) {
+                let gpa = GuestPhysAddr::new(gpa);
+                let st = self.guest.lock().store().state(gpa.frame());
                 if is_in && st.write_protected() {
                     let f = MemFault {
-                        gpa: t.gpa,
+                        gpa,
                         gva: Some(GuestVirtAddr::new(lin)),
                         ip,
                         access: Access::Write,
@@ -886,19 +961,29 @@ impl<'a, const XO: bool> Vm<'a, XO> {
                         // An unprotected byte of a chunk page (or a stale refusal).
                         Action::EmulateStore(_) | Action::Retry => {}
                         // skip: this byte is dropped.
-                        Action::Advance => write = false,
+                        Action::Advance => {
+                            if let Some(w) = write.get_mut(i) {
+                                *w = false;
+                            }
+                        }
                         Action::Stop(_) => return Ok(Step::Do(d.action)),
                         _ => return Ok(gp()),
                     }
                 } else if !is_in && !st.allowed.read() {
-                    return Ok(gp());
+                    // OUTS from memory the guest may not read: the read EPT violation the
+                    // CPU's own access would take (attr line, the policy's action).
+                    return self.string_io_read_fault(gpa, lin, ip);
                 }
-                *slot = (t.gpa.as_u64(), write);
             }
             let mut bytes = [0u8; 4];
             if is_in {
                 let value = self.port_in(port, size);
-                for (i, &(gpa, write)) in plan.iter().enumerate().take(usize::from(size)) {
+                for (i, (&(gpa, _), &write)) in plan
+                    .iter()
+                    .zip(write.iter())
+                    .enumerate()
+                    .take(usize::from(size))
+                {
                     if write && ram.write_byte(gpa, (value >> (8 * i)) as u8).is_err() {
                         return Ok(gp());
                     }
@@ -936,6 +1021,29 @@ impl<'a, const XO: bool> Vm<'a, XO> {
             Step::Do(Action::Retry)
         } else {
             Step::Do(Action::Advance)
+        })
+    }
+
+    /// A read the guest may not make, met by string I/O emulation (a paging structure or an
+    /// OUTS source on a frame without R): handled as the CPU's own read EPT violation would be
+    /// (`attr` violation line; #GP(0) under skip and inject, the run stops under halt).
+    fn string_io_read_fault(
+        &mut self,
+        gpa: GuestPhysAddr,
+        lin: u64,
+        ip: GuestVirtAddr,
+    ) -> VmxResult<Step> {
+        let f = MemFault {
+            gpa,
+            gva: Some(GuestVirtAddr::new(lin)),
+            ip,
+            access: Access::Read,
+            size: None,
+        };
+        let d = self.guest.lock().handle_fault(self.vcpu.id, &f);
+        Ok(match d.action {
+            Action::Stop(_) => Step::Do(d.action),
+            _ => gp(),
         })
     }
 

@@ -19,11 +19,15 @@ use bulwark_abi::roe::{
 };
 
 use super::{exit, Com1};
+
+#[path = "walk.rs"]
+mod walk;
 #[allow(unused_imports)]
 use core::fmt::Write as _;
 
 /// Scenario names this module runs.
-const SCENARIOS: [&str; 8] = [
+const SCENARIOS: [&str; 9] = [
+    "walk",
     "roe-basic",
     "roe-page-skip",
     "roe-page-inject",
@@ -54,6 +58,7 @@ pub fn run(s: &str) -> ! {
         "roe-chunk" => chunk(&mut t, ViolationPolicy::Skip),
         "roe-chunk-inject" => chunk(&mut t, ViolationPolicy::Inject),
         "roe-escape" => escape(&mut t),
+        "walk" => walk::walk(&mut t),
         _ => demo(),
     }
     say!("{s}: {} check(s) failed", t.failed);

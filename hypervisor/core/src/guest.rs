@@ -118,6 +118,19 @@ pub trait GuestTranslate {
     /// Guest-physical address of the byte at `gva`; `Err(())` when it does not translate.
     #[allow(clippy::result_unit_err)]
     fn translate(&mut self, gva: GuestVirtAddr) -> Result<GuestPhysAddr, ()>;
+    /// [`GuestTranslate::translate`] with the guest's attribute store at hand, so that a back
+    /// end can make its page walk obey the guest's own read permission for every paging
+    /// structure it reads (`gwalk::AttrChecked`; issue 12). The core always calls this one;
+    /// the default ignores the store.
+    #[allow(clippy::result_unit_err)]
+    fn translate_checked(
+        &mut self,
+        store: &AttrStore,
+        gva: GuestVirtAddr,
+    ) -> Result<GuestPhysAddr, ()> {
+        let _ = store;
+        self.translate(gva)
+    }
 }
 
 /// Result of a hypercall.
@@ -917,7 +930,9 @@ impl Guest {
         let mut runs: Vec<(u64, u64)> = Vec::new();
         for i in 0..pages {
             let gva = GuestVirtAddr::new(start.wrapping_add(i * PAGE_SIZE));
-            let gpa = tr.translate(gva).map_err(|()| Errno::Inval)?;
+            let gpa = tr
+                .translate_checked(&self.store, gva)
+                .map_err(|()| Errno::Inval)?;
             if !self.is_ram(gpa) {
                 return Err(Errno::Inval);
             }
@@ -954,7 +969,7 @@ impl Guest {
         while left > 0 {
             let in_page = (PAGE_SIZE - pos % PAGE_SIZE).min(left);
             let gpa = tr
-                .translate(GuestVirtAddr::new(pos))
+                .translate_checked(&self.store, GuestVirtAddr::new(pos))
                 .map_err(|()| Errno::Inval)?;
             // The translation must keep the page offset (4 KiB granularity).
             if gpa.page_offset() != pos % PAGE_SIZE || !self.is_ram(gpa) {
@@ -1106,13 +1121,24 @@ impl Guest {
                 rederive: None,
             };
         };
-        // The reported guest-virtual address follows the byte when it is on the same page.
+        // The reported guest-virtual address follows the byte when it is on the same page. A
+        // fault whose gva does not address its gpa (page offsets differ: the CPU's access to a
+        // paging structure, x86 A/D updates) keeps the gva the hardware gave: the linear
+        // address whose translation wrote the byte.
         let gva = f.gva.and_then(|v| {
+            if v.as_u64() & (PAGE_SIZE - 1) != f.gpa.page_offset() {
+                return Some(v);
+            }
             let same = gpa.page_base() == f.gpa.page_base();
             same.then(|| GuestVirtAddr::new((v.as_u64() & !(PAGE_SIZE - 1)) | gpa.page_offset()))
         });
-        let kind = if self.store.state(gpa.frame()).roe {
+        // The changed byte's own kind: a ROE page, a page whose host attribute lacks W (a
+        // paging-structure update stepped through the software path), else a chunk byte.
+        let st = self.store.state(gpa.frame());
+        let kind = if st.roe {
             ViolationKind::Roe
+        } else if !st.allowed.write() {
+            ViolationKind::Attr
         } else {
             ViolationKind::RoeChunk
         };

@@ -933,3 +933,37 @@ fn arm64_seed_abi_does_not_serve_upstream_numbers() {
     );
     assert!(!g.mmio_guard().enrolled());
 }
+
+/// Issue 12: the core hands its store to the translator for every ROE translation, so a back
+/// end's walk can refuse paging structures the guest may not read (-EINVAL, nothing locked).
+#[test]
+fn roe_translation_sees_the_store() {
+    /// Pretends the guest's page table for every address lives in frame 7.
+    struct TableInFrame7;
+    impl GuestTranslate for TableInFrame7 {
+        fn translate(&mut self, _gva: GuestVirtAddr) -> Result<GuestPhysAddr, ()> {
+            panic!("the core must call translate_checked");
+        }
+        fn translate_checked(
+            &mut self,
+            store: &AttrStore,
+            gva: GuestVirtAddr,
+        ) -> Result<GuestPhysAddr, ()> {
+            if !store.state(7).allowed.read() {
+                return Err(());
+            }
+            Ok(GuestPhysAddr::new(gva.as_u64()))
+        }
+    }
+    let mut g = Guest::new(cfg(Arch::X86_64, ViolationPolicy::Skip, false)).unwrap();
+    let mut t = TableInFrame7;
+    let (v, _) = result(g.handle_hypercall(&hc(11, [ROE_MPROTECT_CHUNK, 0x1000, 8]), &mut t));
+    assert_eq!(v, 8);
+    let mut g = Guest::new(cfg(Arch::X86_64, ViolationPolicy::Skip, false)).unwrap();
+    g.set_host_attributes(0x7000, 0x1000, 0, 0).unwrap();
+    for call in [[ROE_MPROTECT_CHUNK, 0x1000, 8], [ROE_MPROTECT, 0x1000, 1]] {
+        let (v, r) = result(g.handle_hypercall(&hc(11, call), &mut t));
+        assert_eq!((v, r), (EINVAL, None));
+    }
+    assert!(!g.store().state(1).roe && !g.store().state(1).chunk);
+}

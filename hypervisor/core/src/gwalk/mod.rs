@@ -20,6 +20,7 @@ use alloc::vec::Vec;
 use crate::addr::{GpaRange, GuestPhysAddr, GuestVirtAddr, PAGE_SIZE};
 
 pub mod arm64;
+mod checked;
 mod glue;
 mod range;
 pub mod x86;
@@ -27,6 +28,7 @@ pub mod x86;
 #[cfg(test)]
 mod tests;
 
+pub use checked::AttrChecked;
 pub use glue::WalkTranslate;
 pub use range::{translate_pages, translate_range, RangePiece, MAX_RANGE_PIECES};
 

@@ -1683,3 +1683,44 @@ fn walk_translate_adapts_to_the_engine_interface() {
         })
     );
 }
+
+/// Issue 12, breach 3: a walk through [`AttrChecked`] refuses a paging structure on a frame
+/// the guest may not read, and names the entry it refused; readable tables walk as before.
+#[test]
+fn attr_checked_refuses_tables_the_guest_may_not_read() {
+    use crate::store::{AttrStore, StoreLimits};
+    let mut t = Tables::new();
+    let pml4 = t.alloc();
+    let v = 0x40_0000u64;
+    let pt_entry = t.slot64(pml4, 4, v, 1);
+    t.w64(pt_entry, 0x20_0000 | P | RW);
+    let pt_page = pt_entry & !0xfff;
+    let w = X86Walker::new(X86PagingState::new(CR0_PG | 1, pml4, CR4_PAE, EFER_LME));
+    let mut store = AttrStore::new(StoreLimits::default(), false);
+    // Readable everywhere: the same result as the raw reader.
+    let ok = AttrChecked::new(&t.mem, &store);
+    assert_eq!(w.translate(&ok, va(v + 5)).unwrap().gpa, pa(0x20_0005));
+    assert_eq!(ok.denied(), None);
+    // The page table's frame made `---` (and `--x`): the walk fails at that entry, nothing read.
+    for attrs in [0u64, 4] {
+        store = AttrStore::new(StoreLimits::default(), true);
+        store.set_attributes(pt_page, 0x1000, attrs, 0).unwrap();
+        let before = t.mem.reads();
+        let c = AttrChecked::new(&t.mem, &store);
+        assert_eq!(
+            w.translate(&c, va(v + 5)),
+            Err(WalkError::TableNotInGuestMemory {
+                level: 1,
+                gpa: pa(pt_entry)
+            })
+        );
+        assert_eq!(c.denied(), Some(pa(pt_entry)));
+        // Three upper levels were read, never the refused entry.
+        assert_eq!(t.mem.reads() - before, 3);
+    }
+    // Read-only (`r--`, `r-x`) tables are readable.
+    store = AttrStore::new(StoreLimits::default(), false);
+    store.set_attributes(pt_page, 0x1000, 1, 0).unwrap();
+    let c = AttrChecked::new(&t.mem, &store);
+    assert!(w.translate(&c, va(v)).is_ok());
+}
