@@ -28,6 +28,11 @@ impl log::Log for Logger {
             write_fmt(format_args!("bulwark: violation {}\n", record.args()));
             return;
         }
+        // The global rate limiter's summary: `bulwark: violations suppressed=N total=T`.
+        if record.target() == bulwark_core::violation::SUMMARY_TARGET {
+            write_fmt(format_args!("bulwark: violations {}\n", record.args()));
+            return;
+        }
         write_fmt(format_args!(
             "bulwark: {} {}\n",
             record.level(),

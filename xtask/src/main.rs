@@ -12,6 +12,7 @@
 mod aarch64;
 mod attr_tests;
 mod bench;
+mod matrix_tests;
 mod test;
 mod util;
 mod x86_64;

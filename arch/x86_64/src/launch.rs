@@ -210,6 +210,8 @@ pub fn run_guest(
         limits: StoreLimits::default(),
     })
     .map_err(|e| refuse(format!("guest memory configuration refused: {e:?}")))?;
+    let (lines, window) = config.global_ratelimit;
+    guest.violation_log().set_global(lines, window);
     for a in &config.attrs {
         guest
             .set_host_attributes(a.start.as_u64(), a.size, u64::from(a.perms.bits()), 0)

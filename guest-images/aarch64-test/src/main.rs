@@ -183,6 +183,7 @@ macro_rules! say {
 mod attr;
 mod bench;
 mod demo;
+mod flood;
 mod gic;
 mod mmio_guard;
 mod roe;
@@ -447,6 +448,12 @@ extern "C" fn guest_main(dtb: u64, el: u64) -> ! {
         .find_map(|t| t.strip_prefix("scenario=bench:"))
     {
         bench::run(row)
+    }
+    if bootargs
+        .split_ascii_whitespace()
+        .any(|t| t == "scenario=flood")
+    {
+        flood::run()
     }
     if bootargs
         .split_ascii_whitespace()

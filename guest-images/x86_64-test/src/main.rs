@@ -71,6 +71,7 @@ macro_rules! say {
 
 mod attr;
 mod bench;
+mod flood;
 mod roe;
 mod spp;
 
@@ -326,6 +327,7 @@ extern "C" fn guest_main(magic: u32, info: u64) -> ! {
         s if attr::handles(s) => attr::run(s, cmdline),
         s if spp::handles(s) => spp::run(s),
         s if bench::handles(s) => bench::run(s),
+        "flood" => flood::run(),
         "triple-fault" => triple_fault(),
         "read-bulwark" => read_bulwark(),
         "roe" => roe(),

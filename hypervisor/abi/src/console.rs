@@ -14,6 +14,9 @@ pub const GUEST_PREFIX: &str = "guest| ";
 pub const RESULT_PREFIX: &str = "bulwark: result status=";
 /// Prefix of a violation line.
 pub const VIOLATION_PREFIX: &str = "bulwark: violation ";
+/// Prefix of the global rate limiter's summary: `bulwark: violations suppressed=N total=T`
+/// (N violations that no violation line reported; T violations so far).
+pub const VIOLATIONS_SUMMARY_PREFIX: &str = "bulwark: violations ";
 
 /// Parse a result line: returns `(status, reason)`.
 pub fn parse_result_line(line: &str) -> Option<(u32, &str)> {

@@ -533,6 +533,8 @@ fn keep_pristine(pb: u64, size: u64, image_end: u64, reserved_end: u64, max: u32
 /// no MMIO guard enrolment).
 fn new_core(gcfg: &GuestConfig, cfg: &cmdline::Config) -> Result<Guest, alloc::string::String> {
     let mut g = Guest::new(gcfg.clone()).map_err(|e| alloc::format!("guest memory map: {e:?}"))?;
+    let (lines, window) = cfg.global_ratelimit;
+    g.violation_log().set_global(lines, window);
     for a in &cfg.attrs {
         g.set_host_attributes(a.start.as_u64(), a.size, u64::from(a.perms.bits()), 0)
             .map_err(|e| alloc::format!("{}", cfg.attr_refused(a, &e)))?;

@@ -1,0 +1,139 @@
+//! Scenarios of issue 12 items 3 and 4 on both arches: the global violation-log bound (`flood`),
+//! the generated store matrix (`matrix`) and guest-level hypercall fuzzing (`hcfuzz`).
+//! See docs/testing.md and docs/cmdline.md.
+
+use bulwark_abi::console::{reason, VIOLATIONS_SUMMARY_PREFIX, VIOLATION_PREFIX};
+
+use crate::util::{Arch, Outcome, RunOpts, Scenario};
+
+/// Stores the flood guests make: 200 instruction addresses × 10 rounds (guest flood.rs).
+const FLOOD_STORES: u64 = 2000;
+
+/// A `key=N` field of a line.
+fn field(line: &str, key: &str) -> Option<u64> {
+    line.split_ascii_whitespace()
+        .find_map(|t| t.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+        .and_then(|v| v.parse().ok())
+}
+
+/// The counters line's total violations.
+fn counted_violations(out: &Outcome) -> Result<u64, String> {
+    let line = out
+        .lines
+        .iter()
+        .find(|l| l.contains("bulwark: INFO counters "))
+        .ok_or("no counters line")?;
+    field(line, "violations").ok_or_else(|| format!("counters line lacks violations=: {line}"))
+}
+
+fn fail(out: &Outcome, why: String) -> String {
+    format!("{why}\n--- console tail ---\n{}", out.tail(40))
+}
+
+/// The flood run printed at most `max_lines` violation lines, and the violation lines (their
+/// `suppressed=` count, or 1) plus the summaries' `suppressed=` add up to exactly the counters
+/// line's total, which is every store the guest made.
+fn judge_flood(out: &Outcome, max_lines: u64) -> Result<(), String> {
+    out.expect(0, reason::GUEST_EXIT)?;
+    if !out.has("PASS flood-page-unchanged") {
+        return Err(fail(out, "no PASS flood-page-unchanged".into()));
+    }
+    let mut lines = 0u64;
+    let mut accounted = 0u64;
+    let mut summaries = 0u64;
+    for l in &out.lines {
+        if let Some(i) = l.find(VIOLATION_PREFIX) {
+            let rest = &l[i..];
+            if !rest.contains("kind=roe ") || !rest.contains("action=skip") {
+                return Err(fail(out, format!("unexpected violation line: {l}")));
+            }
+            lines += 1;
+            accounted += field(rest, "suppressed").unwrap_or(1);
+        } else if let Some(i) = l.find(VIOLATIONS_SUMMARY_PREFIX) {
+            summaries += 1;
+            accounted += field(&l[i..], "suppressed")
+                .ok_or_else(|| fail(out, format!("summary without suppressed=: {l}")))?;
+        }
+    }
+    let total = counted_violations(out)?;
+    if total != FLOOD_STORES {
+        return Err(fail(
+            out,
+            format!("counters say violations={total}, the guest made {FLOOD_STORES} stores"),
+        ));
+    }
+    if lines > max_lines {
+        return Err(fail(
+            out,
+            format!("{lines} violation lines for {total} violations: the bound is {max_lines}"),
+        ));
+    }
+    if accounted != total {
+        return Err(fail(
+            out,
+            format!(
+                "violation lines and summaries account for {accounted} violations, counters say {total}"
+            ),
+        ));
+    }
+    if summaries == 0 {
+        return Err(fail(out, "no `bulwark: violations suppressed=` summary".into()));
+    }
+    println!("    flood: {lines} violation lines + {summaries} summaries for {total} violations");
+    Ok(())
+}
+
+fn x86(model: &str, cmdline: &str, guest: &str, timeout: u64) -> Result<Outcome, String> {
+    crate::x86_64::run(&RunOpts {
+        arch: Some(Arch::X86_64),
+        emulator: Some("bochs".into()),
+        cpu: Some(model.into()),
+        timeout: Some(timeout),
+        cmdline: cmdline.into(),
+        guest_cmdline: guest.into(),
+        quiet: true,
+        ..RunOpts::default()
+    })
+}
+
+fn arm(cmdline: &str, guest: &str, timeout: u64) -> Result<Outcome, String> {
+    crate::aarch64::run_with(
+        &RunOpts {
+            arch: Some(Arch::Aarch64),
+            timeout: Some(timeout),
+            cmdline: cmdline.into(),
+            guest_cmdline: guest.into(),
+            quiet: true,
+            ..RunOpts::default()
+        },
+        &crate::aarch64::Extra::default(),
+    )
+}
+
+pub fn scenarios() -> Vec<Scenario> {
+    vec![
+        // Default bound: 200 lines per 10,000 violations; 2,000 violations from 200 ips fit in
+        // one window, so at most 200 lines + the end-of-run flush (32 per-ip slots).
+        Scenario::new(
+            "x86 flood: 200 store ips at a locked page, default global log bound",
+            "bochs tigerlake",
+            || judge_flood(&x86("tigerlake", "", "scenario=flood", 300)?, 200 + 32),
+        ),
+        // globalratelimit=20/500: 4 windows of 20 lines, + the flush.
+        Scenario::new(
+            "aarch64 flood: 200 store ips at a locked page, globalratelimit=20/500",
+            "qemu virt el2",
+            || {
+                judge_flood(
+                    &arm("globalratelimit=20/500", "scenario=flood", 120)?,
+                    4 * 20 + 32,
+                )
+            },
+        ),
+        Scenario::new(
+            "aarch64 flood: 200 store ips at a locked page, default global log bound",
+            "qemu virt el2",
+            || judge_flood(&arm("", "scenario=flood", 120)?, 200 + 32),
+        ),
+    ]
+}
