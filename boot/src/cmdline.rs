@@ -512,7 +512,10 @@ mod tests {
             parse("globalratelimit=5/1K").unwrap().global_ratelimit,
             (5, 1024)
         );
-        assert_eq!(parse("globalratelimit=7/7").unwrap().global_ratelimit, (7, 7));
+        assert_eq!(
+            parse("globalratelimit=7/7").unwrap().global_ratelimit,
+            (7, 7)
+        );
         for bad in [
             "globalratelimit=0/10",
             "globalratelimit=11/10",

@@ -77,7 +77,10 @@ fn judge_flood(out: &Outcome, max_lines: u64) -> Result<(), String> {
         ));
     }
     if summaries == 0 {
-        return Err(fail(out, "no `bulwark: violations suppressed=` summary".into()));
+        return Err(fail(
+            out,
+            "no `bulwark: violations suppressed=` summary".into(),
+        ));
     }
     println!("    flood: {lines} violation lines + {summaries} summaries for {total} violations");
     Ok(())

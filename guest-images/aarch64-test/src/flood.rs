@@ -38,7 +38,10 @@ pub fn run() -> ! {
     let r = roe(ROE_MPROTECT, page, 1);
     // Success returns the number of pages locked.
     if r != 1 {
-        say!("FAIL flood-lock: ROE_MPROTECT({page:#x}, 1) returned {:#x}", r);
+        say!(
+            "FAIL flood-lock: ROE_MPROTECT({page:#x}, 1) returned {:#x}",
+            r
+        );
         guest_exit(1);
     }
     say!(
