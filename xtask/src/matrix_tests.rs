@@ -113,8 +113,75 @@ fn arm(cmdline: &str, guest: &str, timeout: u64) -> Result<Outcome, String> {
     )
 }
 
+/// Hypercalls of the CI fuzz runs (the full 1,000,000 run in `cargo xtask bench`).
+pub const HCFUZZ_X86_CI: u64 = 20_000;
+pub const HCFUZZ_ARM_CI: u64 = 200_000;
+/// Seed of the CI runs (any seed must pass; `cargo xtask run ... --guest-cmdline
+/// "scenario=hcfuzz seed=N count=N"` reproduces a failure).
+pub const HCFUZZ_SEED: u64 = 12;
+
+/// A hypercall fuzz run must end with status 0, every result in the spec and the locks intact.
+pub fn judge_hcfuzz(out: &Outcome, seed: u64, count: u64) -> Result<(), String> {
+    out.expect(0, reason::GUEST_EXIT)
+        .map_err(|e| fail(out, e))?;
+    for need in [
+        format!("hcfuzz: seed={seed} count={count}"),
+        "PASS hcfuzz-locks".into(),
+        format!("PASS hcfuzz-results: {count} calls, 0 result(s) outside the spec"),
+        "PASS hcfuzz-checksums".into(),
+        "PASS hcfuzz-still-locked".into(),
+        format!("hcfuzz: seed={seed} count={count}: 0 check(s) failed"),
+    ] {
+        if !out.has(&need) {
+            return Err(fail(out, format!("no console line containing {need:?}")));
+        }
+    }
+    Ok(())
+}
+
+/// The x86 hypercall fuzz run (Bochs tigerlake).
+pub fn hcfuzz_x86(seed: u64, count: u64, timeout: u64) -> Result<Outcome, String> {
+    x86(
+        "tigerlake",
+        "",
+        &format!("scenario=hcfuzz seed={seed} count={count}"),
+        timeout,
+    )
+}
+
+/// The arm64 hypercall fuzz run.
+pub fn hcfuzz_arm(seed: u64, count: u64, timeout: u64) -> Result<Outcome, String> {
+    arm(
+        "",
+        &format!("scenario=hcfuzz seed={seed} count={count}"),
+        timeout,
+    )
+}
+
 pub fn scenarios() -> Vec<Scenario> {
     vec![
+        Scenario::new(
+            "x86 hcfuzz: 20,000 random VMCALLs, locks checksummed",
+            "bochs tigerlake",
+            || {
+                judge_hcfuzz(
+                    &hcfuzz_x86(HCFUZZ_SEED, HCFUZZ_X86_CI, 300)?,
+                    HCFUZZ_SEED,
+                    HCFUZZ_X86_CI,
+                )
+            },
+        ),
+        Scenario::new(
+            "aarch64 hcfuzz: 200,000 random HVC/SMC calls, locks checksummed",
+            "qemu virt el2",
+            || {
+                judge_hcfuzz(
+                    &hcfuzz_arm(HCFUZZ_SEED, HCFUZZ_ARM_CI, 300)?,
+                    HCFUZZ_SEED,
+                    HCFUZZ_ARM_CI,
+                )
+            },
+        ),
         // Default bound: 200 lines per 10,000 violations; 2,000 violations from 200 ips fit in
         // one window, so at most 200 lines + the end-of-run flush (32 per-ip slots).
         Scenario::new(
