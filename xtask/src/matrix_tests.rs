@@ -86,6 +86,31 @@ fn judge_flood(out: &Outcome, max_lines: u64) -> Result<(), String> {
     Ok(())
 }
 
+/// A counters-line field.
+fn counter(out: &Outcome, key: &str) -> Result<u64, String> {
+    let line = out
+        .lines
+        .iter()
+        .find(|l| l.contains("bulwark: INFO counters "))
+        .ok_or("no counters line")?;
+    field(line, key).ok_or_else(|| format!("counters line lacks {key}=: {line}"))
+}
+
+/// Guest-triggered warnings of one kind print at most 8 lines; the counter has them all.
+fn bounded_warnings(out: &Outcome, needle: &str, key: &str, min: u64) -> Result<(), String> {
+    let printed = out.lines.iter().filter(|l| l.contains(needle)).count() as u64;
+    let n = counter(out, key)?;
+    if printed > 8 || n < min || printed != n.min(8) {
+        return Err(fail(
+            out,
+            format!(
+                "{printed} '{needle}' lines for {key}={n} (want at most 8 lines, {key} >= {min})"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn x86(model: &str, cmdline: &str, guest: &str, timeout: u64) -> Result<Outcome, String> {
     crate::x86_64::run(&RunOpts {
         arch: Some(Arch::X86_64),
@@ -175,10 +200,13 @@ pub fn scenarios() -> Vec<Scenario> {
             "aarch64 hcfuzz: 200,000 random HVC/SMC calls, locks checksummed",
             "qemu virt el2",
             || {
-                judge_hcfuzz(
-                    &hcfuzz_arm(HCFUZZ_SEED, HCFUZZ_ARM_CI, 300)?,
-                    HCFUZZ_SEED,
-                    HCFUZZ_ARM_CI,
+                let out = hcfuzz_arm(HCFUZZ_SEED, HCFUZZ_ARM_CI, 300)?;
+                judge_hcfuzz(&out, HCFUZZ_SEED, HCFUZZ_ARM_CI)?;
+                bounded_warnings(
+                    &out,
+                    "a ROE address did not translate",
+                    "roe_walk_errors",
+                    1000,
                 )
             },
         ),
@@ -194,10 +222,12 @@ pub fn scenarios() -> Vec<Scenario> {
             "aarch64 flood: 200 store ips at a locked page, globalratelimit=20/500",
             "qemu virt el2",
             || {
-                judge_flood(
-                    &arm("globalratelimit=20/500", "scenario=flood", 120)?,
-                    4 * 20 + 32,
-                )
+                let out = arm("globalratelimit=20/500", "scenario=flood", 120)?;
+                judge_flood(&out, 4 * 20 + 32)?;
+                if !out.has("PASS flood-aborts") {
+                    return Err(fail(&out, "no PASS flood-aborts".into()));
+                }
+                bounded_warnings(&out, "bulwark: WARN stage-2 abort:", "stage2_aborts", 100)
             },
         ),
         Scenario::new(

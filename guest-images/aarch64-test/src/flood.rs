@@ -7,7 +7,8 @@
 
 use bulwark_abi::roe::ROE_MPROTECT;
 
-use super::{guest_exit, roe, Uart};
+use super::{guest_exit, hvc, probe, roe, Uart};
+use bulwark_abi::smccc::PSCI_VERSION;
 use core::fmt::Write;
 
 /// Distinct store instruction addresses in the sled.
@@ -15,6 +16,9 @@ pub const FLOOD_IPS: u64 = 200;
 /// Times the sled runs.
 pub const FLOOD_ROUNDS: u64 = 10;
 const FILL: u8 = 0x3c;
+/// Reads of an IPA without memory (where Bulwark's memory would be in a 1:1 map).
+pub const FLOOD_ABORTS: u64 = 100;
+const NO_MEMORY_IPA: u64 = 0x5e00_0000;
 
 #[repr(C, align(4096))]
 struct Page(core::cell::UnsafeCell<[u8; 4096]>);
@@ -74,6 +78,22 @@ pub fn run() -> ! {
             failed += 1;
             say!("FAIL flood-page-unchanged: byte {o:#x} changed");
         }
+    }
+    // Stage-2 aborts outside the map: each one injects an external abort; only the first few
+    // print Bulwark's WARN line (the rest are counted: stage2_aborts= in the counters line).
+    let aborted = (0..FLOOD_ABORTS)
+        .filter(|i| {
+            // Another exit between the aborts: 32 injected aborts in a row with nothing in
+            // between is Bulwark's exception-loop rule (docs/aarch64.md).
+            hvc(u64::from(PSCI_VERSION), 0, 0, 0);
+            probe(NO_MEMORY_IPA + (i % 16) * 4096, false).is_err()
+        })
+        .count() as u64;
+    if aborted == FLOOD_ABORTS {
+        say!("PASS flood-aborts: {FLOOD_ABORTS} reads without memory aborted");
+    } else {
+        failed += 1;
+        say!("FAIL flood-aborts: {aborted} of {FLOOD_ABORTS} reads aborted");
     }
     say!("flood: {failed} check(s) failed");
     guest_exit(failed)

@@ -185,6 +185,7 @@ mod bench;
 mod demo;
 mod flood;
 mod gic;
+mod hcfuzz;
 mod mmio_guard;
 mod roe;
 mod stepaif;
@@ -448,6 +449,12 @@ extern "C" fn guest_main(dtb: u64, el: u64) -> ! {
         .find_map(|t| t.strip_prefix("scenario=bench:"))
     {
         bench::run(row)
+    }
+    if bootargs
+        .split_ascii_whitespace()
+        .any(|t| t == "scenario=hcfuzz")
+    {
+        hcfuzz::run(bootargs)
     }
     if bootargs
         .split_ascii_whitespace()
