@@ -73,6 +73,7 @@ mod attr;
 mod bench;
 mod flood;
 mod hcfuzz;
+mod matrix;
 mod roe;
 mod spp;
 
@@ -330,6 +331,7 @@ extern "C" fn guest_main(magic: u32, info: u64) -> ! {
         s if bench::handles(s) => bench::run(s),
         "flood" => flood::run(),
         "hcfuzz" => hcfuzz::run(cmdline),
+        "matrix" => matrix::run(cmdline),
         "triple-fault" => triple_fault(),
         "read-bulwark" => read_bulwark(),
         "roe" => roe(),
