@@ -170,7 +170,9 @@ pub const HCFUZZ_BENCH: u64 = 1_000_000;
 /// `cargo xtask bench`'s hypercall fuzz step: 1,000,000 calls on `arch`; returns a markdown
 /// table row (arch, calls, seed, seconds, result).
 pub fn bench_hcfuzz(arch: Arch) -> Result<String, String> {
-    crate::util::progress(&format!("hypercall fuzzing: {HCFUZZ_BENCH} calls ({arch:?})"));
+    crate::util::progress(&format!(
+        "hypercall fuzzing: {HCFUZZ_BENCH} calls ({arch:?})"
+    ));
     let (out, emu) = match arch {
         Arch::X86_64 => (
             hcfuzz_x86(HCFUZZ_SEED, HCFUZZ_BENCH, 1800)?,

@@ -186,6 +186,7 @@ mod demo;
 mod flood;
 mod gic;
 mod hcfuzz;
+mod matrix;
 mod mmio_guard;
 mod roe;
 mod stepaif;
@@ -449,6 +450,12 @@ extern "C" fn guest_main(dtb: u64, el: u64) -> ! {
         .find_map(|t| t.strip_prefix("scenario=bench:"))
     {
         bench::run(row)
+    }
+    if bootargs
+        .split_ascii_whitespace()
+        .any(|t| t == "scenario=matrix")
+    {
+        matrix::run(bootargs)
     }
     if bootargs
         .split_ascii_whitespace()

@@ -279,9 +279,15 @@ fn exec(f: F, dst: u64, v: u64) -> bool {
         F::RepMovsb13 => {
             g!("rep movsb"; inout("rcx") 13u64 => _, inout("rdi") dst => _, inout("rsi") src => _,)
         }
-        F::RepStosb7 => g!("rep stosb"; inout("rcx") 7u64 => _, inout("rdi") dst => _, in("rax") v,),
-        F::RepStosd3 => g!("rep stosd"; inout("rcx") 3u64 => _, inout("rdi") dst => _, in("rax") v,),
-        F::RepStosq2 => g!("rep stosq"; inout("rcx") 2u64 => _, inout("rdi") dst => _, in("rax") v,),
+        F::RepStosb7 => {
+            g!("rep stosb"; inout("rcx") 7u64 => _, inout("rdi") dst => _, in("rax") v,)
+        }
+        F::RepStosd3 => {
+            g!("rep stosd"; inout("rcx") 3u64 => _, inout("rdi") dst => _, in("rax") v,)
+        }
+        F::RepStosq2 => {
+            g!("rep stosq"; inout("rcx") 2u64 => _, inout("rdi") dst => _, in("rax") v,)
+        }
         F::Stosw => g!("stosw"; inout("rdi") dst => _, in("rax") v,),
         F::Push8 => g!("mov r8, rsp", "mov rsp, {e}", "push {v}", "mov rsp, r8";
             e = in(reg) dst + 8, v = in(reg) v, out("r8") _,),
@@ -329,7 +335,9 @@ fn exec(f: F, dst: u64, v: u64) -> bool {
 /// The bytes `f` writes at a destination whose current bytes are `old` (the first `len`).
 fn new_bytes(f: F, old: &[u8; 512], v: u64, out: &mut [u8; 512]) {
     let le = |x: u64, out: &mut [u8; 512]| out[..8].copy_from_slice(&x.to_le_bytes());
-    let o8 = u64::from_le_bytes([old[0], old[1], old[2], old[3], old[4], old[5], old[6], old[7]]);
+    let o8 = u64::from_le_bytes([
+        old[0], old[1], old[2], old[3], old[4], old[5], old[6], old[7],
+    ]);
     // SAFETY: our own statics, single-threaded.
     let src = unsafe { &(*core::ptr::addr_of!(SRC)).0 };
     match f {
@@ -413,7 +421,16 @@ fn first_diff(
     expect: &dyn Fn(usize) -> u8,
 ) -> Option<usize> {
     let q = |a: &[u8; SIZE], i: usize| {
-        u64::from_le_bytes([a[i], a[i + 1], a[i + 2], a[i + 3], a[i + 4], a[i + 5], a[i + 6], a[i + 7]])
+        u64::from_le_bytes([
+            a[i],
+            a[i + 1],
+            a[i + 2],
+            a[i + 3],
+            a[i + 4],
+            a[i + 5],
+            a[i + 6],
+            a[i + 7],
+        ])
     };
     (0..SIZE).step_by(8).find_map(|i| {
         if i + 8 <= r.start || i >= r.end {
@@ -432,7 +449,10 @@ pub fn run(cmdline: &str) -> ! {
             .find_map(|t| t.strip_prefix(k))
     };
     let inject = word("policy=") == Some("inject");
-    let stride = word("stride=").and_then(|v| v.parse::<u64>().ok()).unwrap_or(1).max(1);
+    let stride = word("stride=")
+        .and_then(|v| v.parse::<u64>().ok())
+        .unwrap_or(1)
+        .max(1);
     let avx = enable_simd();
     let base = mem();
     // SAFETY: our own statics, single-threaded; MEM is written before any lock.
@@ -490,7 +510,8 @@ pub fn run(cmdline: &str) -> ! {
                 }
                 cases += 1;
                 form_cases += 1;
-                let v = (index.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x5a5a_0f0f_3c3c_9696) | 0x0101;
+                let v =
+                    (index.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ 0x5a5a_0f0f_3c3c_9696) | 0x0101;
                 // SAFETY: our own static.
                 unsafe {
                     for (i, b) in (*core::ptr::addr_of_mut!(SRC)).0.iter_mut().enumerate() {
@@ -527,7 +548,8 @@ pub fn run(cmdline: &str) -> ! {
                     // A string iteration or FXSAVE that faults may leave earlier parts written
                     // (the architecture's rule; the CPU wrote them to an unprotected page before
                     // it reached the protected one): every byte is old, or new where unlocked.
-                    let either = |x: usize| m[x] == model[x] || (locked[x] == 0 && m[x] == new[x - d]);
+                    let either =
+                        |x: usize| m[x] == model[x] || (locked[x] == 0 && m[x] == new[x - d]);
                     diff = first_diff(m, model, &r, &|x| if either(x) { m[x] } else { model[x] });
                     if diff.is_none() {
                         partial += 1;
