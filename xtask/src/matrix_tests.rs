@@ -220,8 +220,103 @@ pub fn hcfuzz_arm(seed: u64, count: u64, timeout: u64) -> Result<Outcome, String
     )
 }
 
+/// Every N-th case of the x86 matrix in CI (Bochs): the full matrix (stride 1: 3,209 cases
+/// under skip, 3,117 under inject) takes minutes; every 5th keeps each run under ~30 s.
+const MATRIX_X86_STRIDE: u64 = 5;
+
+/// A matrix run must end with status 0, the guest's PASS line and its case count, and the
+/// violation lines of the policy.
+fn judge_matrix(out: &Outcome, policy: &str, min_cases: u64) -> Result<(), String> {
+    out.expect(0, reason::GUEST_EXIT)
+        .map_err(|e| fail(out, e))?;
+    let pass = out
+        .lines
+        .iter()
+        .find(|l| l.contains("PASS matrix-all-cases: "))
+        .ok_or_else(|| fail(out, "no PASS matrix-all-cases line".into()))?;
+    let cases = pass
+        .split("PASS matrix-all-cases: ")
+        .nth(1)
+        .and_then(|r| r.split_ascii_whitespace().next())
+        .and_then(|n| n.parse::<u64>().ok())
+        .unwrap_or(0);
+    if cases < min_cases {
+        return Err(fail(
+            out,
+            format!("{cases} cases, want at least {min_cases}"),
+        ));
+    }
+    if !out.has(&format!("matrix: {cases} cases: 0 check(s) failed")) {
+        return Err(fail(
+            out,
+            "no 'matrix: N cases: 0 check(s) failed' line".into(),
+        ));
+    }
+    let action = format!("action={policy}");
+    if !out.lines.iter().any(|l| {
+        l.contains("bulwark: violation kind=roe-chunk access=write") && l.contains(&action)
+    }) {
+        return Err(fail(
+            out,
+            format!("no roe-chunk violation line with {action}"),
+        ));
+    }
+    println!("    matrix: {cases} cases");
+    Ok(())
+}
+
+fn matrix_x86(policy: &'static str, spp: bool) -> Result<(), String> {
+    let out = x86(
+        "tigerlake",
+        &format!(
+            "ratelimit=1 violation={policy}{}",
+            if spp { " spp=on" } else { "" }
+        ),
+        &format!("scenario=matrix policy={policy} stride={MATRIX_X86_STRIDE}"),
+        600,
+    )?;
+    if spp && !out.has("SPP: on") {
+        return Err(fail(&out, "spp=on on tigerlake: no 'SPP: on' line".into()));
+    }
+    judge_matrix(&out, policy, 600)
+}
+
+fn matrix_arm(policy: &'static str) -> Result<(), String> {
+    let out = arm(
+        &format!("ratelimit=1 violation={policy}"),
+        &format!("scenario=matrix policy={policy}"),
+        300,
+    )?;
+    judge_matrix(&out, policy, 3600)
+}
+
 pub fn scenarios() -> Vec<Scenario> {
     vec![
+        Scenario::new(
+            "x86 matrix: 40 store forms x chunk/page edges, every 5th case (violation=skip)",
+            "bochs tigerlake",
+            || matrix_x86("skip", false),
+        ),
+        Scenario::new(
+            "x86 matrix: 40 store forms x chunk/page edges, every 5th case (violation=inject)",
+            "bochs tigerlake",
+            || matrix_x86("inject", false),
+        ),
+        Scenario::new(
+            "x86 matrix: 40 store forms x chunk/page edges, every 5th case (violation=skip spp=on)",
+            "bochs tigerlake",
+            || matrix_x86("skip", true),
+        ),
+        Scenario::new(
+            "aarch64 matrix: 29 store forms x chunk/page edges, all 3,600 cases (violation=skip)",
+            "qemu virt el2",
+            || matrix_arm("skip"),
+        ),
+        Scenario::new(
+            "aarch64 matrix: 29 store forms x chunk/page edges, all 3,600 cases (violation=inject)",
+            "qemu virt el2",
+            || matrix_arm("inject"),
+        ),
         Scenario::new(
             "x86 hcfuzz: 20,000 random VMCALLs, locks checksummed",
             "bochs tigerlake",
