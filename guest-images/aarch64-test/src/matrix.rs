@@ -436,7 +436,7 @@ pub fn run(bootargs: &str) -> ! {
                 }
                 last = Some(dst);
                 index += 1;
-                if (index - 1) % stride != 0 {
+                if !(index - 1).is_multiple_of(stride) {
                     continue;
                 }
                 cases += 1;

@@ -256,7 +256,7 @@ fn draw(r: &mut Rng) -> (u64, u64, u64, u64, u64, usize, u64) {
         _ => {
             // A sacrificial address made non-canonical (bit 50 set, bit 63 clear): it does
             // not translate, whatever bits 47:0 say.
-            let a = sac() + r.below(SAC_PAGES) * PAGE | (1 << (48 + r.below(15)));
+            let a = (sac() + r.below(SAC_PAGES) * PAGE) | (1 << (48 + r.below(15)));
             if r.below(2) == 0 {
                 (KVM_HC_ROE, ROE_MPROTECT, a, 1, EINVAL)
             } else {

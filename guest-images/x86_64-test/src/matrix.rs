@@ -433,10 +433,8 @@ fn first_diff(
         ])
     };
     (0..SIZE).step_by(8).find_map(|i| {
-        if i + 8 <= r.start || i >= r.end {
-            if q(m, i) == q(model, i) {
-                return None;
-            }
+        if (i + 8 <= r.start || i >= r.end) && q(m, i) == q(model, i) {
+            return None;
         }
         (i..i + 8).find(|&x| m[x] != expect(x))
     })
@@ -505,7 +503,7 @@ pub fn run(cmdline: &str) -> ! {
                 }
                 last = Some(dst);
                 index += 1;
-                if (index - 1) % stride != 0 {
+                if !(index - 1).is_multiple_of(stride) {
                     continue;
                 }
                 cases += 1;

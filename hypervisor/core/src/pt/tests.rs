@@ -544,7 +544,7 @@ fn sppt_paths_vectors_and_failure() {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            *w = if x % 7 == 0 {
+            *w = if x.is_multiple_of(7) {
                 x & (x >> 11) & (x >> 23)
             } else {
                 0
