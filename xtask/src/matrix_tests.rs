@@ -221,8 +221,10 @@ pub fn hcfuzz_arm(seed: u64, count: u64, timeout: u64) -> Result<Outcome, String
 }
 
 /// Every N-th case of the x86 matrix in CI (Bochs): the full matrix (stride 1: 3,209 cases
-/// under skip, 3,117 under inject) takes minutes; every 5th keeps each run under ~30 s.
-const MATRIX_X86_STRIDE: u64 = 5;
+/// under skip, 3,117 under inject) takes minutes; every 7th (459 / 446 cases) keeps each run
+/// under a minute on the loaded 2-core machine (skip is the slow one: every chunk-page store
+/// takes the software path).
+const MATRIX_X86_STRIDE: u64 = 7;
 
 /// A matrix run must end with status 0, the guest's PASS line and its case count, and the
 /// violation lines of the policy.
@@ -278,7 +280,7 @@ fn matrix_x86(policy: &'static str, spp: bool) -> Result<(), String> {
     if spp && !out.has("SPP: on") {
         return Err(fail(&out, "spp=on on tigerlake: no 'SPP: on' line".into()));
     }
-    judge_matrix(&out, policy, 600)
+    judge_matrix(&out, policy, 400)
 }
 
 fn matrix_arm(policy: &'static str) -> Result<(), String> {
@@ -293,17 +295,17 @@ fn matrix_arm(policy: &'static str) -> Result<(), String> {
 pub fn scenarios() -> Vec<Scenario> {
     vec![
         Scenario::new(
-            "x86 matrix: 40 store forms x chunk/page edges, every 5th case (violation=skip)",
+            "x86 matrix: 40 store forms x chunk/page edges, every 7th case (violation=skip)",
             "bochs tigerlake",
             || matrix_x86("skip", false),
         ),
         Scenario::new(
-            "x86 matrix: 40 store forms x chunk/page edges, every 5th case (violation=inject)",
+            "x86 matrix: 40 store forms x chunk/page edges, every 7th case (violation=inject)",
             "bochs tigerlake",
             || matrix_x86("inject", false),
         ),
         Scenario::new(
-            "x86 matrix: 40 store forms x chunk/page edges, every 5th case (violation=skip spp=on)",
+            "x86 matrix: 40 store forms x chunk/page edges, every 7th case (violation=skip spp=on)",
             "bochs tigerlake",
             || matrix_x86("skip", true),
         ),
