@@ -11,7 +11,8 @@
 //! would change a locked byte must raise #GP(0) at the store and change nothing (a store that
 //! touches locked bytes without changing any may do either, consistently), and a store that
 //! touches no locked byte must not fault. After each store every byte of the four pages is
-//! compared with the model. `stride=N` runs every N-th case (CI); the case count is printed.
+//! compared with the model. `stride=N` runs every N-th case (CI), `all=NAME` every case of the
+//! form NAME whatever the stride; the case count is printed.
 
 use core::arch::asm;
 use core::sync::atomic::Ordering;
@@ -447,6 +448,8 @@ pub fn run(cmdline: &str) -> ! {
             .find_map(|t| t.strip_prefix(k))
     };
     let inject = word("policy=") == Some("inject");
+    // `all=NAME`: every case of that form, whatever the stride.
+    let all = word("all=");
     let stride = word("stride=")
         .and_then(|v| v.parse::<u64>().ok())
         .unwrap_or(1)
@@ -503,7 +506,7 @@ pub fn run(cmdline: &str) -> ! {
                 }
                 last = Some(dst);
                 index += 1;
-                if !(index - 1).is_multiple_of(stride) {
+                if !(index - 1).is_multiple_of(stride) && all != Some(f.name()) {
                     continue;
                 }
                 cases += 1;
