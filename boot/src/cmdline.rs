@@ -82,6 +82,9 @@ pub struct Config {
     pub log_level: LogLevel,
     /// Violation lines printed per instruction address before further ones are counted, not printed.
     pub ratelimit: u32,
+    /// Global bound on violation lines: at most `.0` lines per `.1` violations, whatever their
+    /// instruction addresses (`globalratelimit=N/M`).
+    pub global_ratelimit: (u32, u32),
     /// Guest reboots (PSCI SYSTEM_RESET) allowed per run before the run ends (arm64).
     pub max_resets: u32,
     /// `spp=on`: back chunk protection with EPT sub-page write permissions (x86 SPP) where the
@@ -119,6 +122,7 @@ impl Default for Config {
             violation: ViolationPolicy::Skip,
             log_level: LogLevel::Info,
             ratelimit: DEFAULT_RATELIMIT,
+            global_ratelimit: DEFAULT_GLOBAL_RATELIMIT,
             max_resets: DEFAULT_MAX_RESETS,
             spp: false,
             attrs: Vec::new(),
@@ -131,6 +135,8 @@ impl Default for Config {
 }
 
 pub const DEFAULT_RATELIMIT: u32 = 10;
+/// Default `globalratelimit`: 200 lines per 10,000 violations (bulwark-core's defaults).
+pub const DEFAULT_GLOBAL_RATELIMIT: (u32, u32) = (200, 10_000);
 /// Guest reboots per run unless `maxresets=` says otherwise.
 pub const DEFAULT_MAX_RESETS: u32 = 8;
 /// Largest `maxresets=` accepted.
@@ -192,6 +198,7 @@ pub fn parse(cmdline: &str) -> Result<Config, CmdlineError> {
     let mut seen_violation = false;
     let mut seen_log = false;
     let mut seen_ratelimit = false;
+    let mut seen_global = false;
     let mut seen_maxresets = false;
     let mut seen_spp = false;
     let mut seen_passthrough = false;
@@ -228,6 +235,17 @@ pub fn parse(cmdline: &str) -> Result<Config, CmdlineError> {
                     .ok()
                     .filter(|&n| n >= 1)
                     .ok_or_else(|| err(token, "ratelimit must be between 1 and 4294967295"))?;
+            }
+            "globalratelimit" => {
+                once(&mut seen_global, token)?;
+                let bad = "globalratelimit must be LINES/VIOLATIONS with 1 <= LINES <= VIOLATIONS < 2^32";
+                let (l, w) = value.split_once('/').ok_or_else(|| err(token, bad))?;
+                let l = parse_number(l).map_err(|why| err(token, why))?;
+                let w = parse_number(w).map_err(|why| err(token, why))?;
+                cfg.global_ratelimit = match (u32::try_from(l), u32::try_from(w)) {
+                    (Ok(l), Ok(w)) if l >= 1 && l <= w => (l, w),
+                    _ => return Err(err(token, bad)),
+                };
             }
             "maxresets" => {
                 once(&mut seen_maxresets, token)?;
@@ -292,7 +310,7 @@ pub fn parse(cmdline: &str) -> Result<Config, CmdlineError> {
             }
             _ => return Err(err(
                 token,
-                "unknown key (known: violation, log, ratelimit, maxresets, spp, attr, passthrough, hyp-abi)",
+                "unknown key (known: violation, log, ratelimit, globalratelimit, maxresets, spp, attr, passthrough, hyp-abi)",
             )),
         }
     }
@@ -597,6 +615,32 @@ mod tests {
         assert!(e("violation=skip violation=halt").why.contains("twice"));
         assert!(e("ratelimit=0").why.contains("between 1"));
         assert!(e("ratelimit=5G").why.contains("between 1"));
+        assert_eq!(parse("").unwrap().global_ratelimit, (200, 10_000));
+        assert_eq!(
+            parse("globalratelimit=5/1K").unwrap().global_ratelimit,
+            (5, 1024)
+        );
+        assert_eq!(
+            parse("globalratelimit=7/7").unwrap().global_ratelimit,
+            (7, 7)
+        );
+        for bad in [
+            "globalratelimit=0/10",
+            "globalratelimit=11/10",
+            "globalratelimit=10",
+            "globalratelimit=1/5G",
+            "globalratelimit=/5",
+            "globalratelimit=1/x",
+        ] {
+            assert!(
+                e(bad).why.contains("globalratelimit must be") || e(bad).why.contains("number"),
+                "{bad}: {}",
+                e(bad).why
+            );
+        }
+        assert!(e("globalratelimit=1/2 globalratelimit=1/2")
+            .why
+            .contains("given twice"));
         assert!(e("log=loud").why.contains("error, warn"));
     }
 

@@ -134,6 +134,11 @@ impl log::Log for Logger {
             write_line(format_args!("violation {}", record.args()));
             return;
         }
+        // The global rate limiter's summary: `bulwark: violations suppressed=N total=T`.
+        if record.target() == bulwark_core::violation::SUMMARY_TARGET {
+            write_line(format_args!("violations {}", record.args()));
+            return;
+        }
         write_line(format_args!("{} {}", record.level(), record.args()));
     }
     fn flush(&self) {}

@@ -1135,10 +1135,13 @@ pub fn main(args: &[String]) -> Result<u8, String> {
         "cargo xtask bench".to_string()
     };
     let mut results = Vec::new();
+    let mut fuzz = Vec::new();
     for a in archs {
         results.push(bench_arch(a)?);
+        fuzz.push(crate::matrix_tests::bench_hcfuzz(a)?);
     }
-    let md = markdown(&results, &command);
+    let mut md = markdown(&results, &command);
+    md.push_str(&crate::matrix_tests::bench_hcfuzz_section(&fuzz));
     println!("\n{md}");
     let dir = util::root().join("bench");
     std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;

@@ -18,6 +18,7 @@ mod cpu_tests;
 mod dma_tests;
 mod header;
 mod logtool;
+mod matrix_tests;
 mod smccc_tests;
 mod test;
 mod uboot;

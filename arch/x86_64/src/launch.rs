@@ -213,6 +213,24 @@ pub fn run_guest(
         limits: StoreLimits::default(),
     })
     .map_err(|e| refuse(format!("guest memory configuration refused: {e:?}")))?;
+    let (lines, window) = config.global_ratelimit;
+    guest.violation_log().set_global(lines, window);
+    // SPP: one instruction can write up to 512 bytes (FXSAVE) or the XSAVE area (CPUID 0xD.0
+    // ECX: the largest area of every feature the CPU has), and Bochs checks only the sub-page
+    // of the first byte; sub-pages that far before a protected byte stay write-protected
+    // (docs/x86_64-spp.md).
+    if spp_on {
+        let xsave_max = if cpu.xsave {
+            core::arch::x86_64::__cpuid_count(0xd, 0).ecx
+        } else {
+            0
+        };
+        let reach = xsave_max.max(512) - 1;
+        guest.set_spp_store_reach(reach);
+        log::info!(
+            "SPP: a store reaches up to {reach} bytes past its first sub-page (FXSAVE/XSAVE)"
+        );
+    }
     for a in &config.attrs {
         guest
             .set_host_attributes(a.start.as_u64(), a.size, u64::from(a.perms.bits()), 0)

@@ -303,7 +303,12 @@ impl<'a, const XO: bool> Vm<'a, XO> {
 
     fn finish(&mut self, r: StopReason) -> StopReason {
         self.uart.flush(self.guest_line);
-        let c = self.guest.lock().counters();
+        // Pending rate-limited counts (per ip, and the global summary) before the totals.
+        let c = {
+            let mut g = self.guest.lock();
+            g.violation_log().flush();
+            g.counters()
+        };
         log::info!(
             "counters exits={} hypercalls={} violations={} emulated_stores={} spurious_faults={} table_pages={}",
             self.exits,

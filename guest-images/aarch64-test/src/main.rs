@@ -185,9 +185,12 @@ mod bench;
 mod breach;
 mod demo;
 mod dma;
+mod flood;
 mod forge;
 mod gic;
+mod hcfuzz;
 mod highmem;
+mod matrix;
 mod mmio_guard;
 mod mte;
 mod roe;
@@ -454,6 +457,24 @@ extern "C" fn guest_main(dtb: u64, el: u64) -> ! {
         .find_map(|t| t.strip_prefix("scenario=bench:"))
     {
         bench::run(row)
+    }
+    if bootargs
+        .split_ascii_whitespace()
+        .any(|t| t == "scenario=matrix")
+    {
+        matrix::run(bootargs)
+    }
+    if bootargs
+        .split_ascii_whitespace()
+        .any(|t| t == "scenario=hcfuzz")
+    {
+        hcfuzz::run(bootargs)
+    }
+    if bootargs
+        .split_ascii_whitespace()
+        .any(|t| t == "scenario=flood")
+    {
+        flood::run()
     }
     if bootargs
         .split_ascii_whitespace()

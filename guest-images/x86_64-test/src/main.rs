@@ -71,7 +71,10 @@ macro_rules! say {
 
 mod attr;
 mod bench;
+mod flood;
 mod forge;
+mod hcfuzz;
+mod matrix;
 mod roe;
 mod spp;
 
@@ -328,6 +331,9 @@ extern "C" fn guest_main(magic: u32, info: u64) -> ! {
         s if spp::handles(s) => spp::run(s),
         s if bench::handles(s) => bench::run(s),
         s if forge::handles(s) => forge::run(),
+        "flood" => flood::run(),
+        "hcfuzz" => hcfuzz::run(cmdline),
+        "matrix" => matrix::run(cmdline),
         "triple-fault" => triple_fault(),
         "read-bulwark" => read_bulwark(),
         "roe" => roe(),

@@ -118,12 +118,20 @@ fn value(r: u64, sp: u64) -> u64 {
 }
 
 /// Does Bulwark leave sub-page `sp` writable under SPP? Not when it holds a protected byte,
-/// nor when the first 63 bytes of the next sub-page do (a store starting in `sp` could reach
-/// them; `SppVector::from_protected_bytes`): of [`PROT_START`, +[`PROT_LEN`]) that excludes
-/// sub-pages 1, 2 and 3.
+/// nor when the bytes after it that one store (FXSAVE, XSAVE) starting in `sp` could reach do
+/// (`SppVector::from_protected_bytes_reach`): of [`PROT_START`, +[`PROT_LEN`]) that excludes
+/// sub-pages 0 to 3.
 fn spp_writable(sp: u64) -> bool {
-    let (s, e) = (sp * SUBPAGE, (sp + 1) * SUBPAGE + 63);
+    let (s, e) = (sp * SUBPAGE, (sp + 1) * SUBPAGE + store_reach());
     !(s < PROT_START + PROT_LEN && PROT_START < e)
+}
+
+/// How far one store can reach past its first sub-page, as Bulwark computes it for SPP: FXSAVE's
+/// 512 bytes or the largest XSAVE area (CPUID 0xD.0 ECX), less one.
+fn store_reach() -> u64 {
+    let xsave = super::cpuid(1, 0)[2] & (1 << 26) != 0;
+    let max = if xsave { super::cpuid(0xd, 0)[2] } else { 0 };
+    u64::from(max.max(512)) - 1
 }
 
 /// Cost of one quadword store at `a`, in TSC ticks (the best of 4).

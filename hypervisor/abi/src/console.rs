@@ -17,6 +17,9 @@ pub const GUEST_PREFIX: &str = "guest| ";
 pub const RESULT_PREFIX: &str = "bulwark: result status=";
 /// Prefix of a violation line.
 pub const VIOLATION_PREFIX: &str = "bulwark: violation ";
+/// Prefix of the global rate limiter's summary: `bulwark: violations suppressed=N total=T`
+/// (N violations that no violation line reported; T violations so far).
+pub const VIOLATIONS_SUMMARY_PREFIX: &str = "bulwark: violations ";
 
 /// Parse a result line (tagged or not): returns `(status, reason)`. It says nothing about whether
 /// Bulwark wrote the line: check that with [`crate::logauth::Verifier`] first.

@@ -218,6 +218,9 @@ pub struct Guest {
     guard: MmioGuard,
     log: ViolationLog,
     counters: Counters,
+    /// How far one guest store can reach past the SPP sub-page it starts in
+    /// ([`SppVector::from_protected_bytes_reach`]).
+    spp_reach: u32,
     /// (vcpu, page, ip, count) of the current run of identical spurious faults.
     spurious_streak: (u32, u64, u64, u32),
     /// The back end completes unsized writes to chunk pages by single-stepping the
@@ -269,6 +272,7 @@ impl Guest {
             guard: MmioGuard::default(),
             log: ViolationLog::new(cfg.ratelimit),
             counters: Counters::default(),
+            spp_reach: crate::pt::sppt::STORE_REACH,
             spurious_streak: (0, u64::MAX, 0, 0),
             shadow_step: false,
             hyp_abi: HypAbi::default(),
@@ -320,6 +324,13 @@ impl Guest {
     pub fn regions(&self) -> &[MemRegion] {
         &self.regions
     }
+    /// Set how far one guest store can reach past the SPP sub-page it starts in (the largest
+    /// store less one byte; at least [`crate::pt::sppt::STORE_REACH`]). Call before any chunk
+    /// is protected.
+    pub fn set_spp_store_reach(&mut self, reach: u32) {
+        self.spp_reach = reach.max(crate::pt::sppt::STORE_REACH);
+    }
+
     pub fn violation_log(&mut self) -> &mut ViolationLog {
         &mut self.log
     }
@@ -649,7 +660,7 @@ impl Guest {
                         out.try_reserve(1).map_err(|_| PtError::OutOfFrames)?;
                         out.push((
                             GuestPhysAddr::from_frame(g),
-                            SppVector::from_protected_bytes(bits),
+                            SppVector::from_protected_bytes_reach(bits, self.spp_reach),
                         ));
                     }
                 }

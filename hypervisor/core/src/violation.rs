@@ -12,6 +12,18 @@
 //! [`ViolationLog::flush`] (called when the run ends) prints a line for every `ip` that still
 //! has an unreported count. The table is fixed-size (no allocation); when it is full, the entry
 //! with the oldest use is evicted after its pending count is printed.
+//!
+//! Global bound: the per-ip table alone cannot stop a guest that rotates over more store
+//! addresses than it has slots (every write would print a line, and on x86 a console line costs
+//! Bulwark about 420,000 guest instructions). So every line the per-ip limiter wants to print
+//! also needs a token from a global window: at most `lines` violation lines per window of
+//! `window` violations (whatever their ips). A line refused by the window is not lost: the
+//! violations it stood for are counted and the first violation of the next window (or
+//! [`ViolationLog::flush`] at the end of the run) prints one summary record,
+//! `bulwark: violations suppressed=N total=T` (target [`SUMMARY_TARGET`]), N being the
+//! violations that no line reported, T every violation so far. Accounting is exact: summing, over
+//! the printed violation lines, `suppressed=` when present and 1 otherwise, plus every summary's
+//! `suppressed=`, gives the number of violations.
 
 use core::fmt;
 
@@ -22,6 +34,12 @@ use crate::exit::Access;
 
 /// `log` target of violation lines.
 pub const VIOLATION_TARGET: &str = "bulwark::violation";
+/// `log` target of the global summary record (`bulwark: violations suppressed=N total=T`).
+pub const SUMMARY_TARGET: &str = "bulwark::violations";
+/// Default global bound: violation lines per window.
+pub const DEFAULT_GLOBAL_LINES: u32 = 200;
+/// Default global bound: violations per window.
+pub const DEFAULT_GLOBAL_WINDOW: u32 = 10_000;
 /// After the limit, one line per this many suppressed violations from one ip.
 pub const SUPPRESSED_REPORT_EVERY: u64 = 1000;
 const SLOTS: usize = 32;
@@ -115,9 +133,23 @@ pub struct ViolationLog {
     limit: u64,
     slots: [Slot; SLOTS],
     clock: u64,
-    /// Lines printed.
+    /// Global bound: lines per window, violations per window.
+    global_lines: u64,
+    global_window: u64,
+    /// Violations seen in the current window, lines printed in it.
+    window_seen: u64,
+    window_lines: u64,
+    /// Violations whose lines the global window refused, not yet reported by a summary.
+    global_pending: u64,
+    /// Every violation recorded.
+    pub total: u64,
+    /// Violation lines printed (summaries not included).
     pub printed: u64,
-    /// Violations not printed (so far).
+    /// Summary records printed.
+    pub summaries: u64,
+    /// Violations reported by summary records (their `suppressed=` counts).
+    pub summarized: u64,
+    /// Violations not printed as a line of their own (so far).
     pub suppressed_total: u64,
 }
 
@@ -128,15 +160,51 @@ impl ViolationLog {
             limit: u64::from(limit.max(1)),
             slots: [EMPTY; SLOTS],
             clock: 0,
+            global_lines: u64::from(DEFAULT_GLOBAL_LINES),
+            global_window: u64::from(DEFAULT_GLOBAL_WINDOW),
+            window_seen: 0,
+            window_lines: 0,
+            global_pending: 0,
+            total: 0,
             printed: 0,
+            summaries: 0,
+            summarized: 0,
             suppressed_total: 0,
         }
     }
 
+    /// Set the global bound: at most `lines` violation lines per `window` violations (both at
+    /// least 1; `lines` is capped at `window`). Call before the first violation.
+    pub fn set_global(&mut self, lines: u32, window: u32) {
+        self.global_window = u64::from(window.max(1));
+        self.global_lines = u64::from(lines.max(1)).min(self.global_window);
+    }
+
+    /// Print the summary of violations the global window kept from the console, if any.
+    fn summary(&mut self) -> Option<u64> {
+        let n = core::mem::take(&mut self.global_pending);
+        if n == 0 {
+            return None;
+        }
+        self.summaries = self.summaries.saturating_add(1);
+        self.summarized = self.summarized.saturating_add(n);
+        log::error!(target: SUMMARY_TARGET, "suppressed={n} total={}", self.total);
+        Some(n)
+    }
+
     /// Record a violation; returns the lines to print now (0, 1 or 2: an evicted entry's
     /// pending count, then this one), and emits them through `log`.
+    /// Lines the global window refuses are dropped from the result (their violations go to the
+    /// next summary).
     pub fn record(&mut self, v: Violation) -> [Option<ViolationLine>; 2] {
         self.clock = self.clock.wrapping_add(1);
+        if self.window_seen >= self.global_window {
+            self.window_seen = 0;
+            self.window_lines = 0;
+            self.summary();
+        }
+        self.window_seen += 1;
+        self.total = self.total.saturating_add(1);
         let ip = v.ip.as_u64();
         let mut out = [None, None];
         let idx = match self
@@ -197,15 +265,31 @@ impl ViolationLog {
                 }
             }
         }
-        for l in out.iter().flatten() {
-            self.printed = self.printed.saturating_add(1);
-            log::error!(target: VIOLATION_TARGET, "{l}");
+        for slot in out.iter_mut() {
+            let Some(l) = *slot else { continue };
+            if self.window_lines < self.global_lines {
+                self.window_lines += 1;
+                self.printed = self.printed.saturating_add(1);
+                log::error!(target: VIOLATION_TARGET, "{l}");
+            } else {
+                // The violations this line stood for: its suppressed count (which includes
+                // `v` for a report line, and already counts in `suppressed_total`), else 1.
+                let weight = if l.suppressed > 0 {
+                    l.suppressed
+                } else {
+                    self.suppressed_total = self.suppressed_total.saturating_add(1);
+                    1
+                };
+                self.global_pending = self.global_pending.saturating_add(weight);
+                *slot = None;
+            }
         }
         out
     }
 
     /// Print (and return the number of) lines for every ip with unreported suppressed
-    /// violations. Call when the run ends.
+    /// violations, then the global summary if the window refused lines. Call when the run
+    /// ends (the per-ip lines here are not subject to the window: at most one per slot).
     pub fn flush(&mut self) -> u64 {
         let mut n = 0;
         for s in self.slots.iter_mut() {
@@ -219,7 +303,7 @@ impl ViolationLog {
             }
         }
         self.printed = self.printed.saturating_add(n);
-        n
+        n + u64::from(self.summary().is_some())
     }
 }
 
@@ -281,6 +365,91 @@ mod tests {
         assert_eq!(log.flush(), 1, "ip 1 has 2 pending");
         assert_eq!(log.flush(), 0);
         assert_eq!(log.suppressed_total, SUPPRESSED_REPORT_EVERY + 2);
+    }
+
+    /// What a printed line stands for: its suppressed count, or the one violation it reports.
+    fn weight(l: &ViolationLine) -> u64 {
+        if l.suppressed > 0 {
+            l.suppressed
+        } else {
+            1
+        }
+    }
+
+    /// Per-ip counts `flush` will print.
+    fn pending(log: &ViolationLog) -> u64 {
+        log.slots
+            .iter()
+            .filter(|s| s.last.is_some())
+            .map(|s| s.pending)
+            .sum()
+    }
+
+    #[test]
+    fn rotating_addresses_stay_within_the_global_bound() {
+        // 200 distinct ips, each hit many times (the per-ip table has 32 slots, so without the
+        // global bound every one of these would print).
+        for (lines, window, n) in [(20, 1000, 50_000u64), (200, 10_000, 123_457), (1, 1, 5000)] {
+            let mut log = ViolationLog::new(10);
+            log.set_global(lines, window);
+            let mut printed_weight = 0;
+            let mut printed = 0u64;
+            for i in 0..n {
+                for l in log.record(v(0x1000 + (i % 200) * 4)).iter().flatten() {
+                    printed_weight += weight(l);
+                    printed += 1;
+                }
+            }
+            let windows = n.div_ceil(u64::from(window));
+            assert!(
+                printed <= windows * u64::from(lines),
+                "{printed} lines in {windows} windows of {lines}"
+            );
+            assert_eq!(log.printed, printed);
+            // One summary at most per window boundary.
+            assert!(log.summaries < windows);
+            let flushed = pending(&log);
+            let before = log.summaries;
+            let f = log.flush();
+            assert!(f <= SLOTS as u64 + 1);
+            assert!(log.summaries <= before + 1);
+            assert_eq!(log.total, n);
+            assert_eq!(
+                printed_weight + flushed + log.summarized,
+                n,
+                "exact accounting ({lines}/{window})"
+            );
+        }
+    }
+
+    #[test]
+    fn global_bound_leaves_few_violations_alone() {
+        // Under the window's line budget, every line prints as before and no summary appears.
+        let mut log = ViolationLog::new(10);
+        log.set_global(200, 10_000);
+        for i in 0..150 {
+            assert!(log.record(v(i))[1].is_some());
+        }
+        assert_eq!(log.flush(), 0);
+        assert_eq!(log.summaries, 0);
+        assert_eq!(log.printed, 150);
+    }
+
+    #[test]
+    fn summary_counts_the_refused_lines() {
+        let mut log = ViolationLog::new(100);
+        log.set_global(3, 10);
+        let mut got = 0;
+        for i in 0..10 {
+            got += log.record(v(i)).iter().flatten().count();
+        }
+        assert_eq!(got, 3);
+        assert_eq!(log.summarized, 0);
+        // The next window's first violation reports the 7 refused ones.
+        assert!(log.record(v(99))[1].is_some());
+        assert_eq!((log.summaries, log.summarized), (1, 7));
+        assert_eq!(log.suppressed_total, 7);
+        assert_eq!(log.flush(), 0);
     }
 
     #[test]

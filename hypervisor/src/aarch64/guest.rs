@@ -72,7 +72,19 @@ struct ExitStats {
     sw_writes: u64,
     /// Store-exclusives completed by Bulwark.
     sw_exclusive: u64,
+    /// ROE calls whose address did not translate through the guest's stage 1 (-EINVAL); only
+    /// the first [`WALK_WARN_LINES`] print a line, so the guest cannot flood the console.
+    roe_walk_errors: u64,
+    /// Stage-2 aborts outside the map (an external abort injected each time); only the first
+    /// [`WALK_WARN_LINES`] print a line.
+    stage2_aborts: u64,
 }
+
+/// Lines printed per run for each kind of guest-triggered warning (ROE addresses that do not
+/// translate, stage-2 aborts outside the map); later ones are only counted
+/// (`roe_walk_errors=`, `stage2_aborts=` in the counters line), so a guest cannot flood the
+/// console with them.
+const WALK_WARN_LINES: u64 = 8;
 
 /// Linear map of guest RAM: IPA `[ipa_base, ipa_base + size)` is host `[host_base, ...)`.
 #[derive(Clone, Copy, Debug)]
@@ -761,6 +773,8 @@ fn smccc_services(abi: bulwark_abi::smccc::HypAbi, psci_method: Option<&str>) ->
 fn new_core(gcfg: &GuestConfig, cfg: &cmdline::Config) -> Result<Guest, alloc::string::String> {
     let mut g = Guest::new(gcfg.clone()).map_err(|e| alloc::format!("guest memory map: {e:?}"))?;
     g.set_hyp_abi(cfg.hyp_abi);
+    let (lines, window) = cfg.global_ratelimit;
+    g.violation_log().set_global(lines, window);
     for a in &cfg.attrs {
         g.set_host_attributes(a.start.as_u64(), a.size, u64::from(a.perms.bits()), 0)
             .map_err(|e| alloc::format!("{}", cfg.attr_refused(a, &e)))?;
@@ -953,14 +967,23 @@ impl Vm {
                     );
                 }
                 if let Some(e) = tr.last_error {
-                    log::warn!(
-                        "guest: a ROE address did not translate through the guest's stage-1 tables: {e:?}{}",
-                        if matches!(e, bulwark_core::gwalk::WalkError::UnsupportedGranule { .. }) {
-                            " (Bulwark walks 4 KiB-granule tables only; 16 and 64 KiB granules get -EINVAL)"
-                        } else {
-                            ""
-                        }
-                    );
+                    self.stats.roe_walk_errors += 1;
+                    let n = self.stats.roe_walk_errors;
+                    if n <= WALK_WARN_LINES {
+                        log::warn!(
+                            "guest: a ROE address did not translate through the guest's stage-1 tables: {e:?}{}{}",
+                            if matches!(e, bulwark_core::gwalk::WalkError::UnsupportedGranule { .. }) {
+                                " (Bulwark walks 4 KiB-granule tables only; 16 and 64 KiB granules get -EINVAL)"
+                            } else {
+                                ""
+                            },
+                            if n == WALK_WARN_LINES {
+                                "; further ones are counted, not printed (roe_walk_errors= in the counters line)"
+                            } else {
+                                ""
+                            }
+                        );
+                    }
                 }
                 if let HypercallOutcome::Handled { action, rederive } = outcome {
                     return match rederive {
@@ -1301,6 +1324,11 @@ impl Vm {
         let esr = d.esr;
         let inside_ram = f.gpa.as_u64() >= self.gram.ipa_base
             && f.gpa.as_u64() < self.gram.ipa_base + self.gram.size;
+        self.stats.stage2_aborts += 1;
+        let n = self.stats.stage2_aborts;
+        if n > WALK_WARN_LINES {
+            return self.inject_or_stop(f);
+        }
         let hidden = self
             .hidden
             .iter()
@@ -1311,7 +1339,7 @@ impl Vm {
             None => alloc::string::String::from("no memory or device at this IPA"),
         };
         log::warn!(
-            "stage-2 abort: ipa={:#x} va={:#x}{} pc={:#x} access={} size={} esr={:#x} ({}, {} level {}{}) {}",
+            "stage-2 abort: ipa={:#x} va={:#x}{} pc={:#x} access={} size={} esr={:#x} ({}, {} level {}{}) {}{}",
             f.gpa,
             f.gva.map_or(0, |v| v.as_u64()),
             if f.gva.is_none() { " (FAR not valid)" } else { "" },
@@ -1323,7 +1351,12 @@ impl Vm {
             fsc_name(esr.fsc()),
             fsc_level(esr.fsc()),
             if esr.s1ptw() { ", stage-1 walk" } else { "" },
-            what
+            what,
+            if n == WALK_WARN_LINES {
+                "; further ones are counted, not printed (stage2_aborts= in the counters line)"
+            } else {
+                ""
+            }
         );
         self.inject_or_stop(f)
     }
@@ -1439,7 +1472,7 @@ impl Vm {
             "counters exits={} exit_hvc={} exit_smc={} exit_dabt={} exit_iabt={} exit_wfi={} exit_sstep={} exit_other={} \
              hypercalls={} hypercall_errors={} el0_calls_refused={} violations={} violations_roe={roe} violations_roe_chunk={chunk} \
              violations_mmio_guard={guard} violations_attr={attr} emulated_stores={} sw_steps={} sw_writes={} sw_exclusive={} \
-             spurious_faults={} mmio_maps={} mmio_unmaps={} table_pages={} violations_dma={}",
+             spurious_faults={} mmio_maps={} mmio_unmaps={} table_pages={} violations_dma={} roe_walk_errors={} stage2_aborts={}",
             s.exits,
             s.hvc,
             s.smc,
@@ -1460,7 +1493,9 @@ impl Vm {
             c.mmio_maps,
             c.mmio_unmaps,
             self.pool.in_use,
-            self.smmu.as_ref().map_or(0, |s| s.faults)
+            self.smmu.as_ref().map_or(0, |s| s.faults),
+            s.roe_walk_errors,
+            s.stage2_aborts
         );
     }
 

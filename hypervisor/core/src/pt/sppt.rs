@@ -46,15 +46,27 @@ impl SppVector {
     /// the sub-page of the first byte (Bochs 2.7 does; docs/x86_64-spp.md) would let it change
     /// protected bytes there. (A store that crosses into the next page is checked there by EPT.)
     pub fn from_protected_bytes(bits: &[u64; 64]) -> Self {
-        // Bytes [128j, 128j + STORE_REACH) of sub-page j: low bits of word 2j.
-        let head = |j: usize| {
-            bits.get(2 * j)
-                .map_or(0, |w| w & ((1u64 << STORE_REACH) - 1))
+        Self::from_protected_bytes_reach(bits, STORE_REACH)
+    }
+
+    /// As [`SppVector::from_protected_bytes`] for stores that reach `reach` bytes past the
+    /// sub-page they start in (any number; the page end bounds it): sub-page i is writable only
+    /// when bytes `128i .. 128i + 128 + reach` of the page hold no protected byte. FXSAVE writes
+    /// 512 bytes and XSAVE up to its area size in one instruction, and Bochs 2.7 checks only
+    /// the sub-page of the first byte (docs/x86_64-spp.md): the x86 back end passes the largest
+    /// such store its guest can make.
+    pub fn from_protected_bytes_reach(bits: &[u64; 64], reach: u32) -> Self {
+        let protected = |b: usize| {
+            bits.get(b / 64)
+                .is_some_and(|w| w & (1u64 << (b % 64)) != 0)
         };
+        let span = SUBPAGE_SIZE as usize + reach as usize;
         let mut mask = 0u32;
-        for (i, pair) in bits.chunks_exact(2).enumerate() {
-            if pair.iter().all(|w| *w == 0) && head(i + 1) == 0 {
-                mask |= 1 << (i % 32);
+        for i in 0..SUBPAGES {
+            let start = i * SUBPAGE_SIZE as usize;
+            let end = start.saturating_add(span).min(PAGE_SIZE as usize);
+            if !(start..end).any(protected) {
+                mask |= 1 << i;
             }
         }
         Self::from_writable_mask(mask)

@@ -2,7 +2,7 @@
 //! with their own decoding, not with the formats' `decode`.
 
 use super::ept::Ept;
-use super::sppt::{SppVector, Sppt};
+use super::sppt::{SppVector, Sppt, STORE_REACH};
 use super::stage2::{Stage2, Stage2Config};
 use super::*;
 use crate::physmem::FakePhysMem;
@@ -528,6 +528,41 @@ fn sppt_paths_vectors_and_failure() {
     bits[6] = 1 << 62; // byte 446: sub-page 3, offset 62
     let v = SppVector::from_protected_bytes(&bits);
     assert!(v.writable(1) && !v.writable(2) && !v.writable(3) && v.writable(4));
+    // A longer reach (FXSAVE: 512 bytes): every sub-page whose 128 + 511 bytes hold byte 446.
+    let r = SppVector::from_protected_bytes_reach(&bits, 511);
+    assert!((0..4).all(|i| !r.writable(i)) && (4..32).all(|i| r.writable(i)));
+    // Reach 0: only the sub-page itself; the page end bounds any reach.
+    let r = SppVector::from_protected_bytes_reach(&bits, 0);
+    assert!(r.writable(2) && !r.writable(3));
+    let r = SppVector::from_protected_bytes_reach(&bits, u32::MAX);
+    assert!((0..4).all(|i| !r.writable(i)) && r.writable(4));
+    // The default equals reach STORE_REACH, for random maps.
+    let mut x = 0x1234_5678_9abc_def1u64;
+    for _ in 0..200 {
+        let mut b = [0u64; 64];
+        for w in b.iter_mut() {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            *w = if x.is_multiple_of(7) {
+                x & (x >> 11) & (x >> 23)
+            } else {
+                0
+            };
+        }
+        // The word-wise rule: sub-page i and the first STORE_REACH bytes of sub-page i + 1.
+        let head = |j: usize| b.get(2 * j).map_or(0, |w| w & ((1u64 << STORE_REACH) - 1));
+        let mut mask = 0u32;
+        for (i, pair) in b.chunks_exact(2).enumerate() {
+            if pair.iter().all(|w| *w == 0) && head(i + 1) == 0 {
+                mask |= 1 << i;
+            }
+        }
+        assert_eq!(
+            SppVector::from_writable_mask(mask),
+            SppVector::from_protected_bytes_reach(&b, STORE_REACH)
+        );
+    }
     // Failure leaves the table unchanged.
     mem.set_limit(Some(mem.allocated() + 1));
     let before = mem.allocated();

@@ -198,7 +198,15 @@ impl Vm {
         }
         let isv = d.esr.ec() == ec::DABT_LOWER && d.esr.isv();
         match f.size {
-            Some(n) if isv => f.gpa.page_offset() + u64::from(n) > PAGE_SIZE,
+            // A store that crosses into this page from the one before faults here with FAR at
+            // (or just after) this page's start, not at the store's first byte (QEMU reports the
+            // page start): the syndrome then describes bytes the store does not write. Within
+            // the first `n` bytes of a page the store may have begun on the previous page, so
+            // the software path (which decodes the instruction's own address) completes it.
+            Some(n) if isv => {
+                let off = f.gpa.page_offset();
+                off + u64::from(n) > PAGE_SIZE || off < u64::from(n)
+            }
             _ => true,
         }
     }
