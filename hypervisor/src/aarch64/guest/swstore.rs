@@ -247,7 +247,13 @@ impl Vm {
         let s1ptw = d.esr.s1ptw();
         if !s1ptw {
             if let Some(x) = self.insn_at_pc().and_then(decode_exclusive) {
-                return self.emulate_exclusive(f, x);
+                let a = self.emulate_exclusive(f, x);
+                // An emulated store-exclusive completes without a step: that is progress, so
+                // the restart bound starts again (a guest's loop may run the same STXR often).
+                if !matches!(a, Action::Stop(_)) {
+                    self.sw_restarts = (0, 0);
+                }
+                return a;
             }
         }
         let mut step = Step {
