@@ -6,7 +6,7 @@
 //!   run --arch A [--emulator bochs|qemu] [--cpu MODEL] [--timeout S] [--cmdline S]
 //!       [--guest FILE] [--guest-cmdline S] [--release]
 //!   qemu [--arch A] [same options as run]
-//!   test [FILTER...] [--list] [--no-host] [--slow]
+//!   test [FILTER...] [--list] [--no-host]
 //!   bench [--arch A]
 //!   log FILE [--json]
 
@@ -46,7 +46,7 @@ commands:
         VMX); aarch64 uboot = Debian's U-Boot loads Bulwark and the guest from a disk (booti)
   qemu  [--arch A] [run options]
         x86_64: QEMU/KVM with nested VMX (only where /dev/kvm offers it); aarch64: run --emulator qemu
-  test  [FILTER...] [--list] [--no-host] [--slow]
+  test  [FILTER...] [--list] [--no-host]
         host tests, lint, then every emulator scenario; prints a result table
   bench [--arch A]
         deterministic path-length and footprint benchmarks

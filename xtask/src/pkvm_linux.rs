@@ -8,10 +8,11 @@
 //! ioremapped: unregistered) through `/dev/mem`. Bulwark refuses the second read with its
 //! `kind=mmio-guard` violation line, the reader gets SIGBUS, and the kernel powers off cleanly.
 //!
-//! Slow: the first run downloads the source package and builds the kernel (tens of minutes on a
-//! shared 2-core machine), so it runs only with `cargo xtask test --slow` or `BULWARK_SLOW=1`
-//! (docs/testing.md). The Image is cached under `target/xtask/aarch64/pkvm-linux/`, keyed by a
-//! hash of the config fragment and the source package's file name: later runs boot at once.
+//! The first run downloads the source package (154 MB) and builds the kernel: about 5 minutes
+//! on an otherwise idle 2-core machine (measured 293 s in all, 257 s of `make -j2 Image`; 8 min
+//! 49 s with other jobs loading it), so it runs in CI like any scenario. The Image is cached under
+//! `target/xtask/aarch64/pkvm-linux/`, keyed by a hash of the config fragment and the source
+//! package's file name: later runs boot at once (about 6 s).
 
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
@@ -274,7 +275,7 @@ pub fn kernel_image() -> Result<PathBuf, String> {
     let jobs = std::thread::available_parallelism().map_or(2, |n| n.get());
     let log = dir.join("build.log");
     util::progress(&format!(
-        "building the kernel Image (make -j{jobs}; log {}; tens of minutes on 2 cores)",
+        "building the kernel Image (make -j{jobs}; log {}; about 5 minutes on 2 cores)",
         log.display()
     ));
     let t = std::time::Instant::now();
@@ -411,17 +412,24 @@ fn upstream_client() -> Result<(), String> {
     if maps == 0 {
         return Err("mmio_maps=0: the kernel registered no device page".into());
     }
+    // Every call the kernel made (MMIO_GUARD for each device page, HYP_MEMINFO, PSCI, ...)
+    // succeeded: a refused registration is also counted here.
+    let errors = counter(&out, "hypercall_errors")?;
+    if errors != 0 {
+        return Err(format!(
+            "hypercall_errors={errors}: Bulwark refused a call of the kernel"
+        ));
+    }
     util::progress(&format!(
         "    mmio_maps={maps} (device pages the kernel's ioremap hook registered)"
     ));
     Ok(())
 }
 
-/// Slow scenarios: only with `cargo xtask test --slow` or `BULWARK_SLOW=1` (test.rs).
 pub fn scenarios() -> Vec<Scenario> {
     vec![Scenario::new(
         "aarch64 pkvm-linux: Linux 6.12 with CONFIG_ARM_PKVM_GUEST under hyp-abi=upstream registers its devices; an unregistered read is refused",
-        "qemu virt el2 smmuv3 (slow)",
+        "qemu virt el2 smmuv3",
         upstream_client,
     )]
 }

@@ -71,13 +71,10 @@ pub fn main(args: &[String]) -> Result<u8, String> {
     let mut filters = Vec::new();
     let mut list = false;
     let mut host = true;
-    // Slow scenarios (a kernel build on first use) run only when asked for (docs/testing.md).
-    let mut slow = std::env::var("BULWARK_SLOW").is_ok_and(|v| v == "1");
     for a in args {
         match a.as_str() {
             "--list" => list = true,
             "--no-host" => host = false,
-            "--slow" => slow = true,
             s if s.starts_with("--") => return Err(format!("unknown test option '{s}'")),
             s => filters.push(s.to_string()),
         }
@@ -95,9 +92,7 @@ pub fn main(args: &[String]) -> Result<u8, String> {
     all.extend(crate::attr_tests::scenarios());
     all.extend(crate::bench::scenarios());
     all.extend(crate::console_tests::scenarios());
-    if slow {
-        all.extend(crate::pkvm_linux::scenarios());
-    }
+    all.extend(crate::pkvm_linux::scenarios());
     let selected: Vec<Scenario> = all
         .into_iter()
         .filter(|s| {
@@ -114,9 +109,7 @@ pub fn main(args: &[String]) -> Result<u8, String> {
         return Ok(0);
     }
     if selected.is_empty() {
-        return Err(
-            "no scenario matches the filter (slow ones need --slow or BULWARK_SLOW=1)".into(),
-        );
+        return Err("no scenario matches the filter".into());
     }
 
     let total = selected.len();
