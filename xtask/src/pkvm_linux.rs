@@ -39,6 +39,8 @@ const RTC_ID0: u64 = 0x0901_0ff0;
 const PCI_WINDOW: u64 = 0x1000_0000;
 
 const MARK: &str = "PKVM-LINUX:";
+/// Bulwark's status when a guest's SYSTEM_RESET ends the run (docs/aarch64.md).
+const STATUS_GUEST_RESET: u32 = 0xB2;
 
 fn dir() -> Result<PathBuf, String> {
     util::out_dir("aarch64/pkvm-linux")
@@ -322,7 +324,9 @@ fn refute(out: &Outcome, needle: &str, why: &str) -> Result<(), String> {
     a::refute(out, needle, why)
 }
 
-fn upstream_client() -> Result<(), String> {
+/// Boots the pKVM-guest kernel with its /init under Bulwark's command line `cmdline`, on QEMU
+/// virt with the SMMUv3 (so the PCI host bridge is passed through).
+fn boot(cmdline: &str) -> Result<Outcome, String> {
     let kernel = kernel_image()?;
     let (_, busybox) = a::debian_kernel_and_busybox()?;
     let dir = dir()?;
@@ -334,10 +338,10 @@ fn upstream_client() -> Result<(), String> {
     .map_err(|e| e.to_string())?;
     let payload = dir.join("bundle.bin");
     a::bundle(&kernel, &initramfs, &payload)?;
-    let out = a::run_with(
+    a::run_with(
         &RunOpts {
             cpu: Some(a::LINUX_CPU.into()),
-            cmdline: "hyp-abi=upstream".into(),
+            cmdline: cmdline.into(),
             guest_cmdline: a::LINUX_CMDLINE.into(),
             timeout: Some(180),
             quiet: true,
@@ -348,7 +352,11 @@ fn upstream_client() -> Result<(), String> {
             iommu: true,
             ..a::Extra::default()
         },
-    )?;
+    )
+}
+
+fn upstream_client() -> Result<(), String> {
+    let out = boot("hyp-abi=upstream")?;
     out.expect(0, reason::GUEST_EXIT)?;
     // The kernel's own discovery (drivers/firmware/smccc/kvm_guest.c) finds the upstream bitmap;
     // arm-pkvm-guest.c then registers its ioremap hook (it prints nothing of its own).
@@ -426,12 +434,38 @@ fn upstream_client() -> Result<(), String> {
     Ok(())
 }
 
+/// The same kernel left on the default `hyp-abi=seed` (docs/smccc.md, "Decision"): its first
+/// MEM_SHARE is the seed's ENROLL, none of its registrations exist under that ABI, and its first
+/// device read (the AMBA probe of the PL061's PrimeCell ID, before its console is up) aborts:
+/// fail closed, no device granted, loudly. `maxresets=0` ends the run at the kernel's
+/// panic-reset instead of rebooting it into the same failure.
+fn on_seed_abi() -> Result<(), String> {
+    let out = boot("maxresets=0")?;
+    out.expect(STATUS_GUEST_RESET, "guest-reset")?;
+    a::need(&out, "SMCCC: v1.1 to the guest; hyp-abi=seed")?;
+    a::need(&out, "bulwark: violation kind=mmio-guard access=read")?;
+    a::need(
+        &out,
+        "PSCI SYSTEM_RESET (MMIO guard enrolment on with 0 mapped granule(s))",
+    )?;
+    refute(&out, a::INIT_MARKER, "the kernel reached userspace")?;
+    refute(&out, MARK, "the /init ran")
+}
+
 pub fn scenarios() -> Vec<Scenario> {
-    vec![Scenario::new(
-        "aarch64 pkvm-linux: Linux 6.12 with CONFIG_ARM_PKVM_GUEST under hyp-abi=upstream registers its devices; an unregistered read is refused",
-        "qemu virt el2 smmuv3",
-        upstream_client,
-    )]
+    let emu = "qemu virt el2 smmuv3";
+    vec![
+        Scenario::new(
+            "aarch64 pkvm-linux: Linux 6.12 with CONFIG_ARM_PKVM_GUEST under hyp-abi=upstream registers its devices; an unregistered read is refused",
+            emu,
+            upstream_client,
+        ),
+        Scenario::new(
+            "aarch64 pkvm-linux: the same kernel on the default hyp-abi=seed is enrolled by its MEM_SHARE and cut off from its devices",
+            emu,
+            on_seed_abi,
+        ),
+    ]
 }
 
 #[cfg(test)]
