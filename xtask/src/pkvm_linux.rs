@@ -249,6 +249,8 @@ pub fn kernel_image() -> Result<PathBuf, String> {
     let fragment =
         std::fs::read_to_string(&frag_path).map_err(|e| format!("{}: {e}", frag_path.display()))?;
     let deb = source_deb(&dir)?;
+    // DefaultHasher::new() has fixed keys: stable between runs (a new Rust release may change
+    // it, which costs one rebuild, never a stale Image).
     let mut h = std::collections::hash_map::DefaultHasher::new();
     fragment.hash(&mut h);
     deb.file_name().hash(&mut h);
