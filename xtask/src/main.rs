@@ -19,6 +19,7 @@ mod dma_tests;
 mod header;
 mod logtool;
 mod matrix_tests;
+mod pkvm_linux;
 mod smccc_tests;
 mod test;
 mod uboot;

@@ -95,6 +95,7 @@ pub fn main(args: &[String]) -> Result<u8, String> {
     all.extend(crate::bench::scenarios());
     all.extend(crate::console_tests::scenarios());
     all.extend(crate::matrix_tests::scenarios());
+    all.extend(crate::pkvm_linux::scenarios());
     let selected: Vec<Scenario> = all
         .into_iter()
         .filter(|s| {

@@ -229,6 +229,10 @@ pub struct Guest {
     /// arm64: which numbering of the KVM vendor-hyp functions 2..=7 this guest is served
     /// (Bulwark's `hyp-abi=`; docs/smccc.md). Calls of the other ABI are not this core's.
     hyp_abi: HypAbi,
+    /// arm64: frames of device pages Bulwark emulates itself (the GICv3 redistributors'
+    /// RD_base control pages): in the guest's device tree, not in `regions`, never mapped.
+    /// Sorted. The upstream MMIO_GUARD accepts them (docs/smccc.md).
+    emulated_mmio: Vec<u64>,
 }
 
 fn region_end(r: &MemRegion) -> u64 {
@@ -276,6 +280,7 @@ impl Guest {
             spurious_streak: (0, u64::MAX, 0, 0),
             shadow_step: false,
             hyp_abi: HypAbi::default(),
+            emulated_mmio: Vec::new(),
         })
     }
 
@@ -287,6 +292,21 @@ impl Guest {
 
     pub fn hyp_abi(&self) -> HypAbi {
         self.hyp_abi
+    }
+
+    /// arm64: the device pages (IPAs) Bulwark emulates itself, set once before the guest runs.
+    /// A page that is not 4 KiB aligned or lies in the memory map is ignored (a mapped page is
+    /// never emulated).
+    pub fn set_emulated_mmio(&mut self, pages: &[u64]) {
+        let mut v: Vec<u64> = pages
+            .iter()
+            .map(|&p| GuestPhysAddr::new(p))
+            .filter(|p| p.is_aligned(PAGE_SIZE) && self.region_of(*p).is_none())
+            .map(GuestPhysAddr::frame)
+            .collect();
+        v.sort_unstable();
+        v.dedup();
+        self.emulated_mmio = v;
     }
 
     /// Apply a boot-time host attribute (KVM_SET_MEMORY_ATTRIBUTES rules; must lie in RAM).
@@ -794,11 +814,22 @@ impl Guest {
     /// refused, as for the seed's ENROLL); registering is idempotent and there is no
     /// unregister (upstream has none). Anything but a granule-aligned IPA inside a device
     /// region fails with INVALID_PARAMETER and changes nothing (no enrolment either).
+    ///
+    /// A device page Bulwark emulates itself (`set_emulated_mmio`: the GICv3 redistributors'
+    /// control pages, which the guest's device tree describes as part of the GIC) is accepted
+    /// too, as pKVM accepts any MMIO IPA: a stock kernel ioremaps the whole redistributor
+    /// region and WARNs on a refusal. Nothing is mapped for it (Bulwark's emulation answers every
+    /// access, enrolled or not) and `mmio_maps` does not count it; it enrols like any other.
     fn pkvm_mmio_guard(&mut self, hc: &Hypercall, ipa: u64, a1: u64, a2: u64) -> HypercallOutcome {
         let gpa = GuestPhysAddr::new(ipa);
-        let ok = !hc.from_user
-            && (a1 | a2) == 0
-            && gpa.is_aligned(MMIO_GUARD_GRANULE)
+        let args_ok = !hc.from_user && (a1 | a2) == 0 && gpa.is_aligned(MMIO_GUARD_GRANULE);
+        if args_ok && self.emulated_mmio.binary_search(&gpa.frame()).is_ok() {
+            let first = !self.guard.enrolled;
+            self.guard.enrolled = true;
+            let r = if first { self.device_range() } else { None };
+            return self.smccc_ok(hc, 0, r);
+        }
+        let ok = args_ok
             && self
                 .region_of(gpa)
                 .is_some_and(|r| r.kind == RegionKind::Device);

@@ -505,7 +505,7 @@ pub fn boot_and_run(dt: &'static [u8], desc: &BootDescription<'_>) -> ! {
         spp: false,
         limits: Default::default(),
     };
-    let core_guest = match new_core(&gcfg, &cfg) {
+    let core_guest = match new_core(&gcfg, &cfg, gicr.pages()) {
         Ok(g) => g,
         Err(e) => refuse(format_args!("{e}")),
     };
@@ -770,11 +770,17 @@ fn smccc_services(abi: bulwark_abi::smccc::HypAbi, psci_method: Option<&str>) ->
 
 /// A fresh core guest: the memory map and the boot-time `attr=` ranges, nothing else (no ROE,
 /// no MMIO guard enrolment).
-fn new_core(gcfg: &GuestConfig, cfg: &cmdline::Config) -> Result<Guest, alloc::string::String> {
+/// `emulated`: the device pages Bulwark emulates (the redistributors' control pages).
+fn new_core(
+    gcfg: &GuestConfig,
+    cfg: &cmdline::Config,
+    emulated: &[u64],
+) -> Result<Guest, alloc::string::String> {
     let mut g = Guest::new(gcfg.clone()).map_err(|e| alloc::format!("guest memory map: {e:?}"))?;
     g.set_hyp_abi(cfg.hyp_abi);
     let (lines, window) = cfg.global_ratelimit;
     g.violation_log().set_global(lines, window);
+    g.set_emulated_mmio(emulated);
     for a in &cfg.attrs {
         g.set_host_attributes(a.start.as_u64(), a.size, u64::from(a.perms.bits()), 0)
             .map_err(|e| alloc::format!("{}", cfg.attr_refused(a, &e)))?;
@@ -1080,7 +1086,7 @@ impl Vm {
         }
 
         // 1. Fresh per-guest protection state: boot-time `attr=` only.
-        let core = match new_core(&self.reboot.gcfg, &self.reboot.cfg) {
+        let core = match new_core(&self.reboot.gcfg, &self.reboot.cfg, self.gicr.pages()) {
             Ok(c) => c,
             Err(e) => {
                 log::error!("guest reset: {e}");

@@ -824,6 +824,62 @@ fn dma_view_follows_the_store() {
     assert!(tlb.calls.is_empty());
 }
 
+/// Issue 18.3, measured with Linux 6.12 (`CONFIG_ARM_PKVM_GUEST`): its ioremap hook registers
+/// the whole GICv3 redistributor region, whose RD_base control pages Bulwark emulates (not in
+/// the memory map); MMIO_GUARD refused the first one and the kernel WARNed at boot. An emulated
+/// page is accepted (it enrols like any registration, maps nothing); everything else keeps its
+/// rules, and the seed's MAP is unchanged.
+#[test]
+fn arm64_upstream_mmio_guard_accepts_emulated_pages() {
+    use bulwark_abi::smccc::*;
+    let inval = (-3i64) as u64;
+    let call = |g: &mut Guest, fid: u32, a: [u64; 3]| {
+        let mut t = tr();
+        g.handle_hypercall(&hc(u64::from(fid), a), &mut t)
+    };
+    let mut g = Guest::new(cfg(Arch::Aarch64, ViolationPolicy::Skip, false)).unwrap();
+    g.set_hyp_abi(HypAbi::Upstream);
+    // RAM (0x3000), an unaligned page and a passed-through device page are never "emulated".
+    g.set_emulated_mmio(&[0x080a_0000, 0x3000, 0x080c_0010, 0x0900_0000, 0x080a_0000]);
+    for a in [
+        [0x080a_0000, 1, 0],
+        [0x080a_0000, 0, 1],
+        [0x080a_0010, 0, 0],
+        [0x080b_0000, 0, 0],
+        [0x080c_0000, 0, 0],
+        [0x3000, 0, 0],
+    ] {
+        assert_eq!(result(call(&mut g, PKVM_MMIO_GUARD, a)).0, inval, "{a:x?}");
+    }
+    assert!(!g.mmio_guard().enrolled());
+    // The first registration, of an emulated page, enrols: the device range is re-derived.
+    let (v, r) = result(call(&mut g, PKVM_MMIO_GUARD, [0x080a_0000, 0, 0]));
+    assert_eq!(v, 0);
+    assert_eq!(r, GpaRange::new(GuestPhysAddr::new(0x0900_0000), 0x10_0000));
+    assert!(g.mmio_guard().enrolled());
+    assert_eq!(g.mmio_guard().mapped_count(), 0, "nothing mapped for it");
+    assert_eq!(g.counters().mmio_maps, 0);
+    assert_eq!(
+        result(call(&mut g, PKVM_MMIO_GUARD, [0x080a_0000, 0, 0])),
+        (0, None)
+    );
+    // A passed-through page still registers (and is what mmio_maps counts).
+    let (v, r) = result(call(&mut g, PKVM_MMIO_GUARD, [0x0900_0000, 0, 0]));
+    assert_eq!(
+        (v, r),
+        (0, GpaRange::new(GuestPhysAddr::new(0x0900_0000), 4096))
+    );
+    assert_eq!(g.counters().mmio_maps, 1);
+    // Under the seed ABI the emulated page is no MAP target (its rules are unchanged).
+    let mut s = Guest::new(cfg(Arch::Aarch64, ViolationPolicy::Skip, false)).unwrap();
+    s.set_emulated_mmio(&[0x080a_0000]);
+    assert_eq!(result(call(&mut s, MMIO_GUARD_ENROLL, [0; 3])).0, 0);
+    assert_ne!(
+        result(call(&mut s, MMIO_GUARD_MAP, [0x080a_0000, 0, 0])).0,
+        0
+    );
+}
+
 /// The upstream pKVM ABI (`hyp-abi=upstream`): its own semantics, never the seed's, and the
 /// seed's numbers are not served. The issue's measured breach: MEM_SHARE(RAM page) enrolled the
 /// guest in the MMIO guard (it landed on ENROLL), MEM_UNSHARE landed on MAP.
