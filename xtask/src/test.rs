@@ -67,14 +67,25 @@ fn cargo_step(cargo: &str, args: &[&str], what: &str) -> Result<(), String> {
     }
 }
 
+/// Scenarios that build a real kernel from source (minutes on 2 cores): they run only when a
+/// filter names them (`cargo xtask test pkvm-linux`) or with `--slow`, so CI stays within its
+/// time budget (docs/testing.md, "Slow scenarios").
+const SLOW: &[&str] = &["pkvm-linux"];
+
+fn is_slow(name: &str) -> bool {
+    SLOW.iter().any(|s| name.contains(s))
+}
+
 pub fn main(args: &[String]) -> Result<u8, String> {
     let mut filters = Vec::new();
     let mut list = false;
     let mut host = true;
+    let mut slow = false;
     for a in args {
         match a.as_str() {
             "--list" => list = true,
             "--no-host" => host = false,
+            "--slow" => slow = true,
             s if s.starts_with("--") => return Err(format!("unknown test option '{s}'")),
             s => filters.push(s.to_string()),
         }
@@ -99,10 +110,12 @@ pub fn main(args: &[String]) -> Result<u8, String> {
     let selected: Vec<Scenario> = all
         .into_iter()
         .filter(|s| {
-            filters.is_empty()
-                || filters
-                    .iter()
-                    .any(|f| s.name.contains(f.as_str()) || s.emulator.contains(f.as_str()))
+            let named = filters
+                .iter()
+                .any(|f| s.name.contains(f.as_str()) || s.emulator.contains(f.as_str()));
+            // A slow scenario runs when asked for: `--slow`, or a filter that names it.
+            let slow_ok = slow || !is_slow(&s.name) || filters.iter().any(|f| is_slow(f));
+            (filters.is_empty() || named) && slow_ok
         })
         .collect();
     if list {
