@@ -122,6 +122,7 @@
 #define BULWARK_CONSOLE_GUEST_PREFIX                     "guest| "
 #define BULWARK_CONSOLE_RESULT_PREFIX                    "bulwark: result status="
 #define BULWARK_CONSOLE_VIOLATION_PREFIX                 "bulwark: violation "
+#define BULWARK_CONSOLE_VIOLATIONS_SUMMARY_PREFIX        "bulwark: violations "
 #define BULWARK_STATUS_BULWARK_FAILURE                   0xb0U
 #define BULWARK_REASON_GUEST_EXIT                        "guest-exit"
 #define BULWARK_REASON_NO_GUEST                          "no-guest"

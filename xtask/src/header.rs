@@ -204,6 +204,10 @@ pub fn generate() -> String {
     h.string("CONSOLE_GUEST_PREFIX", console::GUEST_PREFIX);
     h.string("CONSOLE_RESULT_PREFIX", console::RESULT_PREFIX);
     h.string("CONSOLE_VIOLATION_PREFIX", console::VIOLATION_PREFIX);
+    h.string(
+        "CONSOLE_VIOLATIONS_SUMMARY_PREFIX",
+        console::VIOLATIONS_SUMMARY_PREFIX,
+    );
     h.bits("STATUS_BULWARK_FAILURE", console::STATUS_BULWARK_FAILURE);
     for (n, v) in [
         ("GUEST_EXIT", reason::GUEST_EXIT),
