@@ -168,6 +168,9 @@ impl TlbFlush for Stage2Tlb {
         let len = range.end().as_u64() - range.start().as_u64();
         el2::flush_stage2(range.start(), len);
     }
+    fn flush_block(&mut self, range: GpaRange) {
+        el2::flush_stage2_leaf(range.start());
+    }
 }
 
 /// Plan memory, load the guest, build stage 2 and run. Never returns.
