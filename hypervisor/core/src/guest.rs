@@ -15,6 +15,7 @@ use bulwark_abi::smccc::{self, Function};
 use crate::addr::{GpaRange, GuestPhysAddr, GuestVirtAddr, HostPhysAddr, PAGE_SIZE};
 use crate::console::reason;
 use crate::exit::{Access, Action, Hypercall, MemFault, StopReason, StoreEmulation};
+use crate::gwalk::{RangePiece, WalkError};
 use crate::physmem::PhysMem;
 use crate::pt::ept::EptFormat;
 use crate::pt::sppt::{SppVector, Sppt};
@@ -118,6 +119,20 @@ pub trait GuestTranslate {
     /// Guest-physical address of the byte at `gva`; `Err(())` when it does not translate.
     #[allow(clippy::result_unit_err)]
     fn translate(&mut self, gva: GuestVirtAddr) -> Result<GuestPhysAddr, ()>;
+
+    /// The whole range `[gva, gva + len)` at once, with one walk per guest leaf mapping
+    /// ([`crate::gwalk::translate_range`]: pieces in virtual order, physically contiguous
+    /// leaves merged, every piece guest RAM in the back end's view). `None`: this translator
+    /// only translates page by page, and ROE_MPROTECT then calls [`GuestTranslate::translate`]
+    /// for every 4 KiB page.
+    fn translate_range(
+        &mut self,
+        gva: GuestVirtAddr,
+        len: u64,
+    ) -> Option<Result<Vec<RangePiece>, WalkError>> {
+        let _ = (gva, len);
+        None
+    }
 }
 
 /// Result of a hypercall.
@@ -798,6 +813,33 @@ impl Guest {
         // with the number of discontiguous pieces, not with the page count (1 GiB in one call
         // must fit Bulwark's heap).
         let mut runs: Vec<(u64, u64)> = Vec::new();
+        let bytes = pages.checked_mul(PAGE_SIZE).ok_or(Errno::Inval)?;
+        if let Some(r) = tr.translate_range(GuestVirtAddr::new(start), bytes) {
+            // One walk per guest leaf; RAM checked once per piece.
+            let pieces = r.map_err(|e| match e {
+                WalkError::OutOfMemory => Errno::NoMem,
+                _ => Errno::Inval,
+            })?;
+            runs.try_reserve(pieces.len()).map_err(|_| Errno::NoMem)?;
+            for p in &pieces {
+                let (s, e) = (p.gpa.start(), p.gpa.end());
+                if !s.is_aligned(PAGE_SIZE)
+                    || !e.is_aligned(PAGE_SIZE)
+                    || !self.range_is_ram(s, p.gpa.len())
+                {
+                    return Err(Errno::Inval);
+                }
+                let (f, g) = (s.frame(), e.as_u64() / PAGE_SIZE);
+                match runs.last_mut() {
+                    Some(last) if last.1 == f => last.1 = g,
+                    _ => runs.push((f, g)),
+                }
+            }
+            let changed = self.store.roe_lock_runs(&runs).map_err(store_errno)?;
+            self.counters.roe_pages_requested =
+                self.counters.roe_pages_requested.saturating_add(pages);
+            return Ok((pages, changed));
+        }
         for i in 0..pages {
             let gva = GuestVirtAddr::new(start.wrapping_add(i * PAGE_SIZE));
             let gpa = tr.translate(gva).map_err(|()| Errno::Inval)?;

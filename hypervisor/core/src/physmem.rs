@@ -197,6 +197,7 @@ mod tests {
         );
         m.free_frame(d);
         let c = m.alloc_frame().unwrap();
+        assert_eq!(m.read_u64(c), 0, "a garbage frame is zeroed when reused");
         m.write_u64(HostPhysAddr::new(8), 1);
         assert_eq!(m.stray_accesses, 1);
         m.free_frame(HostPhysAddr::new(0x1000));
