@@ -98,6 +98,9 @@ pub fn analyze<S: AsRef<str>>(lines: &[S]) -> Summary {
                 s.verified += 1;
                 match order {
                     Order::InOrder => {}
+                    // Bulwark's own dropped note right after the gap, naming exactly it.
+                    Order::Gap { missing }
+                        if bulwark_abi::console::parse_dropped_note(text) == Some(missing) => {}
                     Order::Gap { missing } => s
                         .seq_breaks
                         .push((n, format!("{missing} Bulwark line(s) missing before it"))),

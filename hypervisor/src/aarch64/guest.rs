@@ -743,6 +743,9 @@ struct Decoded {
 impl Vm {
     fn run(&mut self) -> ! {
         loop {
+            // Held console lines go out while the PL011 takes them; a started line is finished
+            // before the guest (which shares the PL011) runs.
+            crate::logger::poll();
             // The PL011 is the guest's (pass-through): it may leave a line open.
             crate::logger::guest_may_write();
             let kind = vcpu::enter_guest(&mut self.regs);
