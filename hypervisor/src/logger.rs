@@ -199,6 +199,7 @@ impl Console {
 
 /// Append `text` with its tag under the next seq (the ring has room: checked by the caller).
 fn push_tagged(ring: &mut LineRing<RING_BYTES>, text: &[u8]) {
+    HELD.store(true, Ordering::Relaxed);
     {
         let seq = SEQ.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
         match KEY.get() {
@@ -284,6 +285,7 @@ impl Console {
                 self.ring.consume(n);
             }
         }
+        HELD.store(self.ring.used() > 0, Ordering::Relaxed);
         crate::arch::console_release(saved);
     }
 
@@ -302,6 +304,7 @@ impl Console {
             crate::arch::console_write_raw(f);
             self.ring.consume(n);
         }
+        HELD.store(false, Ordering::Relaxed);
         crate::arch::console_release(saved);
     }
 }
@@ -320,9 +323,17 @@ impl Write for Buf<'_> {
     }
 }
 
+/// The ring may hold bytes (set with every append, cleared when a drain empties it): lets
+/// [`poll`] return at once on the exit path when there is nothing to write.
+static HELD: AtomicBool = AtomicBool::new(false);
+
 /// Move what the transmitter takes now from the ring to the UART (never waits, except that on
 /// a shared UART a started line is finished). Called at exits/entries and in idle.
+#[inline]
 pub fn poll() {
+    if !HELD.load(Ordering::Relaxed) {
+        return;
+    }
     if let Some(mut c) = CONSOLE.try_lock() {
         c.drain(crate::arch::CONSOLE_SHARED);
     }
@@ -420,6 +431,7 @@ pub fn write_guest_line(text: &str) {
     if note {
         c.push_note();
     }
+    HELD.store(true, Ordering::Relaxed);
     c.ring.push(&[
         bulwark_abi::console::GUEST_PREFIX.as_bytes(),
         text.as_bytes(),

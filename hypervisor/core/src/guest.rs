@@ -677,6 +677,7 @@ impl Guest {
         }
     }
 
+    #[inline]
     fn done(&mut self, value: u64, rederive: Option<GpaRange>) -> HypercallOutcome {
         HypercallOutcome::Handled {
             action: Action::AdvanceWithResult(value),
@@ -768,7 +769,14 @@ impl Guest {
         } else {
             match RoeRequest::decode(op, a1, a2) {
                 Err(_) => Err(Errno::Inval),
-                Ok(RoeRequest::Version) => Ok((ROE_IMPL_VERSION, None)),
+                // Answered on the spot: a constant outcome is built in the caller's slot (the
+                // merged path below copies its rederive field with a byte-wise memcpy).
+                Ok(RoeRequest::Version) => {
+                    return HypercallOutcome::Handled {
+                        action: Action::AdvanceWithResult(ROE_IMPL_VERSION),
+                        rederive: None,
+                    }
+                }
                 Ok(RoeRequest::Mprotect { start, pages }) => {
                     self.roe_mprotect(start, pages, hc.narrow, tr)
                 }
