@@ -126,6 +126,8 @@ struct LeafCtx {
 }
 
 /// Decode the leaf descriptor `d` found at `level` (shift = its size's log2) as the walk does.
+/// Inlined: in `translate_span`'s loop only the address and the errors are used.
+#[inline(always)]
 fn leaf(
     d: u64,
     level: u8,
