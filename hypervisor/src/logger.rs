@@ -136,10 +136,8 @@ struct Console {
     len: usize,
     cut: bool,
     ring: LineRing<RING_BYTES>,
-    /// Bulwark lines dropped since the last note (their seq numbers were used).
+    /// Violation lines dropped since the last note (their seq numbers were used).
     dropped: u64,
-    /// Relayed guest lines dropped since the last note.
-    guest_dropped: u64,
 }
 
 static CONSOLE: Mutex<Console> = Mutex::new(Console {
@@ -148,7 +146,6 @@ static CONSOLE: Mutex<Console> = Mutex::new(Console {
     cut: false,
     ring: LineRing::new(),
     dropped: 0,
-    guest_dropped: 0,
 });
 
 /// Longest tag plus line end: ` seq=` 20 digits ` mac=` 32 hex `\r\n`.
@@ -226,15 +223,20 @@ fn push_tagged(ring: &mut LineRing<RING_BYTES>, text: &[u8]) {
 }
 
 impl Console {
-    /// Queue the staged line; drop it (its seq is used, so readers see the gap) when the ring
-    /// has no room for it and for the note about earlier drops.
-    fn commit(&mut self) {
-        let note = self.dropped != 0 || self.guest_dropped != 0;
+    /// Queue the staged line. When the ring has no room for it (and for the note about earlier
+    /// drops): a `droppable` line (a violation line: the one kind a guest can make Bulwark print
+    /// in a flood, bounded only by `ratelimit=`) is dropped, its seq used so readers see the gap;
+    /// any other line (Bulwark's own word: errors, the counters, the verdict) waits for room.
+    fn commit(&mut self, droppable: bool) {
+        let note = self.dropped != 0;
         let need = self.len + TAG_MAX + if note { NOTE_MAX } else { 0 };
         if need > self.ring.free() {
-            SEQ.fetch_add(1, Ordering::Relaxed);
-            self.dropped = self.dropped.saturating_add(1);
-            return;
+            if droppable {
+                SEQ.fetch_add(1, Ordering::Relaxed);
+                self.dropped = self.dropped.saturating_add(1);
+                return;
+            }
+            self.make_room(need);
         }
         if note {
             self.push_note();
@@ -242,20 +244,18 @@ impl Console {
         push_tagged(&mut self.ring, self.text.get(..self.len).unwrap_or(&[]));
     }
 
-    /// `bulwark: WARN console dropped=N guest_dropped=M ...`: what was dropped since the last note.
+    /// `bulwark: WARN console dropped=N ...`: the violation lines dropped since the last note.
     fn push_note(&mut self) {
         let mut buf = [0u8; 128];
         let mut w = Buf(&mut buf, 0);
         let _ = write!(
             w,
-            "{}{} guest_dropped={} (console buffer full: the seq gap before this line)",
+            "{}{} (violation lines; console buffer full: the seq gap before this line)",
             bulwark_abi::console::DROPPED_PREFIX,
-            self.dropped,
-            self.guest_dropped
+            self.dropped
         );
         let n = w.1;
         self.dropped = 0;
-        self.guest_dropped = 0;
         push_tagged(&mut self.ring, buf.get(..n).unwrap_or(&[]));
     }
 
@@ -286,6 +286,21 @@ impl Console {
             }
         }
         HELD.store(self.ring.used() > 0, Ordering::Relaxed);
+        crate::arch::console_release(saved);
+    }
+
+    /// Write held bytes, waiting for the transmitter, until `need` bytes are free.
+    fn make_room(&mut self, need: usize) {
+        let saved = crate::arch::console_claim();
+        if !self.ring.mid_line() && GUEST_LINE_OPEN.swap(false, Ordering::Relaxed) {
+            crate::arch::console_write_raw(b"\r\n");
+        }
+        while self.ring.free() < need && self.ring.used() > 0 {
+            let f = self.ring.front_line();
+            let n = f.len();
+            crate::arch::console_write_raw(f);
+            self.ring.consume(n);
+        }
         crate::arch::console_release(saved);
     }
 
@@ -346,7 +361,7 @@ pub fn write_final(args: fmt::Arguments) {
     match CONSOLE.try_lock() {
         Some(mut c) => {
             c.stage(args);
-            c.commit();
+            c.commit(false);
             c.flush();
         }
         None => line_direct(args),
@@ -364,7 +379,7 @@ impl log::Log for Logger {
     fn log(&self, record: &log::Record) {
         // Violation lines have their own stable format (spec §5): no level word.
         if record.target() == bulwark_core::violation::VIOLATION_TARGET {
-            write_line(format_args!("violation {}", record.args()));
+            queue(format_args!("violation {}", record.args()), true);
             return;
         }
         write_line(format_args!("{} {}", record.level(), record.args()));
@@ -399,9 +414,14 @@ pub fn init(level: log::LevelFilter, key: [u8; KEY_LEN], source: &str) {
 /// between CPUs), then write what the transmitter takes now. Never waits for the UART
 /// (docs/console.md): a line the ring has no room for is dropped and reported.
 pub fn write_line(args: fmt::Arguments) {
+    queue(args, false);
+}
+
+/// Queue one line; `droppable`: see [`Console::commit`].
+fn queue(args: fmt::Arguments, droppable: bool) {
     let mut c = CONSOLE.lock();
     c.stage(args);
-    c.commit();
+    c.commit(droppable);
     c.drain(false);
 }
 
@@ -418,15 +438,16 @@ pub fn write_line_unlocked(args: fmt::Arguments) {
 /// A whole guest line relayed by Bulwark's emulated console (x86 COM1): `guest| <text>`, not
 /// tagged (it is the guest's text, not Bulwark's word). The relay has already written control
 /// bytes as `\xNN` (arch/x86_64/src/vm.rs).
+/// Never dropped (each of the guest's bytes already cost it an exit): a line that does not fit
+/// waits for room.
 #[cfg_attr(target_arch = "aarch64", allow(dead_code))]
 pub fn write_guest_line(text: &str) {
     let mut c = CONSOLE.lock();
-    let note = c.dropped != 0 || c.guest_dropped != 0;
+    let note = c.dropped != 0;
     let need =
         bulwark_abi::console::GUEST_PREFIX.len() + text.len() + 2 + if note { NOTE_MAX } else { 0 };
     if need > c.ring.free() {
-        c.guest_dropped = c.guest_dropped.saturating_add(1);
-        return;
+        c.make_room(need);
     }
     if note {
         c.push_note();

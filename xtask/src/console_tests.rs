@@ -208,7 +208,7 @@ mod tests {
     #[test]
     fn a_gap_bulwark_reports_dropped_is_accepted_and_nothing_else() {
         let note = |n: u64| {
-            format!("bulwark: WARN console dropped={n} guest_dropped=0 (console buffer full)")
+            format!("bulwark: WARN console dropped={n} (violation lines; console buffer full)")
         };
         // seq 2 and 3 dropped; the note (seq 4) names exactly 2.
         let out = run(&[

@@ -29,9 +29,8 @@ pub fn parse_result_line(line: &str) -> Option<(u32, &str)> {
 }
 
 /// Prefix of the note Bulwark writes after its console buffer overflowed:
-/// `bulwark: WARN console dropped=N guest_dropped=M (...)`, N Bulwark lines not written (their
-/// `seq` numbers are the gap right before the note), M relayed guest lines not written. The note
-/// is itself a tagged Bulwark line.
+/// `bulwark: WARN console dropped=N (...)`: N violation lines not written (their `seq` numbers
+/// are the gap right before the note). The note is itself a tagged Bulwark line.
 pub const DROPPED_PREFIX: &str = "bulwark: WARN console dropped=";
 
 /// Parse a dropped note (tagged or not): the number of Bulwark lines it reports dropped. It says

@@ -175,9 +175,7 @@ fn policy_and_kind_words() {
 fn dropped_note_parses_only_its_own_format() {
     use crate::console::parse_dropped_note;
     assert_eq!(
-        parse_dropped_note(
-            "bulwark: WARN console dropped=3 guest_dropped=0 (buffer full) seq=9 mac=00"
-        ),
+        parse_dropped_note("bulwark: WARN console dropped=3 (violation lines) seq=9 mac=00"),
         Some(3)
     );
     assert_eq!(
