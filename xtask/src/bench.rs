@@ -733,7 +733,7 @@ fn make_rows(
             h,
             "instructions/write",
             "-",
-            "ratelimit=4294967295: one console line per write",
+            "ratelimit=4294967295: one console line per write (lines the UART cannot take in time are dropped and counted: docs/console.md)",
         );
         add(
             format!("write blocked (skip), logging rate-limited ({})", h.name()),
