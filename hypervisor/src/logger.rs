@@ -411,8 +411,9 @@ pub fn init(level: log::LevelFilter, key: [u8; KEY_LEN], source: &str) {
 }
 
 /// Queue one Bulwark line (`args` is the text after `bulwark: `) as one unit (no interleaving
-/// between CPUs), then write what the transmitter takes now. Never waits for the UART
-/// (docs/console.md): a line the ring has no room for is dropped and reported.
+/// between CPUs), then write what the transmitter takes now (docs/console.md). Waits for the UART
+/// only when the ring has no room for the line (violation lines are dropped instead:
+/// [`Console::commit`]).
 pub fn write_line(args: fmt::Arguments) {
     queue(args, false);
 }
@@ -453,11 +454,17 @@ pub fn write_guest_line(text: &str) {
         c.push_note();
     }
     HELD.store(true, Ordering::Relaxed);
-    c.ring.push(&[
+    let parts: [&[u8]; 3] = [
         bulwark_abi::console::GUEST_PREFIX.as_bytes(),
         text.as_bytes(),
         b"\r\n",
-    ]);
+    ];
+    if !c.ring.push(&parts) {
+        // Longer than the whole ring (the ring is empty now): straight to the UART.
+        for p in parts {
+            crate::arch::console_write_raw(p);
+        }
+    }
     c.drain(false);
 }
 
