@@ -135,13 +135,22 @@ impl PhysMem for FramePool {
         // SAFETY: `f` is a 4 KiB-aligned frame of this pool (checked above) that the engine
         // owns and has not linked into any table yet: nothing else reads or writes it.
         let words = unsafe { core::slice::from_raw_parts_mut(f as *mut u64, 512) };
+        // Four words per iteration (two `stp`s).
+        let (s1, s2, s3, s4) = (
+            stride,
+            stride.wrapping_mul(2),
+            stride.wrapping_mul(3),
+            stride.wrapping_mul(4),
+        );
         let mut v = first;
-        for pair in words.chunks_exact_mut(2) {
-            if let [a, b] = pair {
+        for quad in words.chunks_exact_mut(4) {
+            if let [a, b, c, d] = quad {
                 *a = v;
-                *b = v.wrapping_add(stride);
+                *b = v.wrapping_add(s1);
+                *c = v.wrapping_add(s2);
+                *d = v.wrapping_add(s3);
             }
-            v = v.wrapping_add(stride.wrapping_mul(2));
+            v = v.wrapping_add(s4);
         }
         // The frame is linked by a later volatile store: keep these stores before it.
         core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::Release);

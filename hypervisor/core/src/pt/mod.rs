@@ -301,6 +301,9 @@ pub struct PageTable<F: Format> {
     addr_bits: u8,
     allow_1g: bool,
     pages: usize,
+    /// The frame pools and the unlinked list of `sync`, kept (empty) between calls so that their
+    /// capacity is reused: an edit then makes no heap allocation of its own.
+    scratch: [Vec<HostPhysAddr>; 3],
     _f: PhantomData<F>,
 }
 
@@ -339,6 +342,7 @@ impl<F: Format> PageTable<F> {
             addr_bits,
             allow_1g,
             pages: 1,
+            scratch: [Vec::new(), Vec::new(), Vec::new()],
             _f: PhantomData,
         })
     }
@@ -381,6 +385,10 @@ impl<F: Format> PageTable<F> {
         tlb: &mut dyn TlbFlush,
     ) -> Result<Invalidation, PtError> {
         self.check_range(range)?;
+        let [mut pool, mut pool_split, mut unlinked] = core::mem::take(&mut self.scratch);
+        pool.clear();
+        pool_split.clear();
+        unlinked.clear();
         let mut ctx = Ctx {
             layout,
             apply: false,
@@ -388,7 +396,7 @@ impl<F: Format> PageTable<F> {
             needed_split: 0,
             pool: Vec::new(),
             pool_split: Vec::new(),
-            unlinked: Vec::new(),
+            unlinked,
             inval: Invalidation::none(),
             pending: Invalidation::none(),
             tlb,
@@ -405,8 +413,6 @@ impl<F: Format> PageTable<F> {
             e,
         )?;
         // Reserve.
-        let mut pool = Vec::new();
-        let mut pool_split = Vec::new();
         let mut ok = pool.try_reserve_exact(ctx.needed).is_ok()
             && pool_split.try_reserve_exact(ctx.needed_split).is_ok()
             && ctx.unlinked.try_reserve(16).is_ok();
@@ -458,7 +464,9 @@ impl<F: Format> PageTable<F> {
         for f in ctx.pool.drain(..).chain(ctx.pool_split.drain(..)) {
             mem.free_frame(f);
         }
-        r.map(|()| ctx.inval)
+        let inval = ctx.inval;
+        self.scratch = [ctx.pool, ctx.pool_split, ctx.unlinked];
+        r.map(|()| inval)
     }
 
     /// Map `[gpa, gpa+len)` linearly to `hpa` with `attrs` (largest leaves that fit).
