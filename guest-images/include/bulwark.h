@@ -123,6 +123,7 @@
 #define BULWARK_CONSOLE_RESULT_PREFIX                    "bulwark: result status="
 #define BULWARK_CONSOLE_VIOLATION_PREFIX                 "bulwark: violation "
 #define BULWARK_CONSOLE_VIOLATIONS_SUMMARY_PREFIX        "bulwark: violations "
+#define BULWARK_CONSOLE_DROPPED_PREFIX                   "bulwark: WARN console dropped="
 #define BULWARK_STATUS_BULWARK_FAILURE                   0xb0U
 #define BULWARK_REASON_GUEST_EXIT                        "guest-exit"
 #define BULWARK_REASON_NO_GUEST                          "no-guest"

@@ -7,6 +7,7 @@
 //! line whatever a message holds.
 
 use bulwark_abi::logauth::{self, LineMac, KEY_LEN};
+use bulwark_core::console::LineRing;
 use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use spin::{Mutex, Once};
@@ -84,8 +85,9 @@ impl Write for LineWriter {
     }
 }
 
-/// Write one whole Bulwark line: `bulwark: ` + `args` + tag + line end.
-fn line(args: fmt::Arguments) {
+/// Write one whole Bulwark line straight to the UART, waiting for it: `bulwark: ` + `args` + tag
+/// + line end. Only for the panic and fatal paths (after [`flush_unlocked`]).
+fn line_direct(args: fmt::Arguments) {
     let saved = crate::arch::console_claim();
     if GUEST_LINE_OPEN.swap(false, Ordering::Relaxed) {
         crate::arch::console_write(b"\n");
@@ -98,20 +100,9 @@ fn line(args: fmt::Arguments) {
     w.end_text();
     if let Some(m) = w.mac.take() {
         let mut seq_buf = [0u8; 20];
-        let mut i = seq_buf.len();
-        let mut n = seq;
-        loop {
-            i -= 1;
-            if let Some(d) = seq_buf.get_mut(i) {
-                *d = b'0' + (n % 10) as u8;
-            }
-            n /= 10;
-            if n == 0 || i == 0 {
-                break;
-            }
-        }
+        let digits = decimal(seq, &mut seq_buf);
         crate::arch::console_write(logauth::SEQ_FIELD.as_bytes());
-        crate::arch::console_write(seq_buf.get(i..).unwrap_or(&[]));
+        crate::arch::console_write(digits);
         crate::arch::console_write(logauth::MAC_FIELD.as_bytes());
         crate::arch::console_write(&logauth::hex16(&m.finish()));
     }
@@ -119,7 +110,264 @@ fn line(args: fmt::Arguments) {
     crate::arch::console_release(saved);
 }
 
-static LOCK: Mutex<()> = Mutex::new(());
+/// `n` in decimal, without core::fmt: the digits at the end of `buf`.
+fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        if let Some(d) = buf.get_mut(i) {
+            *d = b'0' + (n % 10) as u8;
+        }
+        n /= 10;
+        if n == 0 || i == 0 {
+            break;
+        }
+    }
+    buf.get(i..).unwrap_or(&[])
+}
+
+/// Bytes of console the logger may hold before lines are dropped (docs/console.md).
+const RING_BYTES: usize = 64 * 1024;
+
+/// The console: a line being formatted, and the ring of lines not yet on the wire.
+struct Console {
+    /// Text of the line being formatted (from `bulwark: `), at most `MAX_TEXT` bytes.
+    text: [u8; logauth::MAX_TEXT],
+    len: usize,
+    cut: bool,
+    ring: LineRing<RING_BYTES>,
+    /// Violation lines dropped since the last note (their seq numbers were used).
+    dropped: u64,
+}
+
+static CONSOLE: Mutex<Console> = Mutex::new(Console {
+    text: [0; logauth::MAX_TEXT],
+    len: 0,
+    cut: false,
+    ring: LineRing::new(),
+    dropped: 0,
+});
+
+/// Longest tag plus line end: ` seq=` 20 digits ` mac=` 32 hex `\r\n`.
+const TAG_MAX: usize = 5 + 20 + 5 + 32 + 2;
+/// Room a dropped note needs (text and tag).
+const NOTE_MAX: usize = 128 + TAG_MAX;
+
+/// Formats into `Console::text`, cut like [`LineWriter`], control characters as `?`.
+struct Stage<'a>(&'a mut Console);
+
+impl Write for Stage<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let c = &mut *self.0;
+        let room = (logauth::MAX_TEXT - 3).saturating_sub(c.len);
+        let mut take = s.len().min(room);
+        while take > 0 && !s.is_char_boundary(take) {
+            take -= 1;
+        }
+        if take < s.len() {
+            c.cut = true;
+        }
+        let src = s.as_bytes().get(..take).unwrap_or(&[]);
+        let dst = c.text.get_mut(c.len..c.len + src.len()).ok_or(fmt::Error)?;
+        for (o, &b) in dst.iter_mut().zip(src) {
+            *o = if b < 0x20 || b == 0x7f { b'?' } else { b };
+        }
+        c.len += src.len();
+        Ok(())
+    }
+}
+
+impl Console {
+    /// Format `bulwark: ` + `args` into the staging text.
+    fn stage(&mut self, args: fmt::Arguments) {
+        self.len = 0;
+        self.cut = false;
+        let mut st = Stage(self);
+        let _ = st.write_str(bulwark_abi::console::BULWARK_PREFIX);
+        let _ = st.write_fmt(args);
+        if self.cut {
+            if let Some(d) = self.text.get_mut(self.len..self.len + 3) {
+                d.copy_from_slice(b"...");
+                self.len += 3;
+            }
+        }
+    }
+}
+
+/// Append `text` with its tag under the next seq (the ring has room: checked by the caller).
+fn push_tagged(ring: &mut LineRing<RING_BYTES>, text: &[u8]) {
+    HELD.store(true, Ordering::Relaxed);
+    {
+        let seq = SEQ.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+        match KEY.get() {
+            Some(k) => {
+                let mut m = LineMac::new(k, seq);
+                m.update(text);
+                let mut seq_buf = [0u8; 20];
+                let digits = decimal(seq, &mut seq_buf);
+                let mac = logauth::hex16(&m.finish());
+                ring.push(&[
+                    text,
+                    logauth::SEQ_FIELD.as_bytes(),
+                    digits,
+                    logauth::MAC_FIELD.as_bytes(),
+                    &mac,
+                    b"\r\n",
+                ]);
+            }
+            None => {
+                ring.push(&[text, b"\r\n"]);
+            }
+        }
+    }
+}
+
+impl Console {
+    /// Queue the staged line. When the ring has no room for it (and for the note about earlier
+    /// drops): a `droppable` line (a violation line: the one kind a guest can make Bulwark print
+    /// in a flood, bounded only by `ratelimit=`) is dropped, its seq used so readers see the gap;
+    /// any other line (Bulwark's own word: errors, the counters, the verdict) waits for room.
+    fn commit(&mut self, droppable: bool) {
+        let note = self.dropped != 0;
+        let need = self.len + TAG_MAX + if note { NOTE_MAX } else { 0 };
+        if need > self.ring.free() {
+            if droppable {
+                SEQ.fetch_add(1, Ordering::Relaxed);
+                self.dropped = self.dropped.saturating_add(1);
+                return;
+            }
+            self.make_room(need);
+        }
+        if note {
+            self.push_note();
+        }
+        push_tagged(&mut self.ring, self.text.get(..self.len).unwrap_or(&[]));
+    }
+
+    /// `bulwark: WARN console dropped=N ...`: the violation lines dropped since the last note.
+    fn push_note(&mut self) {
+        let mut buf = [0u8; 128];
+        let mut w = Buf(&mut buf, 0);
+        let _ = write!(
+            w,
+            "{}{} (violation lines; console buffer full: the seq gap before this line)",
+            bulwark_abi::console::DROPPED_PREFIX,
+            self.dropped
+        );
+        let n = w.1;
+        self.dropped = 0;
+        push_tagged(&mut self.ring, buf.get(..n).unwrap_or(&[]));
+    }
+
+    /// Write what the transmitter takes now, without waiting. `whole_line`: the guest shares the
+    /// wire (arm64): a line that has started goes out completely (waiting for the FIFO only for
+    /// its rest) before the guest runs again, so guest bytes never land inside a Bulwark line.
+    fn drain(&mut self, whole_line: bool) {
+        if self.ring.used() == 0 {
+            return;
+        }
+        let saved = crate::arch::console_claim();
+        if !self.ring.mid_line() && GUEST_LINE_OPEN.swap(false, Ordering::Relaxed) {
+            crate::arch::console_write_raw(b"\r\n");
+        }
+        loop {
+            let n = crate::arch::console_try_write(self.ring.front());
+            self.ring.consume(n);
+            if n == 0 || self.ring.used() == 0 {
+                break;
+            }
+        }
+        if whole_line {
+            while self.ring.mid_line() && self.ring.used() > 0 {
+                let rest = self.ring.front_line();
+                let n = rest.len();
+                crate::arch::console_write_raw(rest);
+                self.ring.consume(n);
+            }
+        }
+        HELD.store(self.ring.used() > 0, Ordering::Relaxed);
+        crate::arch::console_release(saved);
+    }
+
+    /// Write held bytes, waiting for the transmitter, until `need` bytes are free.
+    fn make_room(&mut self, need: usize) {
+        let saved = crate::arch::console_claim();
+        if !self.ring.mid_line() && GUEST_LINE_OPEN.swap(false, Ordering::Relaxed) {
+            crate::arch::console_write_raw(b"\r\n");
+        }
+        while self.ring.free() < need && self.ring.used() > 0 {
+            let f = self.ring.front_line();
+            let n = f.len();
+            crate::arch::console_write_raw(f);
+            self.ring.consume(n);
+        }
+        crate::arch::console_release(saved);
+    }
+
+    /// Write everything held, waiting for the transmitter.
+    fn flush(&mut self) {
+        if self.ring.used() == 0 {
+            return;
+        }
+        let saved = crate::arch::console_claim();
+        if !self.ring.mid_line() && GUEST_LINE_OPEN.swap(false, Ordering::Relaxed) {
+            crate::arch::console_write_raw(b"\r\n");
+        }
+        while self.ring.used() > 0 {
+            let f = self.ring.front();
+            let n = f.len();
+            crate::arch::console_write_raw(f);
+            self.ring.consume(n);
+        }
+        HELD.store(false, Ordering::Relaxed);
+        crate::arch::console_release(saved);
+    }
+}
+
+/// A `fmt::Write` into a fixed buffer (text beyond it is cut).
+struct Buf<'a>(&'a mut [u8], usize);
+
+impl Write for Buf<'_> {
+    fn write_str(&mut self, s: &str) -> fmt::Result {
+        let n = s.len().min(self.0.len().saturating_sub(self.1));
+        if let Some(d) = self.0.get_mut(self.1..self.1 + n) {
+            d.copy_from_slice(s.as_bytes().get(..n).unwrap_or(&[]));
+        }
+        self.1 += n;
+        Ok(())
+    }
+}
+
+/// The ring may hold bytes (set with every append, cleared when a drain empties it): lets
+/// [`poll`] return at once on the exit path when there is nothing to write.
+static HELD: AtomicBool = AtomicBool::new(false);
+
+/// Move what the transmitter takes now from the ring to the UART (never waits, except that on
+/// a shared UART a started line is finished). Called at exits/entries and in idle.
+#[inline]
+pub fn poll() {
+    if !HELD.load(Ordering::Relaxed) {
+        return;
+    }
+    if let Some(mut c) = CONSOLE.try_lock() {
+        c.drain(crate::arch::CONSOLE_SHARED);
+    }
+}
+
+/// The run's last line (the result line): queued after everything held, then all of it written,
+/// waiting for the transmitter, before the machine powers off. Does not wait for the console
+/// lock (a panic inside the logger): then the line goes out directly.
+pub fn write_final(args: fmt::Arguments) {
+    match CONSOLE.try_lock() {
+        Some(mut c) => {
+            c.stage(args);
+            c.commit(false);
+            c.flush();
+        }
+        None => line_direct(args),
+    }
+}
+
 static INIT: AtomicBool = AtomicBool::new(false);
 
 struct Logger;
@@ -131,7 +379,7 @@ impl log::Log for Logger {
     fn log(&self, record: &log::Record) {
         // Violation lines have their own stable format (spec §5): no level word.
         if record.target() == bulwark_core::violation::VIOLATION_TARGET {
-            write_line(format_args!("violation {}", record.args()));
+            queue(format_args!("violation {}", record.args()), true);
             return;
         }
         // The global rate limiter's summary: `bulwark: violations suppressed=N total=T`.
@@ -151,7 +399,8 @@ static LOGGER: Logger = Logger;
 pub fn init(level: log::LevelFilter, key: [u8; KEY_LEN], source: &str) {
     if !INIT.swap(true, Ordering::AcqRel) {
         {
-            let _guard = LOCK.lock();
+            let mut c = CONSOLE.lock();
+            c.flush();
             let hex = logauth::hex16(&key);
             crate::arch::console_write(logauth::KEY_PREFIX.as_bytes());
             crate::arch::console_write(&hex);
@@ -166,27 +415,62 @@ pub fn init(level: log::LevelFilter, key: [u8; KEY_LEN], source: &str) {
     log::set_max_level(level);
 }
 
-/// Write one Bulwark line (`args` is the text after `bulwark: `) as one unit (no interleaving
-/// between CPUs).
+/// Queue one Bulwark line (`args` is the text after `bulwark: `) as one unit (no interleaving
+/// between CPUs), then write what the transmitter takes now (docs/console.md). Waits for the UART
+/// only when the ring has no room for the line (violation lines are dropped instead:
+/// [`Console::commit`]).
 pub fn write_line(args: fmt::Arguments) {
-    let _guard = LOCK.lock();
-    line(args);
+    queue(args, false);
 }
 
-/// [`write_line`] without taking the console lock: for the panic and fatal-exception paths only.
+/// Queue one line; `droppable`: see [`Console::commit`].
+fn queue(args: fmt::Arguments, droppable: bool) {
+    let mut c = CONSOLE.lock();
+    c.stage(args);
+    c.commit(droppable);
+    c.drain(false);
+}
+
+/// For the panic and fatal-exception paths: write every held line, then this one, straight to
+/// the UART, waiting for it. Does not wait for the console lock: if the code that panicked held
+/// it, the held lines are lost (the seq gap shows it) and this line still goes out.
 pub fn write_line_unlocked(args: fmt::Arguments) {
-    line(args);
+    if let Some(mut c) = CONSOLE.try_lock() {
+        c.flush();
+    }
+    line_direct(args);
 }
 
 /// A whole guest line relayed by Bulwark's emulated console (x86 COM1): `guest| <text>`, not
 /// tagged (it is the guest's text, not Bulwark's word). The relay has already written control
 /// bytes as `\xNN` (arch/x86_64/src/vm.rs).
+/// Never dropped (each of the guest's bytes already cost it an exit): a line that does not fit
+/// waits for room.
 #[cfg_attr(target_arch = "aarch64", allow(dead_code))]
 pub fn write_guest_line(text: &str) {
-    let _guard = LOCK.lock();
-    crate::arch::console_write(bulwark_abi::console::GUEST_PREFIX.as_bytes());
-    crate::arch::console_write(text.as_bytes());
-    crate::arch::console_write(b"\n");
+    let mut c = CONSOLE.lock();
+    let note = c.dropped != 0;
+    let need =
+        bulwark_abi::console::GUEST_PREFIX.len() + text.len() + 2 + if note { NOTE_MAX } else { 0 };
+    if need > c.ring.free() {
+        c.make_room(need);
+    }
+    if note {
+        c.push_note();
+    }
+    HELD.store(true, Ordering::Relaxed);
+    let parts: [&[u8]; 3] = [
+        bulwark_abi::console::GUEST_PREFIX.as_bytes(),
+        text.as_bytes(),
+        b"\r\n",
+    ];
+    if !c.ring.push(&parts) {
+        // Longer than the whole ring (the ring is empty now): straight to the UART.
+        for p in parts {
+            crate::arch::console_write_raw(p);
+        }
+    }
+    c.drain(false);
 }
 
 /// The guest is about to run with direct access to the console UART: it may leave a line open,

@@ -185,6 +185,7 @@ fn arm_runs() -> Vec<(RunSpec, &'static str)> {
         (r(q, "mprotect-1", "", MEM_MIB), "mprotect-1"),
         (r(q, "mprotect-512", "", MEM_MIB), "mprotect-512"),
         (r(q, "mprotect-262144", "", BIG_MEM_MIB), "mprotect-262144"),
+        (r(q, "mprotect-4k", "", MEM_MIB), "mprotect-4k"),
         (r(q, "chunk-clean", "", MEM_MIB), "chunk-clean"),
         (r(q, "chunk-mixed", "", MEM_MIB), "chunk-mixed"),
         (r(q, "workload", "", MEM_MIB), "workload"),
@@ -748,7 +749,7 @@ fn make_rows(
             h,
             "instructions/write",
             "-",
-            "ratelimit=4294967295: one console line per write",
+            "ratelimit=4294967295: one console line per write (lines the UART cannot take in time are dropped and counted: docs/console.md)",
         );
         add(
             format!("write blocked (skip), logging rate-limited ({})", h.name()),
@@ -805,6 +806,14 @@ fn make_rows(
             "one call per run: the spread is across the two runs",
         );
     }
+    add(
+        format!("ROE_MPROTECT 32,768 pages the guest maps with 4 KiB pages ({hn})"),
+        "mprotect-4k",
+        main_host,
+        "instructions/page",
+        "<= 64",
+        "one guest walk per 4 KiB leaf; one call per run (arm64 guest only so far)",
+    );
     let chunk_hosts: Vec<Host> = match arch {
         Arch::X86_64 => vec![Host::Bochs("tigerlake"), Host::Bochs("corei7_skylake_x")],
         Arch::Aarch64 => vec![Host::Qemu],

@@ -204,4 +204,50 @@ mod tests {
         assert_eq!(out.status, Some(0));
         assert!(out.expect(0, "guest-exit").is_err());
     }
+
+    #[test]
+    fn a_gap_bulwark_reports_dropped_is_accepted_and_nothing_else() {
+        let note = |n: u64| {
+            format!("bulwark: WARN console dropped={n} (violation lines; console buffer full)")
+        };
+        // seq 2 and 3 dropped; the note (seq 4) names exactly 2.
+        let out = run(&[
+            key_line(),
+            tagged(1, "bulwark: INFO a"),
+            tagged(4, &note(2)),
+            tagged(5, "bulwark: result status=0 reason=guest-exit"),
+        ]);
+        assert!(out.seq_breaks.is_empty(), "{:?}", out.seq_breaks);
+        assert_eq!(out.console_dropped, 2);
+        assert!(out.expect(0, "guest-exit").is_ok());
+        // A note that names a different count, a gap before another line, an untagged
+        // (guest-written) note: all breaks.
+        for lines in [
+            vec![
+                key_line(),
+                tagged(1, "bulwark: INFO a"),
+                tagged(4, &note(1)),
+            ],
+            vec![
+                key_line(),
+                tagged(1, "bulwark: INFO a"),
+                tagged(4, &note(3)),
+            ],
+            vec![
+                key_line(),
+                tagged(1, "bulwark: INFO a"),
+                tagged(4, "bulwark: INFO b"),
+            ],
+            vec![
+                key_line(),
+                tagged(1, "bulwark: INFO a"),
+                note(2),
+                tagged(4, "bulwark: INFO b"),
+            ],
+        ] {
+            let out = run(&lines);
+            assert_eq!(out.seq_breaks.len(), 1, "{lines:?}");
+            assert_eq!(out.console_dropped, 0);
+        }
+    }
 }

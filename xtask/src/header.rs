@@ -208,6 +208,7 @@ pub fn generate() -> String {
         "CONSOLE_VIOLATIONS_SUMMARY_PREFIX",
         console::VIOLATIONS_SUMMARY_PREFIX,
     );
+    h.string("CONSOLE_DROPPED_PREFIX", console::DROPPED_PREFIX);
     h.bits("STATUS_BULWARK_FAILURE", console::STATUS_BULWARK_FAILURE);
     for (n, v) in [
         ("GUEST_EXIT", reason::GUEST_EXIT),

@@ -23,6 +23,9 @@ pub struct Summary {
     pub unkeyed: Vec<(usize, String)>,
     /// Breaks in the sequence: (line number, what).
     pub seq_breaks: Vec<(usize, String)>,
+    /// Violation lines Bulwark's console dropped and reported (`console dropped=N` right after
+    /// the gap): not breaks.
+    pub dropped: u64,
     /// Verified violation lines, counted by each field.
     pub violations: usize,
     pub by_kind: BTreeMap<String, u64>,
@@ -98,6 +101,12 @@ pub fn analyze<S: AsRef<str>>(lines: &[S]) -> Summary {
                 s.verified += 1;
                 match order {
                     Order::InOrder => {}
+                    // Bulwark's own dropped note right after the gap, naming exactly it.
+                    Order::Gap { missing }
+                        if bulwark_abi::console::parse_dropped_note(text) == Some(missing) =>
+                    {
+                        s.dropped = s.dropped.saturating_add(missing);
+                    }
                     Order::Gap { missing } => s
                         .seq_breaks
                         .push((n, format!("{missing} Bulwark line(s) missing before it"))),
@@ -162,7 +171,8 @@ pub fn render(path: &str, s: &Summary) -> String {
         "\n| what | value |\n|---|---|\n| boots (key lines) | {} |\n| Bulwark lines verified | {} |\n\
          | lines that failed verification (forged) | {} |\n| Bulwark lines before any key line (unverifiable) | {} |\n\
          | sequence breaks (missing, replayed, reordered) | {} |\n| violations (verified) | {} |\n\
-         | suppressed violations (rate limit) | {} |\n| verdict | {} |",
+         | suppressed violations (rate limit) | {} |\n\
+         | violation lines dropped by Bulwark's console (reported, seq gaps accounted) | {} |\n| verdict | {} |",
         s.boots,
         s.verified,
         s.forged.len(),
@@ -170,6 +180,7 @@ pub fn render(path: &str, s: &Summary) -> String {
         s.seq_breaks.len(),
         s.violations,
         s.suppressed,
+        s.dropped,
         s.verdict()
     );
     table(&mut o, "kind", &s.by_kind);

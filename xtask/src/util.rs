@@ -241,6 +241,9 @@ pub struct Outcome {
     pub forged: Vec<(usize, &'static str, String)>,
     /// Breaks in the authenticated lines' sequence: `(line number, what)`.
     pub seq_breaks: Vec<(usize, String)>,
+    /// Bulwark lines its console dropped and reported dropped (`bulwark: WARN console dropped=N`
+    /// right after the seq gap): not a break.
+    pub console_dropped: u64,
     /// The console was checked line by line (see [`Console`]).
     pub console: Console,
     pub timed_out: bool,
@@ -508,6 +511,13 @@ impl Outcome {
             } => {
                 match order {
                     Order::InOrder => {}
+                    // Bulwark's own note that its console buffer overflowed, right after the
+                    // gap, naming exactly the lines missing: reported, not a break.
+                    Order::Gap { missing }
+                        if bulwark_abi::console::parse_dropped_note(text) == Some(missing) =>
+                    {
+                        self.console_dropped = self.console_dropped.saturating_add(missing);
+                    }
                     Order::Gap { missing } => self.seq_breaks.push((
                         n,
                         format!("{missing} Bulwark line(s) missing before this one"),

@@ -193,6 +193,22 @@ pub fn flush_stage2(start: GuestPhysAddr, len: u64) {
     crate::sysreg::isb();
 }
 
+/// Invalidate what the TLBs hold from the one stage-2 leaf (page or block) that maps `ipa`,
+/// which was just made invalid (break-before-make): a block is cached as one entry, and a TLBI
+/// by IPA removes every entry that contains the address, so one TLBI covers a 2 MiB or 1 GiB
+/// block (as Linux/KVM does for a block unmap). Combined stage-1+2 entries go with VMALLE1IS.
+pub fn flush_stage2_leaf(ipa: GuestPhysAddr) {
+    let operand = (ipa.as_u64() >> 12) & ((1 << 36) - 1);
+    crate::sysreg::dsb_ish();
+    // SAFETY: TLB invalidation by IPA for the VMID in VTTBR_EL2; no memory is accessed.
+    unsafe { core::arch::asm!("tlbi ipas2e1is, {}", in(reg) operand, options(nostack)) }
+    crate::sysreg::dsb_ish();
+    // SAFETY: invalidates stage-1 entries of the current VMID (required after IPAS2E1IS).
+    unsafe { core::arch::asm!("tlbi vmalle1is", options(nostack)) }
+    crate::sysreg::dsb_ish();
+    crate::sysreg::isb();
+}
+
 /// Invalidate every stage-1 and stage-2 entry of the current VMID.
 pub fn flush_stage2_all() {
     crate::sysreg::dsb_ish();

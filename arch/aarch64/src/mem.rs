@@ -85,8 +85,9 @@ impl FramePool {
     }
 }
 
-impl PhysMem for FramePool {
-    fn alloc_frame(&mut self) -> Result<HostPhysAddr, OutOfFrames> {
+impl FramePool {
+    /// A frame of the pool, content as it was left (not zeroed).
+    fn take(&mut self) -> Result<usize, OutOfFrames> {
         let f = if let Some(f) = self.free {
             // SAFETY: `f` is a frame of this pool that was freed; its first word links the list.
             self.free = match unsafe { core::ptr::read_volatile(f as *const usize) } {
@@ -106,10 +107,53 @@ impl PhysMem for FramePool {
             self.next += PAGE_SIZE as usize;
             f
         };
+        self.in_use += 1;
+        Ok(f)
+    }
+}
+
+impl PhysMem for FramePool {
+    fn alloc_frame(&mut self) -> Result<HostPhysAddr, OutOfFrames> {
+        let f = self.take()?;
         // SAFETY: `f` is a 4 KiB frame of the reserved pool that nobody else uses.
         unsafe { core::ptr::write_bytes(f as *mut u8, 0, PAGE_SIZE as usize) };
-        self.in_use += 1;
         Ok(HostPhysAddr::new(f as u64))
+    }
+
+    /// Not zeroed: the engine overwrites all 512 words before it links the frame.
+    fn alloc_frame_for_overwrite(&mut self) -> Result<HostPhysAddr, OutOfFrames> {
+        Ok(HostPhysAddr::new(self.take()? as u64))
+    }
+
+    fn fill_stride(&mut self, frame: HostPhysAddr, first: u64, stride: u64) {
+        let f = frame.as_u64() as usize;
+        let (s, _) = region(Region::PtPool);
+        if f < s || f >= self.next || !f.is_multiple_of(PAGE_SIZE as usize) {
+            log::error!("page-table pool: fill of foreign frame {f:#x} ignored");
+            return;
+        }
+        // SAFETY: `f` is a 4 KiB-aligned frame of this pool (checked above) that the engine
+        // owns and has not linked into any table yet: nothing else reads or writes it.
+        let words = unsafe { core::slice::from_raw_parts_mut(f as *mut u64, 512) };
+        // Four words per iteration (two `stp`s).
+        let (s1, s2, s3, s4) = (
+            stride,
+            stride.wrapping_mul(2),
+            stride.wrapping_mul(3),
+            stride.wrapping_mul(4),
+        );
+        let mut v = first;
+        for quad in words.chunks_exact_mut(4) {
+            if let [a, b, c, d] = quad {
+                *a = v;
+                *b = v.wrapping_add(s1);
+                *c = v.wrapping_add(s2);
+                *d = v.wrapping_add(s3);
+            }
+            v = v.wrapping_add(s4);
+        }
+        // The frame is linked by a later volatile store: keep these stores before it.
+        core::sync::atomic::compiler_fence(core::sync::atomic::Ordering::Release);
     }
 
     fn free_frame(&mut self, frame: HostPhysAddr) {

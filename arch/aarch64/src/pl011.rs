@@ -55,6 +55,30 @@ pub fn write_bytes(bytes: &[u8]) {
     }
 }
 
+/// Write bytes as they are (no `\n` translation), waiting for the FIFO.
+pub fn write_raw(bytes: &[u8]) {
+    let base = base();
+    for &b in bytes {
+        put(base, b);
+    }
+}
+
+/// Write the bytes the transmit FIFO takes now (while FR.TXFF is clear); never waits.
+/// Returns how many were written.
+pub fn try_write(bytes: &[u8]) -> usize {
+    let base = base();
+    let mut n = 0;
+    for &b in bytes {
+        if read_fr(base) & FR_TXFF != 0 {
+            break;
+        }
+        // SAFETY: as in `read_fr`; DR is the transmit data register, and the FIFO has room.
+        unsafe { core::ptr::write_volatile((base + DR) as *mut u32, u32::from(b)) }
+        n += 1;
+    }
+    n
+}
+
 /// Wait until everything written has left the UART (before powering off).
 pub fn flush() {
     let base = base();

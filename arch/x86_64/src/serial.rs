@@ -55,6 +55,57 @@ pub fn write(bytes: &[u8]) {
     }
 }
 
+/// Write bytes as they are (no `\n` translation), waiting for the UART.
+pub fn write_raw(bytes: &[u8]) {
+    let Some(mut guard) = lock() else {
+        return;
+    };
+    if let Some(uart) = guard.as_mut() {
+        uart.send_bytes_exact(bytes);
+    }
+}
+
+/// Write what the UART takes now: nothing unless LSR.THRE is set, then up to its FIFO size.
+/// Never waits (not for the port lock either). Returns how many bytes were written.
+pub fn try_write(bytes: &[u8]) -> usize {
+    let Some(mut guard) = PORT.try_lock() else {
+        return 0;
+    };
+    match guard.as_mut() {
+        Some(uart) => uart.send_bytes(bytes),
+        None => 0,
+    }
+}
+
+/// The port lock, given up after a bounded wait.
+fn lock() -> Option<spin::MutexGuard<'static, Option<Uart16550<PioBackend>>>> {
+    for _ in 0..10_000_000u32 {
+        if let Some(g) = PORT.try_lock() {
+            return Some(g);
+        }
+        core::hint::spin_loop();
+    }
+    None
+}
+
+/// The logger's drain (`logger::poll` of the Bulwark binary), registered once at boot so that
+/// this crate's exit loop can call [`poll`] without knowing the logger.
+static POLL: spin::Once<fn()> = spin::Once::new();
+
+/// Register the console drain called by [`poll`].
+pub fn set_poll(f: fn()) {
+    POLL.call_once(|| f);
+}
+
+/// Move held console lines to COM1 while its transmitter is ready (never waits). To be called
+/// at exits/entries and in idle.
+#[inline]
+pub fn poll() {
+    if let Some(f) = POLL.get() {
+        f();
+    }
+}
+
 /// Wait until the transmitter has sent every byte (before powering the machine off).
 pub fn drain() {
     let Some(mut guard) = PORT.try_lock() else {

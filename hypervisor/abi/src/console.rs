@@ -31,6 +31,22 @@ pub fn parse_result_line(line: &str) -> Option<(u32, &str)> {
     Some((status, reason))
 }
 
+/// Prefix of the note Bulwark writes after its console buffer overflowed:
+/// `bulwark: WARN console dropped=N (...)`: N violation lines not written (their `seq` numbers
+/// are the gap right before the note). The note is itself a tagged Bulwark line.
+pub const DROPPED_PREFIX: &str = "bulwark: WARN console dropped=";
+
+/// Parse a dropped note (tagged or not): the number of Bulwark lines it reports dropped. It says
+/// nothing about whether Bulwark wrote the line: check that with [`crate::logauth::Verifier`].
+pub fn parse_dropped_note(line: &str) -> Option<u64> {
+    let rest = line.trim_end().strip_prefix(DROPPED_PREFIX)?;
+    let digits = rest.split(' ').next()?;
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
 /// Well-known `reason=` words.
 pub mod reason {
     /// The guest reported its status itself.

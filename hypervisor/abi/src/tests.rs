@@ -235,3 +235,24 @@ fn policy_and_kind_words() {
     }
     assert_eq!(ViolationKind::parse("rop"), Err(UnknownKind));
 }
+
+#[test]
+fn dropped_note_parses_only_its_own_format() {
+    use crate::console::parse_dropped_note;
+    assert_eq!(
+        parse_dropped_note("bulwark: WARN console dropped=3 (violation lines) seq=9 mac=00"),
+        Some(3)
+    );
+    assert_eq!(
+        parse_dropped_note("bulwark: WARN console dropped=12"),
+        Some(12)
+    );
+    assert_eq!(parse_dropped_note("bulwark: WARN console dropped= 3"), None);
+    assert_eq!(parse_dropped_note("bulwark: WARN console dropped=3x"), None);
+    assert_eq!(parse_dropped_note("bulwark: WARN console dropped=-1"), None);
+    assert_eq!(parse_dropped_note("bulwark: INFO console dropped=3"), None);
+    assert_eq!(
+        parse_dropped_note("guest| bulwark: WARN console dropped=3"),
+        None
+    );
+}

@@ -15,6 +15,7 @@ use bulwark_abi::smccc::{Function, HypAbi};
 use crate::addr::{GpaRange, GuestPhysAddr, GuestVirtAddr, HostPhysAddr, PAGE_SIZE};
 use crate::console::reason;
 use crate::exit::{Access, Action, Hypercall, MemFault, StopReason, StoreEmulation};
+use crate::gwalk::{RangePiece, WalkError};
 use crate::physmem::PhysMem;
 use crate::pt::ept::EptFormat;
 use crate::pt::sppt::{SppVector, Sppt};
@@ -130,6 +131,22 @@ pub trait GuestTranslate {
     ) -> Result<GuestPhysAddr, ()> {
         let _ = store;
         self.translate(gva)
+    }
+
+    /// The whole range `[gva, gva + len)` at once, with one walk per guest leaf mapping
+    /// ([`crate::gwalk::translate_range`]: pieces in virtual order, physically contiguous
+    /// leaves merged, every piece guest RAM in the back end's view). `None`: this translator
+    /// only translates page by page, and ROE_MPROTECT then calls
+    /// [`GuestTranslate::translate_checked`] for every 4 KiB page. An implementation must read
+    /// paging structures under the same rule as `translate_checked` (none from a frame the
+    /// guest may not read).
+    fn translate_range(
+        &mut self,
+        gva: GuestVirtAddr,
+        len: u64,
+    ) -> Option<Result<Vec<RangePiece>, WalkError>> {
+        let _ = (gva, len);
+        None
     }
 }
 
@@ -763,6 +780,7 @@ impl Guest {
         }
     }
 
+    #[inline]
     fn done(&mut self, value: u64, rederive: Option<GpaRange>) -> HypercallOutcome {
         HypercallOutcome::Handled {
             action: Action::AdvanceWithResult(value),
@@ -925,7 +943,14 @@ impl Guest {
         } else {
             match RoeRequest::decode(op, a1, a2) {
                 Err(_) => Err(Errno::Inval),
-                Ok(RoeRequest::Version) => Ok((ROE_IMPL_VERSION, None)),
+                // Answered on the spot: a constant outcome is built in the caller's slot (the
+                // merged path below copies its rederive field with a byte-wise memcpy).
+                Ok(RoeRequest::Version) => {
+                    return HypercallOutcome::Handled {
+                        action: Action::AdvanceWithResult(ROE_IMPL_VERSION),
+                        rederive: None,
+                    }
+                }
                 Ok(RoeRequest::Mprotect { start, pages }) => {
                     self.roe_mprotect(start, pages, hc.narrow, tr)
                 }
@@ -970,6 +995,33 @@ impl Guest {
         // with the number of discontiguous pieces, not with the page count (1 GiB in one call
         // must fit Bulwark's heap).
         let mut runs: Vec<(u64, u64)> = Vec::new();
+        let bytes = pages.checked_mul(PAGE_SIZE).ok_or(Errno::Inval)?;
+        if let Some(r) = tr.translate_range(GuestVirtAddr::new(start), bytes) {
+            // One walk per guest leaf; RAM checked once per piece.
+            let pieces = r.map_err(|e| match e {
+                WalkError::OutOfMemory => Errno::NoMem,
+                _ => Errno::Inval,
+            })?;
+            runs.try_reserve(pieces.len()).map_err(|_| Errno::NoMem)?;
+            for p in &pieces {
+                let (s, e) = (p.gpa.start(), p.gpa.end());
+                if !s.is_aligned(PAGE_SIZE)
+                    || !e.is_aligned(PAGE_SIZE)
+                    || !self.range_is_ram(s, p.gpa.len())
+                {
+                    return Err(Errno::Inval);
+                }
+                let (f, g) = (s.frame(), e.as_u64() / PAGE_SIZE);
+                match runs.last_mut() {
+                    Some(last) if last.1 == f => last.1 = g,
+                    _ => runs.push((f, g)),
+                }
+            }
+            let changed = self.store.roe_lock_runs(&runs).map_err(store_errno)?;
+            self.counters.roe_pages_requested =
+                self.counters.roe_pages_requested.saturating_add(pages);
+            return Ok((pages, changed));
+        }
         for i in 0..pages {
             let gva = GuestVirtAddr::new(start.wrapping_add(i * PAGE_SIZE));
             let gpa = tr

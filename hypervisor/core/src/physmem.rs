@@ -24,7 +24,31 @@ pub trait PhysMem {
     /// Write the 8-byte-aligned 64-bit word at `addr` (inside a frame from `alloc_frame`), as one
     /// single-copy-atomic store (hardware may walk the table concurrently).
     fn write_u64(&mut self, addr: HostPhysAddr, value: u64);
+
+    /// A 4 KiB-aligned frame like [`PhysMem::alloc_frame`] whose content is unspecified: the
+    /// caller writes all 512 words (with [`PhysMem::fill_stride`]) before any hardware can see
+    /// the frame. Saves zeroing a frame that is fully overwritten anyway (a split table). The
+    /// default zeroes it.
+    fn alloc_frame_for_overwrite(&mut self) -> Result<HostPhysAddr, OutOfFrames> {
+        self.alloc_frame()
+    }
+
+    /// Write word `i` of `frame` (a frame from this allocator, not yet reachable by hardware)
+    /// as `first + i * stride` for every `i` in `0..512`, wrapping: how a split large leaf's
+    /// children are laid out. The default writes word by word through
+    /// [`PhysMem::write_u64`]; back ends with direct access write through a slice.
+    fn fill_stride(&mut self, frame: HostPhysAddr, first: u64, stride: u64) {
+        let mut v = first;
+        for i in 0..(PAGE_SIZE / 8) {
+            self.write_u64(HostPhysAddr::new(frame.as_u64() + i * 8), v);
+            v = v.wrapping_add(stride);
+        }
+    }
 }
+
+/// What [`FakePhysMem::alloc_frame_for_overwrite`] fills a frame with: a valid 4 KiB leaf in
+/// both formats (EPT RWX WB, stage 2 page RW) pointing at a recognisable address.
+pub const GARBAGE: u64 = 0x0000_0dea_dbee_f000 | 0x7ff;
 
 /// Host-side fake physical memory: frames live in a map, addresses start at `base`.
 #[derive(Debug)]
@@ -105,6 +129,16 @@ impl PhysMem for FakePhysMem {
         Ok(HostPhysAddr::new(frame))
     }
 
+    /// Filled with a valid-looking garbage pattern (not zeroed), so a test sees any word the
+    /// engine forgot to write.
+    fn alloc_frame_for_overwrite(&mut self) -> Result<HostPhysAddr, OutOfFrames> {
+        let f = self.alloc_frame()?;
+        if let Some(w) = self.frames.get_mut(&f.as_u64()) {
+            w.fill(GARBAGE);
+        }
+        Ok(f)
+    }
+
     fn free_frame(&mut self, frame: HostPhysAddr) {
         if self.frames.remove(&frame.as_u64()).is_some() {
             self.free.push(frame.as_u64());
@@ -153,6 +187,17 @@ mod tests {
         m.free_frame(a);
         let c = m.alloc_frame().unwrap();
         assert_eq!(m.read_u64(c), 0, "reused frame must be zeroed");
+        m.free_frame(c);
+        let d = m.alloc_frame_for_overwrite().unwrap();
+        assert_eq!(m.read_u64(d), GARBAGE);
+        m.fill_stride(d, 3, 0x1000);
+        assert_eq!(
+            m.read_u64(HostPhysAddr::new(d.as_u64() + 8 * 511)),
+            3 + 511 * 0x1000
+        );
+        m.free_frame(d);
+        let c = m.alloc_frame().unwrap();
+        assert_eq!(m.read_u64(c), 0, "a garbage frame is zeroed when reused");
         m.write_u64(HostPhysAddr::new(8), 1);
         assert_eq!(m.stray_accesses, 1);
         m.free_frame(HostPhysAddr::new(0x1000));

@@ -11,7 +11,8 @@ use bulwark_aarch64::read_sysreg;
 use bulwark_aarch64::smccc::{self, CallerInfo, Outcome, Services};
 use bulwark_aarch64::vcpu::{self, exit_kind, VcpuRegs};
 use bulwark_abi::console::{reason, STATUS_BULWARK_FAILURE};
-use bulwark_abi::smccc::BULWARK_GUEST_EXIT;
+use bulwark_abi::roe::ROE_VERSION;
+use bulwark_abi::smccc::{self as ids, BULWARK_GUEST_EXIT};
 use bulwark_boot::cmdline::{self, LogLevel};
 use bulwark_boot::fdt::BootDescription;
 use bulwark_boot::fdt_guest::{self, GuestDtPlan, Verdict};
@@ -173,6 +174,15 @@ impl GuestMemRead for GuestMem<'_> {
     }
 }
 
+/// The translator of the exit fast path: its calls translate nothing (never asked).
+struct NoTranslation;
+
+impl bulwark_core::guest::GuestTranslate for NoTranslation {
+    fn translate(&mut self, _gva: GuestVirtAddr) -> Result<GuestPhysAddr, ()> {
+        Err(())
+    }
+}
+
 /// The stage-2 TLB maintenance used by every stage-2 edit.
 struct Stage2Tlb;
 
@@ -180,6 +190,9 @@ impl TlbFlush for Stage2Tlb {
     fn flush(&mut self, range: GpaRange) {
         let len = range.end().as_u64() - range.start().as_u64();
         el2::flush_stage2(range.start(), len);
+    }
+    fn flush_block(&mut self, range: GpaRange) {
+        el2::flush_stage2_leaf(range.start());
     }
 }
 
@@ -859,9 +872,15 @@ struct Decoded {
 impl Vm {
     fn run(&mut self) -> ! {
         loop {
+            // Held console lines go out while the PL011 takes them; a started line is finished
+            // before the guest (which shares the PL011) runs.
+            crate::logger::poll();
             // The PL011 is the guest's (pass-through): it may leave a line open.
             crate::logger::guest_may_write();
             let kind = vcpu::enter_guest(&mut self.regs);
+            if self.step.is_none() && self.fast_call(kind) {
+                continue;
+            }
             let mut d = self.decode(kind);
             self.count_exit(&d);
             let halt = self.poll_smmu();
@@ -874,6 +893,92 @@ impl Vm {
             };
             self.apply(&d, action);
         }
+    }
+
+    /// The exit fast path (docs/bench.md): an HVC/SMC from EL1 that reads and changes nothing
+    /// but its result registers — ROE_VERSION, the vendor-hyp UID and features, SMCCC_VERSION,
+    /// SMCCC_ARCH_FEATURES, PSCI_VERSION, PSCI_FEATURES — is answered by the same dispatchers as
+    /// on the full path (the core's `handle_hypercall`, `smccc::dispatch`), but without building
+    /// a guest translator, without the `Exit`/`Decoded`/`Action` values, and with the results
+    /// written straight into the registers. Everything else (and any call whose answer is not a
+    /// plain return) goes the full way. Returns true when the exit was handled.
+    #[inline]
+    fn fast_call(&mut self, kind: u64) -> bool {
+        if kind != exit_kind::SYNC {
+            return false;
+        }
+        let esr = Esr(read_sysreg!("esr_el2"));
+        let ec = esr.ec();
+        // From EL0 (M[3:2] = 0) the full path refuses and logs it.
+        if (ec != ec::HVC64 && ec != ec::SMC64) || self.regs.pstate & 0b1100 == 0 {
+            return false;
+        }
+        let r = &self.regs;
+        let fid = r.x[0] as u32;
+        let fast = match fid {
+            ids::BULWARK_ROE => r.x[1] == ROE_VERSION,
+            ids::VENDOR_HYP_CALL_UID
+            | ids::VENDOR_HYP_FEATURES
+            | ids::SMCCC_VERSION
+            | ids::SMCCC_ARCH_FEATURES
+            | ids::PSCI_VERSION
+            | ids::PSCI_FEATURES => true,
+            _ => false,
+        };
+        if !fast {
+            return false;
+        }
+        // The full path's order: the core first, then the arch's SMCCC dispatcher.
+        let hc = Hypercall {
+            nr: r.x[0],
+            args: [r.x[1], r.x[2], r.x[3], r.x[4]],
+            from_user: false,
+            narrow: false,
+        };
+        let results = match self.core.handle_hypercall(&hc, &mut NoTranslation) {
+            HypercallOutcome::Handled {
+                action: Action::AdvanceWithResult(v),
+                rederive: None,
+            } => [v, r.x[1], r.x[2], r.x[3]],
+            HypercallOutcome::Handled {
+                action: Action::AdvanceWithResults(v),
+                rederive: None,
+            } => v,
+            // Not expected for these calls; the core has already counted the call, so the full
+            // path must not run it again: stop rather than guess.
+            HypercallOutcome::Handled { .. } => {
+                log::error!("fast path: unexpected answer to call {fid:#x}");
+                crate::finish(STATUS_BULWARK_FAILURE, reason::UNHANDLED_EXIT)
+            }
+            HypercallOutcome::NotMine => {
+                let x = [r.x[0], r.x[1], r.x[2], r.x[3], r.x[4]];
+                match smccc::dispatch(x, CallerInfo { mpidr: self.mpidr }, &self.svc) {
+                    Outcome::Return { x0, x1_3: None } => [x0, r.x[1], r.x[2], r.x[3]],
+                    Outcome::Return { x0, x1_3: Some(v) } => [x0, v[0], v[1], v[2]],
+                    // Power and exit calls are not in the fast set; should a dispatcher change
+                    // answer one that way, the full path (which has not run) takes it.
+                    _ => return false,
+                }
+            }
+        };
+        let st = &mut self.stats;
+        st.exits += 1;
+        let skip = if ec == ec::HVC64 {
+            st.hvc += 1;
+            0
+        } else {
+            st.smc += 1;
+            if esr.il() {
+                4
+            } else {
+                2
+            }
+        };
+        self.regs.x[..4].copy_from_slice(&results);
+        self.regs.pc = self.regs.pc.wrapping_add(skip);
+        self.injections_in_a_row = 0;
+        self.last_vector = None;
+        true
     }
 
     /// ESR_EL2 (+ FAR/HPFAR) -> the arch-neutral exit.

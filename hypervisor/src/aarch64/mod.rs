@@ -15,6 +15,19 @@ pub fn console_write(bytes: &[u8]) {
     pl011::write_bytes(bytes);
 }
 
+/// Bytes as they are, waiting for the FIFO.
+pub fn console_write_raw(bytes: &[u8]) {
+    pl011::write_raw(bytes);
+}
+
+/// What the PL011's FIFO takes now; never waits.
+pub fn console_try_write(bytes: &[u8]) -> usize {
+    pl011::try_write(bytes)
+}
+
+/// The guest writes the PL011 directly (pass-through).
+pub const CONSOLE_SHARED: bool = true;
+
 /// The per-boot key of the console lines' MAC (docs/console.md): 128 bits from RNDR where the
 /// CPU has FEAT_RNG, mixed with the physical counter; the counter alone otherwise (weak: say so).
 pub fn log_key() -> ([u8; 16], &'static str) {

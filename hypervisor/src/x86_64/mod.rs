@@ -20,6 +20,19 @@ pub fn console_write(bytes: &[u8]) {
     serial::write(bytes);
 }
 
+/// Bytes as they are, waiting for the UART.
+pub fn console_write_raw(bytes: &[u8]) {
+    serial::write_raw(bytes);
+}
+
+/// What COM1 takes now (only while LSR.THRE is set); never waits.
+pub fn console_try_write(bytes: &[u8]) -> usize {
+    serial::try_write(bytes)
+}
+
+/// COM1 is Bulwark's alone (the guest's is emulated).
+pub const CONSOLE_SHARED: bool = false;
+
 /// The per-boot key of the console lines' MAC (docs/console.md): RDSEED where the CPU has it,
 /// else RDRAND, each mixed with the TSC; the TSC alone otherwise (weak: say so).
 pub fn log_key() -> ([u8; 16], &'static str) {
@@ -91,6 +104,7 @@ extern "C" fn bulwark_main_x86(magic: u32, mbi: u64) -> ! {
     serial::init();
     let (key, source) = log_key();
     crate::logger::init(log::LevelFilter::Info, key, source);
+    serial::set_poll(crate::logger::poll);
     heap::init();
     let hostcpu = host::init_cpu(fatal_exception);
     info!("Bulwark {} (x86_64) starting", env!("CARGO_PKG_VERSION"));

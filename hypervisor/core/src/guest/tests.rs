@@ -1023,3 +1023,61 @@ fn roe_translation_sees_the_store() {
     }
     assert!(!g.store().state(1).roe && !g.store().state(1).chunk);
 }
+
+/// ROE_MPROTECT through a real walker: the range path (one walk per guest leaf, RAM checked
+/// per piece) gives the same results and the same store as translating every page.
+#[test]
+fn mprotect_range_path_matches_per_page() {
+    use crate::gwalk::x86::{X86PagingState, X86Walker};
+    use crate::gwalk::{FakeGuestMem, WalkTranslate};
+
+    struct PerPage<'a, T: GuestTranslate>(&'a mut T);
+    impl<T: GuestTranslate> GuestTranslate for PerPage<'_, T> {
+        fn translate(&mut self, gva: GuestVirtAddr) -> Result<GuestPhysAddr, ()> {
+            self.0.translate(gva)
+        }
+    }
+
+    // 4-level paging: VA 0..2 MiB by 4 KiB pages (the first half contiguous at 4 MiB, the
+    // second half backwards from 8 MiB), VA 2..4 MiB one 2 MiB page at 6 MiB, VA 4..6 MiB one
+    // 2 MiB page at 16 MiB (the hole the core knows; the walker's memory calls it RAM).
+    let mut mem = FakeGuestMem::new();
+    mem.add_ram(GpaRange::new(GuestPhysAddr::new(0), 64 * MIB).unwrap());
+    let w = |m: &mut FakeGuestMem, a: u64, v: u64| assert!(m.write_u64(GuestPhysAddr::new(a), v));
+    w(&mut mem, 0x1000, 0x2000 | 3);
+    w(&mut mem, 0x2000, 0x3000 | 3);
+    w(&mut mem, 0x3000, 0x4000 | 3);
+    w(&mut mem, 0x3008, 0x60_0000 | 0x83);
+    w(&mut mem, 0x3010, 0x100_0000 | 0x83);
+    for i in 0..512u64 {
+        let page = if i < 256 {
+            0x40_0000 + i * 0x1000
+        } else {
+            0x80_0000 + (511 - i) * 0x1000
+        };
+        w(&mut mem, 0x4000 + i * 8, page | 3);
+    }
+    let state = X86PagingState::new(1 | 1 << 31, 0x1000, 1 << 5, 1 << 8 | 1 << 10);
+    let cases: [(u64, u64, bool); 6] = [
+        (0, 1024, true),
+        (0x1ff000, 2, true),
+        (0xff000, 3, true),
+        (0x3ff000, 2, false),
+        (0x60_0000, 1, false),
+        (0x20_0000, 512, true),
+    ];
+    for (start, pages, ok) in cases {
+        let mut a = Guest::new(cfg(Arch::X86_64, ViolationPolicy::Skip, false)).unwrap();
+        let mut b = Guest::new(cfg(Arch::X86_64, ViolationPolicy::Skip, false)).unwrap();
+        let call = hc(11, [ROE_MPROTECT, start, pages]);
+        let mut ta = WalkTranslate::new(X86Walker::new(state), &mem);
+        let ra = result(a.handle_hypercall(&call, &mut ta));
+        let mut tb = WalkTranslate::new(X86Walker::new(state), &mem);
+        let rb = result(b.handle_hypercall(&call, &mut PerPage(&mut tb)));
+        assert_eq!(ra, rb, "start {start:#x} pages {pages}");
+        assert_eq!(ra.0 == pages, ok, "start {start:#x} pages {pages}: {ra:?}");
+        for f in 0..0x3000 {
+            assert_eq!(a.store().state(f), b.store().state(f), "frame {f:#x}");
+        }
+    }
+}

@@ -110,22 +110,87 @@ fn pa_bits(tcr: u64) -> u32 {
     }
 }
 
-impl GuestWalker for Arm64Walker {
-    type Perms = Arm64Perms;
+/// What the table descriptors above a leaf contributed, and the output-address limits: enough to
+/// decode the other entries of the same last-level table exactly as a full walk would.
+#[derive(Clone, Copy)]
+struct LeafCtx {
+    /// The last-level table and the index of the leaf the walk found in it.
+    table: u64,
+    idx: u64,
+    oa_mask: u64,
+    pa_limit: u64,
+    no_el0: bool,
+    read_only: bool,
+    pxn: bool,
+    uxn: bool,
+}
 
-    fn translate<M: GuestMemRead + ?Sized>(
+/// Decode the leaf descriptor `d` found at `level` (shift = its size's log2) as the walk does.
+/// Inlined: in `translate_span`'s loop only the address and the errors are used.
+#[inline(always)]
+fn leaf(
+    d: u64,
+    level: u8,
+    shift: u32,
+    c: &LeafCtx,
+    va: u64,
+    gva: GuestVirtAddr,
+) -> Result<Translation<Arm64Perms>, WalkError> {
+    if d & VALID == 0 {
+        return Err(WalkError::NotPresent { level, gva });
+    }
+    let is_table = d & TABLE != 0;
+    if level == 3 && !is_table {
+        // Descriptor type 0b01 at level 3 is reserved: treated as invalid.
+        return Err(WalkError::NotPresent { level, gva });
+    }
+    if level == 0 {
+        // No level-0 blocks with the 4 KiB granule unless LPA2.
+        return Err(WalkError::Reserved { level, entry: d });
+    }
+    let size = 1u64.checked_shl(shift).unwrap_or(0);
+    let oa = d & c.oa_mask & !low_mask(shift);
+    if oa & !c.pa_limit != 0 {
+        return Err(WalkError::AddressSize { level, entry: d });
+    }
+    let mut ap = u8::try_from((d >> AP_SHIFT) & 3).unwrap_or(0b11);
+    if c.read_only {
+        ap |= 0b10;
+    }
+    if c.no_el0 {
+        ap &= !0b01;
+    }
+    let perms = Arm64Perms {
+        ap,
+        pxn: c.pxn || d & PXN != 0,
+        uxn: c.uxn || d & UXN != 0,
+        af: d & AF != 0,
+    };
+    Ok(Translation {
+        gpa: GuestPhysAddr::new(oa | (va & low_mask(shift))),
+        page_size: size,
+        perms,
+    })
+}
+
+impl Arm64Walker {
+    /// The walk; for a level-3 (4 KiB page) leaf also the context to decode its neighbours.
+    fn walk<M: GuestMemRead + ?Sized>(
         &self,
         mem: &M,
         gva: GuestVirtAddr,
-    ) -> Result<Translation<Arm64Perms>, WalkError> {
+    ) -> Result<(Translation<Arm64Perms>, Option<LeafCtx>), WalkError> {
         let r = &self.regs;
         let va = gva.as_u64();
         if r.sctlr_el1 & SCTLR_M == 0 {
-            return Ok(Translation {
-                gpa: GuestPhysAddr::new(va),
-                page_size: 4096,
-                perms: Arm64Perms::FLAT,
-            });
+            return Ok((
+                Translation {
+                    gpa: GuestPhysAddr::new(va),
+                    page_size: 4096,
+                    perms: Arm64Perms::FLAT,
+                },
+                None,
+            ));
         }
         let tcr = r.tcr_el1;
         // VA[55] selects the half (also when top-byte-ignore is on).
@@ -209,11 +274,16 @@ impl GuestWalker for Arm64Walker {
         }
         let mut table = baddr & !table_align;
 
-        let mut ap: u8 = 0;
-        let mut no_el0 = false;
-        let mut read_only = false;
-        let mut pxn = false;
-        let mut uxn = false;
+        let mut c = LeafCtx {
+            table: 0,
+            idx: 0,
+            oa_mask,
+            pa_limit,
+            no_el0: false,
+            read_only: false,
+            pxn: false,
+            uxn: false,
+        };
         loop {
             let shift = shift_of(level);
             let idx_bits = if shift.saturating_add(9) > va_bits {
@@ -233,46 +303,70 @@ impl GuestWalker for Arm64Walker {
                     return Err(WalkError::AddressSize { level, entry: d });
                 }
                 if !hpd {
-                    pxn |= d & PXN_TABLE != 0;
-                    uxn |= d & UXN_TABLE != 0;
-                    no_el0 |= d & AP_TABLE_NO_EL0 != 0;
-                    read_only |= d & AP_TABLE_RO != 0;
+                    c.pxn |= d & PXN_TABLE != 0;
+                    c.uxn |= d & UXN_TABLE != 0;
+                    c.no_el0 |= d & AP_TABLE_NO_EL0 != 0;
+                    c.read_only |= d & AP_TABLE_RO != 0;
                 }
                 table = next;
                 level = level.saturating_add(1);
                 continue;
             }
-            if level == 3 && !is_table {
-                // Descriptor type 0b01 at level 3 is reserved: treated as invalid.
-                return Err(WalkError::NotPresent { level, gva });
-            }
-            if level == 0 {
-                // No level-0 blocks with the 4 KiB granule unless LPA2.
-                return Err(WalkError::Reserved { level, entry: d });
-            }
-            let size = 1u64.checked_shl(shift).unwrap_or(0);
-            let oa = d & oa_mask & !low_mask(shift);
-            if oa & !pa_limit != 0 {
-                return Err(WalkError::AddressSize { level, entry: d });
-            }
-            ap |= u8::try_from((d >> AP_SHIFT) & 3).unwrap_or(0b11);
-            if read_only {
-                ap |= 0b10;
-            }
-            if no_el0 {
-                ap &= !0b01;
-            }
-            let perms = Arm64Perms {
-                ap,
-                pxn: pxn || d & PXN != 0,
-                uxn: uxn || d & UXN != 0,
-                af: d & AF != 0,
-            };
-            return Ok(Translation {
-                gpa: GuestPhysAddr::new(oa | (va & low_mask(shift))),
-                page_size: size,
-                perms,
-            });
+            let t = leaf(d, level, shift, &c, va, gva)?;
+            c.table = table;
+            c.idx = idx;
+            return Ok((t, (level == 3).then_some(c)));
         }
+    }
+}
+
+impl GuestWalker for Arm64Walker {
+    type Perms = Arm64Perms;
+
+    fn translate<M: GuestMemRead + ?Sized>(
+        &self,
+        mem: &M,
+        gva: GuestVirtAddr,
+    ) -> Result<Translation<Arm64Perms>, WalkError> {
+        self.walk(mem, gva).map(|(t, _)| t)
+    }
+
+    /// After a 4 KiB page, the following entries of the same level-3 table are decoded in
+    /// place (the tables above are the same for them): the span goes on while each next entry
+    /// decodes without error to the next physical page. The first entry that does not ends it;
+    /// the caller's next walk then starts there and reports what a full walk reports.
+    fn translate_span<M: GuestMemRead + ?Sized>(
+        &self,
+        mem: &M,
+        gva: GuestVirtAddr,
+        last: u64,
+    ) -> Result<(Translation<Arm64Perms>, u64), WalkError> {
+        let (t, ctx) = self.walk(mem, gva)?;
+        let cur = gva.as_u64();
+        let first_m1 = (t.page_size.max(4096) - 1) & !cur;
+        let mut end_m1 = cur.saturating_add(first_m1.min(last.saturating_sub(cur)));
+        if let Some(c) = ctx {
+            let mut idx = c.idx;
+            let mut page = t.gpa.as_u64() & !0xfff;
+            while end_m1 < last && idx < 511 {
+                idx += 1;
+                let Some(va) = end_m1.checked_add(1) else {
+                    break;
+                };
+                let Ok(d) = read_entry64(mem, c.table, idx, 3) else {
+                    break;
+                };
+                let next = match leaf(d, 3, 12, &c, va, GuestVirtAddr::new(va)) {
+                    Ok(n) => n.gpa.as_u64(),
+                    Err(_) => break,
+                };
+                if Some(next) != page.checked_add(4096) {
+                    break;
+                }
+                page = next;
+                end_m1 = va.saturating_add(4095).min(last);
+            }
+        }
+        Ok((t, end_m1 - cur))
     }
 }

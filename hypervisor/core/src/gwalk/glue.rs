@@ -8,7 +8,9 @@
 //! guest.handle_hypercall(..., &mut tr);
 //! ```
 
-use super::{GuestMemRead, GuestWalker, WalkError};
+use alloc::vec::Vec;
+
+use super::{translate_range, GuestMemRead, GuestWalker, RangePiece, WalkError};
 use crate::addr::{GuestPhysAddr, GuestVirtAddr};
 use crate::guest::GuestTranslate;
 
@@ -39,5 +41,18 @@ impl<W: GuestWalker, M: GuestMemRead + ?Sized> GuestTranslate for WalkTranslate<
                 Err(())
             }
         }
+    }
+
+    /// One walk per guest leaf ([`translate_range`]).
+    fn translate_range(
+        &mut self,
+        gva: GuestVirtAddr,
+        len: u64,
+    ) -> Option<Result<Vec<RangePiece>, WalkError>> {
+        let r = translate_range(&self.walker, self.mem, gva, len);
+        if let Err(e) = r {
+            self.last_error = Some(e);
+        }
+        Some(r)
     }
 }

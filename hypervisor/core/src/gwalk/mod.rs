@@ -143,6 +143,30 @@ pub trait GuestWalker {
         mem: &M,
         gva: GuestVirtAddr,
     ) -> Result<Translation<Self::Perms>, WalkError>;
+
+    /// Translate `gva` and say how far on (up to `last`, inclusive) the addresses translate to
+    /// physically contiguous guest memory exactly as separate walks would (no error on the way):
+    /// returns the translation of `gva` and the span's length minus one (in bytes, from `gva`).
+    /// The span covers at least the rest of `gva`'s leaf (or up to `last`). For
+    /// [`translate_range`]; the default walks once and covers the rest of the leaf.
+    fn translate_span<M: GuestMemRead + ?Sized>(
+        &self,
+        mem: &M,
+        gva: GuestVirtAddr,
+        last: u64,
+    ) -> Result<(Translation<Self::Perms>, u64), WalkError> {
+        let t = self.translate(mem, gva)?;
+        // page_size is a power of two >= 4096; fall back to 4 KiB if a walker ever reports
+        // otherwise.
+        let size = if t.page_size.is_power_of_two() && t.page_size >= PAGE_SIZE {
+            t.page_size
+        } else {
+            PAGE_SIZE
+        };
+        let cur = gva.as_u64();
+        let in_leaf_m1 = size.wrapping_sub(1) & !cur;
+        Ok((t, in_leaf_m1.min(last.saturating_sub(cur))))
+    }
 }
 
 /// Either walker, for code that handles both architectures through one type.

@@ -63,16 +63,10 @@ where
     let mut cur = gva.as_u64();
     loop {
         let here = GuestVirtAddr::new(cur);
-        let t = walker.translate(mem, here)?;
-        // Bytes from `cur` to the end of this leaf mapping, minus one (page_size is a power of
-        // two >= 4096; fall back to 4 KiB if a walker ever reports otherwise).
-        let size = if t.page_size.is_power_of_two() && t.page_size >= PAGE_SIZE {
-            t.page_size
-        } else {
-            PAGE_SIZE
-        };
-        let in_leaf_m1 = size.wrapping_sub(1) & !cur;
-        let take_m1 = in_leaf_m1.min(last.saturating_sub(cur));
+        // One walk per leaf; a walker may cover several leaves of one last-level table at once
+        // (GuestWalker::translate_span). Bytes from `cur` on, minus one.
+        let (t, take_m1) = walker.translate_span(mem, here, last)?;
+        let take_m1 = take_m1.min(last.saturating_sub(cur));
         let take = take_m1.checked_add(1).ok_or(WalkError::RangeWraps)?;
         let gpa = GpaRange::new(t.gpa, take).ok_or(WalkError::RangeWraps)?;
         if !mem.contains_ram(gpa) {

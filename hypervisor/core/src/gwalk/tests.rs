@@ -1357,11 +1357,20 @@ mod prop {
         gva: u64,
         len: u64,
     ) -> Result<Vec<(u64, u64, u64)>, WalkError> {
+        range_model_at(frames, RUN, gva, len)
+    }
+
+    fn range_model_at(
+        frames: &[Option<u64>],
+        run: u64,
+        gva: u64,
+        len: u64,
+    ) -> Result<Vec<(u64, u64, u64)>, WalkError> {
         let last = gva + len - 1;
         let mut cur = gva;
         let mut out: Vec<(u64, u64, u64)> = Vec::new();
         loop {
-            let page = ((cur - RUN) >> 12) as usize;
+            let page = ((cur - run) >> 12) as usize;
             let frame = frames
                 .get(page)
                 .copied()
@@ -1408,6 +1417,45 @@ mod prop {
             let w = X86Walker::new(st_long(pml4, false));
             let got = translate_range(&w, &t.mem, va(RUN + start_off), len).map(|p| pieces(&p));
             prop_assert_eq!(got, range_model(&frames, RUN + start_off, len));
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+        /// arm64 4 KiB pages: the walker decodes the neighbours of a level-3 leaf in place
+        /// (translate_span); the range still equals page-by-page walks, across a level-3 table
+        /// boundary, reserved (type 0b01) and invalid descriptors included.
+        #[test]
+        fn arm64_range_matches_page_model(entries in proptest::collection::vec((0u8..12, 0u64..0x50000), 1..24),
+                                          reserved in proptest::collection::vec(any::<bool>(), 24),
+                                          start_off in 0u64..0x1_8000,
+                                          len in 1u64..0x1_8000) {
+            // The run starts 16 pages before a 2 MiB boundary: it spans two level-3 tables.
+            let run = RUN + 0x1f_0000;
+            let mut frames = page_frames(&entries);
+            let mut t = Tables::new();
+            let root = t.alloc();
+            // Both level-3 tables exist even when every page of one is absent.
+            t.map_arm(root, 48, run + 0x20_0000, 3, 0);
+            for (i, f) in frames.iter_mut().enumerate() {
+                let v = run + ((i as u64) << 12);
+                match f {
+                    Some(x) if reserved[i] => {
+                        // Type 0b01 at level 3 is reserved: not present.
+                        t.map_arm(root, 48, v, 3, (*x << 12) | 0b01 | (1 << 10));
+                        *f = None;
+                    }
+                    Some(x) => t.map_arm(root, 48, v, 3, (*x << 12) | 0b11 | (1 << 10)),
+                    None => t.map_arm(root, 48, v, 3, 0),
+                }
+            }
+            let w = Arm64Walker::new(regs(tcr48(), root, 0));
+            let got = translate_range(&w, &t.mem, va(run + start_off), len).map(|p| pieces(&p));
+            let want = range_model_at(&frames, run, run + start_off, len).map_err(|e| match e {
+                WalkError::NotPresent { gva, .. } => WalkError::NotPresent { level: 3, gva },
+                other => other,
+            });
+            prop_assert_eq!(got, want);
         }
     }
 
@@ -1723,4 +1771,27 @@ fn attr_checked_refuses_tables_the_guest_may_not_read() {
     store.set_attributes(pt_page, 0x1000, 1, 0).unwrap();
     let c = AttrChecked::new(&t.mem, &store);
     assert!(w.translate(&c, va(v)).is_ok());
+}
+
+/// A range over 4 KiB pages costs one full walk per level-3 table, then one read per page.
+#[test]
+fn arm64_range_over_4k_pages_walks_once_per_table() {
+    let mut t = Tables::new();
+    let root = t.alloc();
+    for i in 0..1024u64 {
+        t.map_arm(
+            root,
+            48,
+            0x4000_0000 + (i << 12),
+            3,
+            (0x100_0000 + (i << 12)) | 0b11 | (1 << 10),
+        );
+    }
+    let w = Arm64Walker::new(regs(tcr48(), root, 0));
+    let before = t.mem.reads();
+    let p = translate_range(&w, &t.mem, va(0x4000_0000), 1024 << 12).unwrap();
+    assert_eq!(p.len(), 1);
+    assert_eq!(p[0].gpa, GpaRange::new(pa(0x100_0000), 1024 << 12).unwrap());
+    // Two level-3 tables: 2 walks of 4 reads, then 511 neighbour reads in each.
+    assert_eq!(t.mem.reads() - before, 2 * 4 + 2 * 511);
 }

@@ -173,6 +173,11 @@ pub trait Format {
     fn encode_table(next: HostPhysAddr) -> u64;
     /// Encode a leaf at `level` (0..=2); errors when the format cannot express the attributes
     /// there. `hpa` is aligned to the level's size.
+    ///
+    /// The output address must sit unshifted in the descriptor (bits 12 and up, attributes
+    /// elsewhere): leaves that differ only in a 4 KiB-aligned `hpa` offset `k` differ by `k` in
+    /// their encoding. A split relies on it: it encodes the first child and adds a stride
+    /// (checked for both formats in the unit tests).
     fn encode_leaf(level: u8, m: &Mapping) -> Result<u64, PtError>;
 }
 
@@ -226,18 +231,34 @@ impl Invalidation {
 /// break-before-make; the caller must not re-enter the guest before the edit returns.
 pub trait TlbFlush {
     fn flush(&mut self, range: GpaRange);
+
+    /// Invalidate what the hardware may have cached from **one leaf descriptor** covering all of
+    /// `range` (a 2 MiB / 1 GiB block or a page) that was just made invalid (break-before-make).
+    /// Translations cached from a block are invalidated by any address inside it, so arm64
+    /// needs one TLBI here instead of one per 4 KiB page. Never used for a table descriptor
+    /// (its leaves may be cached page by page). The default is [`TlbFlush::flush`].
+    fn flush_block(&mut self, range: GpaRange) {
+        self.flush(range);
+    }
 }
 
 /// A `TlbFlush` for tables that no hardware uses yet (building before the first VM entry) and
 /// for tests: records what would have been flushed.
 #[derive(Default, Debug)]
 pub struct RecordingFlush {
+    /// Every flush, [`TlbFlush::flush_block`] included, in order.
     pub calls: Vec<GpaRange>,
+    /// The [`TlbFlush::flush_block`] calls alone.
+    pub blocks: Vec<GpaRange>,
 }
 
 impl TlbFlush for RecordingFlush {
     fn flush(&mut self, range: GpaRange) {
         self.calls.push(range);
+    }
+    fn flush_block(&mut self, range: GpaRange) {
+        self.calls.push(range);
+        self.blocks.push(range);
     }
 }
 
@@ -261,10 +282,17 @@ enum TableRef {
 struct Ctx<'a> {
     layout: &'a dyn Layout,
     apply: bool,
+    /// Zeroed frames needed (new, empty tables).
     needed: usize,
+    /// Frames needed for splits (fully overwritten, so not zeroed).
+    needed_split: usize,
     pool: Vec<HostPhysAddr>,
+    pool_split: Vec<HostPhysAddr>,
     unlinked: Vec<HostPhysAddr>,
+    /// Everything changed (what `sync` returns).
     inval: Invalidation,
+    /// What the final flush must still cover: `inval` minus what break-before-make flushed.
+    pending: Invalidation,
     tlb: &'a mut dyn TlbFlush,
 }
 
@@ -275,6 +303,9 @@ pub struct PageTable<F: Format> {
     addr_bits: u8,
     allow_1g: bool,
     pages: usize,
+    /// The frame pools and the unlinked list of `sync`, kept (empty) between calls so that their
+    /// capacity is reused: an edit then makes no heap allocation of its own.
+    scratch: [Vec<HostPhysAddr>; 3],
     _f: PhantomData<F>,
 }
 
@@ -313,6 +344,7 @@ impl<F: Format> PageTable<F> {
             addr_bits,
             allow_1g,
             pages: 1,
+            scratch: [Vec::new(), Vec::new(), Vec::new()],
             _f: PhantomData,
         })
     }
@@ -355,13 +387,20 @@ impl<F: Format> PageTable<F> {
         tlb: &mut dyn TlbFlush,
     ) -> Result<Invalidation, PtError> {
         self.check_range(range)?;
+        let [mut pool, mut pool_split, mut unlinked] = core::mem::take(&mut self.scratch);
+        pool.clear();
+        pool_split.clear();
+        unlinked.clear();
         let mut ctx = Ctx {
             layout,
             apply: false,
             needed: 0,
+            needed_split: 0,
             pool: Vec::new(),
-            unlinked: Vec::new(),
+            pool_split: Vec::new(),
+            unlinked,
             inval: Invalidation::none(),
+            pending: Invalidation::none(),
             tlb,
         };
         let (s, e) = (range.start().as_u64(), range.end().as_u64());
@@ -376,28 +415,35 @@ impl<F: Format> PageTable<F> {
             e,
         )?;
         // Reserve.
-        let mut pool = Vec::new();
-        if pool.try_reserve_exact(ctx.needed).is_err() {
-            return Err(PtError::OutOfFrames);
-        }
+        let mut ok = pool.try_reserve_exact(ctx.needed).is_ok()
+            && pool_split.try_reserve_exact(ctx.needed_split).is_ok()
+            && ctx.unlinked.try_reserve(16).is_ok();
         for _ in 0..ctx.needed {
+            if !ok {
+                break;
+            }
             match mem.alloc_frame() {
                 Ok(f) => pool.push(f),
-                Err(_) => {
-                    for f in pool {
-                        mem.free_frame(f);
-                    }
-                    return Err(PtError::OutOfFrames);
-                }
+                Err(_) => ok = false,
             }
         }
-        if ctx.unlinked.try_reserve(16).is_err() {
-            for f in pool {
+        for _ in 0..ctx.needed_split {
+            if !ok {
+                break;
+            }
+            match mem.alloc_frame_for_overwrite() {
+                Ok(f) => pool_split.push(f),
+                Err(_) => ok = false,
+            }
+        }
+        if !ok {
+            for f in pool.into_iter().chain(pool_split) {
                 mem.free_frame(f);
             }
             return Err(PtError::OutOfFrames);
         }
         ctx.pool = pool;
+        ctx.pool_split = pool_split;
         ctx.apply = true;
         // Apply pass: cannot fail (every encode succeeded in the dry pass, frames are reserved).
         let r = self.walk(
@@ -409,7 +455,7 @@ impl<F: Format> PageTable<F> {
             s,
             e,
         );
-        if let Some(range) = ctx.inval.range {
+        if let Some(range) = ctx.pending.range {
             ctx.tlb.flush(range);
         }
         // Frames unlinked from the tree may be reused only after the flush.
@@ -417,10 +463,12 @@ impl<F: Format> PageTable<F> {
             mem.free_frame(f);
             self.pages = self.pages.saturating_sub(1);
         }
-        for f in ctx.pool.drain(..) {
+        for f in ctx.pool.drain(..).chain(ctx.pool_split.drain(..)) {
             mem.free_frame(f);
         }
-        r.map(|()| ctx.inval)
+        let inval = ctx.inval;
+        self.scratch = [ctx.pool, ctx.pool_split, ctx.unlinked];
+        r.map(|()| inval)
     }
 
     /// Map `[gpa, gpa+len)` linearly to `hpa` with `attrs` (largest leaves that fit).
@@ -550,6 +598,10 @@ impl<F: Format> PageTable<F> {
         ctx.pool.pop().ok_or(PtError::OutOfFrames)
     }
 
+    fn take_split_frame(ctx: &mut Ctx<'_>) -> Result<HostPhysAddr, PtError> {
+        ctx.pool_split.pop().ok_or(PtError::OutOfFrames)
+    }
+
     #[allow(clippy::too_many_arguments)]
     /// Replace the valid-or-invalid entry `cur` at `slot` (covering `[a, a+size)`) by `new`.
     fn replace(
@@ -572,15 +624,25 @@ impl<F: Format> PageTable<F> {
                     (Entry::Leaf(o), Entry::Leaf(n)) => o.hpa == n.hpa,
                     _ => false,
                 };
+                let mut flushed = false;
                 if F::BREAK_BEFORE_MAKE && !same_shape && new_dec != Entry::Invalid {
                     mem.write_u64(slot, 0);
                     if let Some(r) = range {
-                        ctx.tlb.flush(r);
+                        // A leaf is cached as one entry (any address in it invalidates it); a
+                        // table's leaves may be cached page by page.
+                        match cur {
+                            Entry::Leaf(_) => ctx.tlb.flush_block(r),
+                            _ => ctx.tlb.flush(r),
+                        }
+                        flushed = true;
                     }
                 }
                 mem.write_u64(slot, new);
                 if let Some(r) = range {
                     ctx.inval.add(r);
+                    if !flushed {
+                        ctx.pending.add(r);
+                    }
                 }
                 if let Entry::Table(old) = cur {
                     Self::collect_subtree(mem, old, level.saturating_sub(1), &mut ctx.unlinked);
@@ -661,28 +723,30 @@ impl<F: Format> PageTable<F> {
                 Entry::Table(next) => TableRef::Real(next),
                 Entry::Invalid | Entry::Leaf(_) => {
                     if !ctx.apply {
-                        ctx.needed += 1;
                         match cur {
                             Entry::Leaf(m) => {
                                 // The split must be expressible one level down.
                                 F::encode_leaf(level - 1, &m)?;
+                                ctx.needed_split += 1;
                                 TableRef::SplitOf(m)
                             }
-                            _ => TableRef::Empty,
-                        }
-                    } else {
-                        let frame = Self::take_frame(ctx)?;
-                        if let Entry::Leaf(m) = cur {
-                            let child_size = level_size(level - 1);
-                            for i in 0..ENTRIES {
-                                let cm = Mapping {
-                                    hpa: HostPhysAddr::new(m.hpa.as_u64() + i * child_size),
-                                    attrs: m.attrs,
-                                };
-                                let raw = F::encode_leaf(level - 1, &cm)?;
-                                mem.write_u64(entry_addr(frame, i), raw);
+                            _ => {
+                                ctx.needed += 1;
+                                TableRef::Empty
                             }
                         }
+                    } else {
+                        let frame = if let Entry::Leaf(m) = cur {
+                            // Children differ only in their output address (Format::encode_leaf):
+                            // encode the first once, then add the child size, straight into the
+                            // not-yet-linked frame (not zeroed first: every word is written).
+                            let frame = Self::take_split_frame(ctx)?;
+                            let first = F::encode_leaf(level - 1, &m)?;
+                            mem.fill_stride(frame, first, level_size(level - 1));
+                            frame
+                        } else {
+                            Self::take_frame(ctx)?
+                        };
                         self.pages += 1;
                         if let Some(slot) = slot {
                             self.replace(

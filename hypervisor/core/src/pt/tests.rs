@@ -460,6 +460,23 @@ fn stage2_descriptors_and_break_before_make() {
         "break-before-make flush, then the final flush"
     );
     assert_eq!(tlb.calls[0], GpaRange::new(gpa(GIB), MIB2).unwrap());
+    assert_eq!(
+        tlb.blocks,
+        [tlb.calls[0]],
+        "the block is flushed as one entry"
+    );
+    assert_eq!(
+        tlb.calls[1],
+        GpaRange::new(gpa(GIB + 0x5000), 0x1000).unwrap(),
+        "the final flush covers only what changed after the break"
+    );
+    // Every child of the split block maps its own 4 KiB of the block (none left unwritten in
+    // the frame, which the fake fills with garbage).
+    for i in 0..512u64 {
+        let (raw, level) = s2_raw(&mem, root, 2, GIB + i * 0x1000).unwrap();
+        assert_eq!(level, 0);
+        assert_eq!(raw & 0x0000_ffff_ffff_f000, GIB + 0x800_0000 + i * 0x1000);
+    }
     let (raw, level) = s2_raw(&mem, root, 2, GIB + 0x5000).unwrap();
     assert_eq!((level, (raw >> 6) & 3), (0, 1));
     // Stage 2 refuses execute-only and SPP.
@@ -675,4 +692,47 @@ fn stage1_descriptors() {
 
 fn snapshot_s1(mem: &FakePhysMem, root: u64) -> Vec<u64> {
     (0..512).map(|i| mem.read_u64(hpa(root + i * 8))).collect()
+}
+
+/// A split encodes the first child and adds the child size: that equals encoding each child,
+/// for every attribute combination either format accepts, at both split levels.
+#[test]
+fn split_stride_equals_per_child_encoding() {
+    use super::ept::EptFormat;
+    use super::stage2::Stage2Format;
+    fn check<F: Format>() {
+        let mut tried = 0;
+        for bits in 0..8u8 {
+            for mem in [MemType::WriteBack, MemType::Uncached] {
+                let attrs = LeafAttrs {
+                    perms: Perms::from_bits_truncate(bits),
+                    mem,
+                    spp: false,
+                };
+                for child_level in [0u8, 1] {
+                    let child = level_size(child_level);
+                    let base = hpa(0x7f_c000_0000);
+                    let m = |i: u64| Mapping {
+                        hpa: hpa(base.as_u64() + i * child),
+                        attrs,
+                    };
+                    let Ok(first) = F::encode_leaf(child_level, &m(0)) else {
+                        continue;
+                    };
+                    tried += 1;
+                    for i in [1u64, 2, 255, 511] {
+                        assert_eq!(
+                            F::encode_leaf(child_level, &m(i)),
+                            Ok(first + i * child),
+                            "{attrs:?} level {child_level} child {i}"
+                        );
+                    }
+                }
+            }
+        }
+        assert!(tried >= 8);
+    }
+    check::<EptFormat<true>>();
+    check::<EptFormat<false>>();
+    check::<Stage2Format>();
 }
