@@ -878,7 +878,9 @@ impl Vm {
             // The PL011 is the guest's (pass-through): it may leave a line open.
             crate::logger::guest_may_write();
             let kind = vcpu::enter_guest(&mut self.regs);
-            if self.step.is_none() && self.fast_call(kind) {
+            // With an SMMU every exit polls its event queue (DMA violations are reported, and
+            // under `halt` stop the run, at the next exit): no fast path then.
+            if self.step.is_none() && self.smmu.is_none() && self.fast_call(kind) {
                 continue;
             }
             let mut d = self.decode(kind);
