@@ -210,20 +210,24 @@ fn run_bochs(o: &RunOpts) -> Result<Outcome, String> {
     cmd.current_dir(&dir)
         .arg("-q")
         .arg("-f")
-        .arg(&rc)
+        // The per-process copy: another xtask process may rewrite `bochsrc-<model>` (the copy
+        // kept for people to read) with its own serial path while this Bochs starts.
+        .arg(&rc_run)
         .arg("-rc")
         .arg(&cont);
     util::progress(&format!(
         "bochs cpu={model} (console: {})",
         serial.display()
     ));
-    util::run_emulator(Emulator {
+    let r = util::run_emulator(Emulator {
         cmd,
         serial: Serial::File(serial),
         timeout: Duration::from_secs(o.timeout.unwrap_or(BOCHS_TIMEOUT_S)),
         echo: !o.quiet,
         log: dir.join(format!("bochs-stdout-{tag}.log")),
-    })
+    });
+    let _ = std::fs::remove_file(&rc_run);
+    r
 }
 
 fn run_qemu(o: &RunOpts, kvm: bool) -> Result<Outcome, String> {
