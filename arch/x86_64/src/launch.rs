@@ -59,6 +59,33 @@ fn policy(p: ViolationPolicy) -> AbiPolicy {
     }
 }
 
+/// IA32_APIC_BASE: the local APIC's physical base (bits 12 and up), xAPIC global enable (11).
+const IA32_APIC_BASE: u32 = 0x1b;
+
+/// What the machine has besides memory (docs/x86_64.md, "Platform model"): the local APIC page
+/// from IA32_APIC_BASE (the CPU's own answer; the guest cannot move it: WRMSR 0x1b is refused)
+/// and the device ranges the ACPI tables name.
+fn platform(boot: &BootDescription) -> bulwark_boot::multiboot_plan::Platform {
+    // SAFETY: IA32_APIC_BASE exists on every CPU with VMX.
+    let apic_base = unsafe { crate::cpu::rdmsr(IA32_APIC_BASE) };
+    let lapic = (apic_base & (1 << 11) != 0).then_some(apic_base & 0x000f_ffff_ffff_f000);
+    let devices = boot
+        .acpi
+        .as_ref()
+        .map(crate::acpi_info::devices)
+        .unwrap_or_default();
+    log::info!(
+        "platform: local APIC {} (writes trapped: INIT/SIPI filtered), {} ACPI device range(s) {:x?}; every non-RAM range below 4 GiB passed through as uncached device memory",
+        match lapic {
+            Some(a) => format!("at {a:#x}"),
+            None => "disabled".into(),
+        },
+        devices.len(),
+        devices
+    );
+    bulwark_boot::multiboot_plan::Platform { lapic, devices }
+}
+
 /// Bring up VMX, load the guest (first module) and run it to the end.
 pub fn run_guest(
     boot: &BootDescription,
@@ -68,9 +95,11 @@ pub fn run_guest(
     guest_line: &dyn Fn(&str),
 ) -> Result<StopReason, Refused> {
     let caps = vmx::requirements(cpu).map_err(|r| refuse(format!("{r}")))?;
-    let plan = bulwark_boot::multiboot_plan::plan(
+    let platform = platform(boot);
+    let plan = bulwark_boot::multiboot_plan::plan_platform(
         boot,
         (crate::layout::REGION_START, crate::layout::REGION_END),
+        &platform,
     );
     if plan.dropped > 0 {
         log::warn!(

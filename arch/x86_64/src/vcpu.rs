@@ -233,7 +233,13 @@ pub struct InitialState {
     pub rbx: u64,
 }
 
-/// Ports that bypass the I/O bitmaps never exist: every port is trapped (docs/x86_64.md).
+/// The only ports that exit (all below 0x8000, in bitmap A): Bulwark's console UART (COM1,
+/// emulated for the guest) and the test-exit port. Every other port belongs to the guest.
+pub const TRAPPED_PORTS: &[core::ops::Range<u16>] = &[
+    crate::serial::COM1..crate::serial::COM1 + 8,
+    crate::vm::DEBUG_EXIT_PORT..crate::vm::DEBUG_EXIT_PORT + 1,
+];
+
 /// MSRs the guest may read and write without an exit: their state is either switched by the
 /// VMCS (EFER, PAT, SYSENTER, FS/GS base) or unused by Bulwark (SYSCALL MSRs, KERNEL_GS_BASE,
 /// TSC_AUX).
@@ -304,7 +310,7 @@ impl Vcpu {
         vmx::load_vmcs(&vmcs_page)?;
         vmx::self_check(&caps).map_err(SetupError::SelfCheck)?;
 
-        // Bitmaps: every MSR and every port exits, except the passthrough MSRs.
+        // MSR bitmap: every MSR exits, except the passthrough MSRs.
         let mut msr_bitmap = Page::filled(0xff);
         for &m in PASSTHROUGH_MSRS {
             set_msr_bit(&mut msr_bitmap, m, false, false);
@@ -313,8 +319,15 @@ impl Vcpu {
         for &m in READ_ONLY_MSRS {
             set_msr_bit(&mut msr_bitmap, m, false, false);
         }
-        let io_a = Page::filled(0xff);
-        let io_b = Page::filled(0xff);
+        // I/O ports pass through (docs/x86_64.md, "Platform model") except Bulwark's own:
+        // its console UART and the test-exit port.
+        let mut io_a = Page::zeroed();
+        let io_b = Page::zeroed();
+        for port in TRAPPED_PORTS.iter().flat_map(|r| r.clone()) {
+            if let Some(b) = io_a.0.get_mut(usize::from(port / 8)) {
+                *b |= 1 << (port % 8);
+            }
+        }
 
         let vpid = u16::try_from(id + 1).unwrap_or(1);
         let sec_allowed = caps.secondary_allowed1();
