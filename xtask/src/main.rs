@@ -26,6 +26,7 @@ mod x86_64;
 mod x86_64_roe;
 mod x86_64_spp;
 mod x86_64_walk;
+mod x86_platform;
 
 use std::process::ExitCode;
 use util::{Arch, RunOpts};

@@ -72,6 +72,7 @@ macro_rules! say {
 mod attr;
 mod bench;
 mod forge;
+mod platform;
 mod roe;
 mod spp;
 
@@ -328,6 +329,7 @@ extern "C" fn guest_main(magic: u32, info: u64) -> ! {
         s if spp::handles(s) => spp::run(s),
         s if bench::handles(s) => bench::run(s),
         s if forge::handles(s) => forge::run(),
+        s if platform::handles(s) => platform::run(s),
         "triple-fault" => triple_fault(),
         "read-bulwark" => read_bulwark(),
         "roe" => roe(),
