@@ -71,6 +71,38 @@ impl Plan {
             .fold(0u64, |a, r| a.saturating_add(r.len))
     }
 
+    /// The lowest page-aligned base at or above `min` where `need` bytes of guest RAM below
+    /// 4 GiB (inside one RAM region) are free of every `busy` range: where a module the kernel
+    /// would load over is moved.
+    pub fn find_free(&self, min: u64, need: u64, busy: &[(u64, u64)]) -> Option<u64> {
+        if need == 0 {
+            return None;
+        }
+        for r in self.regions.iter().filter(|r| r.kind == RegionKind::Ram) {
+            let rs = r.gpa.as_u64();
+            let re = rs.saturating_add(r.len).min(1 << 32);
+            let Some(mut b) = rs.max(min).div_ceil(PAGE_SIZE).checked_mul(PAGE_SIZE) else {
+                continue;
+            };
+            while let Some(end) = b.checked_add(need).filter(|&e| e <= re) {
+                // The highest end among the busy ranges in the way; past it is the next try.
+                match busy
+                    .iter()
+                    .filter(|&&(s, e)| s < end && b < e)
+                    .map(|&(_, e)| e)
+                    .max()
+                {
+                    None => return Some(b),
+                    Some(e) => match e.div_ceil(PAGE_SIZE).checked_mul(PAGE_SIZE) {
+                        Some(n) if n > b => b = n,
+                        _ => break,
+                    },
+                }
+            }
+        }
+        None
+    }
+
     /// First candidate base (in order) where `need` bytes of guest RAM below 4 GiB are free of
     /// every `busy` range.
     pub fn place(&self, candidates: &[u64], need: u64, busy: &[(u64, u64)]) -> Option<u64> {
@@ -421,6 +453,35 @@ mod tests {
         );
         // Inside Bulwark or across 4 GiB: never.
         assert_eq!(p.place(&[BULWARK.0, u64::MAX - 5], 0x1000, &[]), None);
+    }
+
+    #[test]
+    fn free_space_for_moved_modules() {
+        let p = plan(&bochs(), BULWARK);
+        // Right above `min` when nothing is in the way.
+        assert_eq!(p.find_free(0x20_0000, 0x2000, &[]), Some(0x20_0000));
+        // Rounded up to a page, past every busy range in the way (overlapping ones too).
+        assert_eq!(
+            p.find_free(
+                0x20_0001,
+                0x2000,
+                &[(0x20_0000, 0x30_0800), (0x30_0000, 0x31_0000)]
+            ),
+            Some(0x31_0000)
+        );
+        // Never inside Bulwark's region: the next RAM region after it.
+        assert_eq!(p.find_free(0x3ff_f000, 0x2000, &[]), Some(BULWARK.1));
+        // Too large for any region, or zero bytes: none.
+        assert_eq!(p.find_free(0, 0x1_0000_0000, &[]), None);
+        assert_eq!(p.find_free(0, 0, &[]), None);
+        assert_eq!(p.find_free(u64::MAX - 5, 0x1000, &[]), None);
+        // A busy range reaching the end of the address space does not loop.
+        assert_eq!(p.find_free(0x20_0000, 0x1000, &[(0, u64::MAX)]), None);
+        // Whatever it returns is RAM and free.
+        let busy = [(0x10_0000, 0x300_0000), (0x600_0000, 0x700_0000)];
+        let b = p.find_free(0x10_0000, 0x10_0000, &busy).unwrap();
+        assert!(p.is_ram(b, b + 0x10_0000));
+        assert!(busy.iter().all(|&(s, e)| b + 0x10_0000 <= s || b >= e));
     }
 
     #[test]

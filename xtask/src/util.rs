@@ -47,6 +47,8 @@ pub struct RunOpts {
     /// Guest kernel image; None = the arch's built-in default guest (or none).
     pub guest: Option<PathBuf>,
     pub guest_cmdline: String,
+    /// x86: a second module after the guest (a bzImage's initrd, a Multiboot module).
+    pub initrd: Option<PathBuf>,
     pub release: bool,
     /// Do not echo the console to stdout (tests keep it and print it on failure).
     pub quiet: bool,
@@ -103,6 +105,13 @@ impl RunOpts {
                     o.guest = Some(g);
                 }
                 "--guest-cmdline" => o.guest_cmdline = val("--guest-cmdline")?,
+                "--initrd" => {
+                    let f = PathBuf::from(val("--initrd")?);
+                    if !f.is_file() {
+                        return Err(format!("--initrd {}: no such file", f.display()));
+                    }
+                    o.initrd = Some(f);
+                }
                 "--release" => o.release = true,
                 "--quiet" => o.quiet = true,
                 other => return Err(format!("unknown option '{other}' (see cargo xtask help)")),

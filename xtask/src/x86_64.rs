@@ -50,7 +50,7 @@ fn build_test_guest(release: bool) -> Result<PathBuf, String> {
     Ok(elf32)
 }
 
-fn grub_cfg(cmdline: &str, guest: bool, guest_cmdline: &str) -> String {
+fn grub_cfg(cmdline: &str, guest: bool, guest_cmdline: &str, initrd: bool) -> String {
     let mut s = String::from(
         "# Bulwark boot entry. For real hardware, copy /boot/bulwark and /boot/guest to your boot\n\
          # partition and this menu entry to your grub.cfg.\n\
@@ -60,6 +60,9 @@ fn grub_cfg(cmdline: &str, guest: bool, guest_cmdline: &str) -> String {
     s.push_str(&format!("    multiboot2 /boot/bulwark {cmdline}\n"));
     if guest {
         s.push_str(&format!("    module2 /boot/guest {guest_cmdline}\n"));
+    }
+    if guest && initrd {
+        s.push_str("    module2 /boot/initrd\n");
     }
     s.push_str("    boot\n}\n");
     s
@@ -121,9 +124,12 @@ fn iso_named(o: &RunOpts, stem: &str) -> Result<PathBuf, String> {
         .map_err(|e| format!("{}: {e}", stage.display()))?;
     copy(&bulwark, &bootdir.join("bulwark"))?;
     copy(&guest, &bootdir.join("guest"))?;
+    if let Some(i) = &o.initrd {
+        copy(i, &bootdir.join("initrd"))?;
+    }
     std::fs::write(
         bootdir.join("grub").join("grub.cfg"),
-        grub_cfg(&o.cmdline, true, &o.guest_cmdline),
+        grub_cfg(&o.cmdline, true, &o.guest_cmdline, o.initrd.is_some()),
     )
     .map_err(|e| format!("writing grub.cfg: {e}"))?;
     let iso = dir.join(format!("{stem}.iso"));

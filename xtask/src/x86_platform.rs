@@ -9,7 +9,7 @@
 
 use bulwark_abi::console::reason;
 
-use crate::util::{Arch, Outcome, RunOpts, Scenario};
+use crate::util::{self, Arch, Outcome, RunOpts, Scenario};
 
 const MODELS: [&str; 2] = ["tigerlake", "corei7_skylake_x"];
 const TIMEOUT_S: u64 = 180;
@@ -50,8 +50,148 @@ fn platform(model: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// A hand-assembled Multiboot guest (a.out kludge, loaded at 0x10000) that drops to real mode
+/// and uses the BIOS as a real-mode OS does (issue 16 item 5): `INT 1Ah` (BIOS code at
+/// F000:xxxx must be executable), a WRMSR that Bulwark refuses (the #GP it injects must carry
+/// no error code in real mode: with one, VM entry fails with error 7) caught by its own IVT
+/// handler, and the BIOS timer interrupt (IRQ0 through the BIOS handler) while waiting in HLT.
+/// Status 0 = all three; 0x71 = no timer tick; 0x72 = no #GP seen. Source (GNU as, `--32`):
+///
+/// ```text
+/// .set BASE, 0x10000
+/// .code32
+/// hdr:   .long 0x1badb002, 0x00010003, -(0x1badb002 + 0x00010003)
+///        .long BASE, BASE, 0, 0, BASE + entry
+/// entry: cli; lgdt BASE + gdtr; ljmp $0x08, $pm16
+/// .code16
+/// pm16:  mov $0x10, %ax; mov %ax, %ds; mov %ax, %es; mov %ax, %ss
+///        mov %cr0, %eax; and $0xfe, %al; mov %eax, %cr0; ljmp $0x1000, $rm
+/// rm:    lidt %cs:idtr_rm                                   # IVT: base 0, limit 0x3ff
+///        xor %ax, %ax; mov %ax, %ds; mov %ax, %es; mov %ax, %ss; mov $0x7000, %sp
+///        xor %bx, %bx; mov $0, %ah; int $0x1a
+///        movw $gp, 13*4; movw $0x1000, 13*4+2
+///        mov $0x3a, %ecx; mov $5, %eax; xor %edx, %edx; wrmsr
+///        mov $0xfe, %al; out %al, $0x21; mov 0x46c, %si; mov $200, %cx; sti
+/// wait:  hlt; cmp 0x46c, %si; jne ticked; loop wait
+///        mov $0x71, %al; out %al, $0xf4; jmp .
+/// ticked: cli; mov $0x72, %al; cmp $0x5a, %bl; jne fin; xor %al, %al
+/// fin:   out %al, $0xf4; jmp .
+/// gp:    push %bp; mov %sp, %bp; addw $2, 2(%bp); pop %bp; mov $0x5a, %bl; iret
+/// .balign 8
+/// gdt:   .quad 0, 0x00009b010000ffff, 0x000093000000ffff
+/// gdtr:  .word 23; .long BASE + gdt
+/// idtr_rm: .word 0x3ff; .long 0
+/// ```
+const REAL_MODE_GUEST: [u8; 212] = [
+    0x02, 0xb0, 0xad, 0x1b, 0x03, 0x00, 0x01, 0x00, 0xfb, 0x4f, 0x51, 0xe4, 0x00, 0x00, 0x01, 0x00,
+    0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x20, 0x00, 0x01, 0x00,
+    0xfa, 0x0f, 0x01, 0x15, 0xc8, 0x00, 0x01, 0x00, 0xea, 0x2f, 0x00, 0x00, 0x00, 0x08, 0x00, 0xb8,
+    0x10, 0x00, 0x8e, 0xd8, 0x8e, 0xc0, 0x8e, 0xd0, 0x0f, 0x20, 0xc0, 0x24, 0xfe, 0x0f, 0x22, 0xc0,
+    0xea, 0x45, 0x00, 0x00, 0x10, 0x2e, 0x0f, 0x01, 0x1e, 0xce, 0x00, 0x31, 0xc0, 0x8e, 0xd8, 0x8e,
+    0xc0, 0x8e, 0xd0, 0xbc, 0x00, 0x70, 0x31, 0xdb, 0xb4, 0x00, 0xcd, 0x1a, 0xc7, 0x06, 0x34, 0x00,
+    0xa2, 0x00, 0xc7, 0x06, 0x36, 0x00, 0x00, 0x10, 0x66, 0xb9, 0x3a, 0x00, 0x00, 0x00, 0x66, 0xb8,
+    0x05, 0x00, 0x00, 0x00, 0x66, 0x31, 0xd2, 0x0f, 0x30, 0xb0, 0xfe, 0xe6, 0x21, 0x8b, 0x36, 0x6c,
+    0x04, 0xb9, 0xc8, 0x00, 0xfb, 0xf4, 0x3b, 0x36, 0x6c, 0x04, 0x75, 0x08, 0xe2, 0xf7, 0xb0, 0x71,
+    0xe6, 0xf4, 0xeb, 0xfe, 0xfa, 0xb0, 0x72, 0x80, 0xfb, 0x5a, 0x75, 0x02, 0x30, 0xc0, 0xe6, 0xf4,
+    0xeb, 0xfe, 0x55, 0x89, 0xe5, 0x83, 0x46, 0x02, 0x02, 0x5d, 0xb3, 0x5a, 0xcf, 0x8d, 0x74, 0x00,
+    0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0x00, 0x00, 0x01, 0x9b, 0x00, 0x00,
+    0xff, 0xff, 0x00, 0x00, 0x00, 0x93, 0x00, 0x00, 0x17, 0x00, 0xb0, 0x00, 0x01, 0x00, 0xff, 0x03,
+    0x00, 0x00, 0x00, 0x00,
+];
+
+fn real_mode(model: &str) -> Result<(), String> {
+    let path = util::target_dir()
+        .join("xtask")
+        .join("x86_64")
+        .join(format!("real-mode-guest-{}.bin", std::process::id()));
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+    }
+    std::fs::write(&path, REAL_MODE_GUEST)
+        .map_err(|e| format!("writing {}: {e}", path.display()))?;
+    let out = crate::x86_64::run(&RunOpts {
+        arch: Some(Arch::X86_64),
+        emulator: Some("bochs".into()),
+        cpu: Some(model.into()),
+        timeout: Some(TIMEOUT_S),
+        guest: Some(path.clone()),
+        quiet: true,
+        ..RunOpts::default()
+    });
+    let _ = std::fs::remove_file(&path);
+    let out = out?;
+    out.expect(0, reason::GUEST_EXIT)?;
+    if out.has("VM entry failed") || out.has("violation kind=") {
+        return fail(&out, "a VM-entry failure or a violation line".into());
+    }
+    Ok(())
+}
+
+/// A hand-assembled Multiboot guest (a.out kludge) whose BSS covers `[0x100000, 0x3000000)`:
+/// GRUB puts its modules inside that range (around 12 MiB), so Bulwark must move the extra
+/// module before it loads the kernel (issue 16 item 5; before, the run was refused with
+/// "module ... overlaps the guest kernel"). The guest checks the module it is told about: one
+/// module, 8 KiB, outside its own range, first dword "1dom", last "!end". Status 0 = all;
+/// 0x61..0x65 name the first failed check. Source (GNU as, `--32`):
+///
+/// ```text
+/// .set BASE, 0x100000
+/// hdr:   .long 0x1badb002, 0x00010003, -(0x1badb002 + 0x00010003)
+///        .long BASE, BASE, 0, 0x3000000, BASE + entry
+/// entry: cli
+///        mov $0x61, %al; cmpl $1, 20(%ebx); jne fin          # mods_count
+///        mov 24(%ebx), %esi; mov 0(%esi), %edi; mov 4(%esi), %ecx
+///        mov $0x62, %al; mov %ecx, %edx; sub %edi, %edx; cmp $8192, %edx; jne fin
+///        mov $0x63, %al; cmp $BASE, %edi; jb 1f; cmp $0x3000000, %edi; jb fin
+/// 1:     mov $0x64, %al; cmpl $0x6d6f6431, (%edi); jne fin
+///        mov $0x65, %al; cmpl $0x646e6521, -4(%ecx); jne fin
+///        xor %al, %al
+/// fin:   out %al, $0xf4
+/// 2:     hlt; jmp 2b
+/// ```
+const MODULE_GUEST: [u8; 109] = [
+    0x02, 0xb0, 0xad, 0x1b, 0x03, 0x00, 0x01, 0x00, 0xfb, 0x4f, 0x51, 0xe4, 0x00, 0x00, 0x10, 0x00,
+    0x00, 0x00, 0x10, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x03, 0x20, 0x00, 0x10, 0x00,
+    0xfa, 0xb0, 0x61, 0x83, 0x7b, 0x14, 0x01, 0x75, 0x3f, 0x8b, 0x73, 0x18, 0x8b, 0x3e, 0x8b, 0x4e,
+    0x04, 0xb0, 0x62, 0x89, 0xca, 0x29, 0xfa, 0x81, 0xfa, 0x00, 0x20, 0x00, 0x00, 0x75, 0x29, 0xb0,
+    0x63, 0x81, 0xff, 0x00, 0x00, 0x10, 0x00, 0x72, 0x08, 0x81, 0xff, 0x00, 0x00, 0x00, 0x03, 0x72,
+    0x17, 0xb0, 0x64, 0x81, 0x3f, 0x31, 0x64, 0x6f, 0x6d, 0x75, 0x0d, 0xb0, 0x65, 0x81, 0x79, 0xfc,
+    0x21, 0x65, 0x6e, 0x64, 0x75, 0x02, 0x30, 0xc0, 0xe6, 0xf4, 0xf4, 0xeb, 0xfd,
+];
+
+fn module_moved() -> Result<(), String> {
+    let dir = util::target_dir().join("xtask").join("x86_64");
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let pid = std::process::id();
+    let guest = dir.join(format!("module-guest-{pid}.bin"));
+    let module = dir.join(format!("module-{pid}.bin"));
+    let mut m = vec![0x5au8; 8192];
+    m[..4].copy_from_slice(b"1dom");
+    m[8188..].copy_from_slice(b"!end");
+    std::fs::write(&guest, MODULE_GUEST).map_err(|e| format!("{}: {e}", guest.display()))?;
+    std::fs::write(&module, &m).map_err(|e| format!("{}: {e}", module.display()))?;
+    let out = crate::x86_64::run(&RunOpts {
+        arch: Some(Arch::X86_64),
+        emulator: Some("bochs".into()),
+        cpu: Some("tigerlake".into()),
+        timeout: Some(TIMEOUT_S),
+        guest: Some(guest.clone()),
+        initrd: Some(module.clone()),
+        quiet: true,
+        ..RunOpts::default()
+    });
+    let _ = std::fs::remove_file(&guest);
+    let _ = std::fs::remove_file(&module);
+    let out = out?;
+    out.expect(0, reason::GUEST_EXIT)?;
+    if !out.has("overlaps the guest kernel's load range: moved to [") {
+        return fail(&out, "no line saying the module was moved".into());
+    }
+    Ok(())
+}
+
 pub fn scenarios() -> Vec<Scenario> {
-    MODELS
+    let mut v: Vec<Scenario> = MODELS
         .into_iter()
         .map(|model| {
             Scenario::new(
@@ -60,5 +200,16 @@ pub fn scenarios() -> Vec<Scenario> {
                 move || platform(model),
             )
         })
-        .collect()
+        .collect();
+    v.push(Scenario::new(
+        "x86 real mode: BIOS INT 1Ah runs, #GP injected without error code, BIOS timer IRQ in HLT",
+        "bochs tigerlake",
+        || real_mode("tigerlake"),
+    ));
+    v.push(Scenario::new(
+        "x86 loader: a module GRUB placed inside the kernel's load range is moved, not refused",
+        "bochs tigerlake",
+        module_moved,
+    ));
+    v
 }

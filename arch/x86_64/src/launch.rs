@@ -160,8 +160,18 @@ pub fn run_guest(
         img.entry
     );
 
-    // Further modules are passed through where GRUB put them.
+    // Further modules stay where GRUB put them, unless the kernel will load over them: those
+    // are moved now, before any segment is written, to free guest RAM above the kernel and
+    // every module's original place (so no move overwrites a module not yet moved).
+    let segs: Vec<(u64, u64)> = img.segments.iter().map(|s| (s.dst, s.end())).collect();
+    let originals: Vec<(u64, u64)> = boot
+        .modules
+        .iter()
+        .skip(1)
+        .map(|m| (m.start, m.end))
+        .collect();
     let mut mods = Vec::new();
+    let mut moved: Vec<(u64, u64)> = Vec::new();
     for m in boot.modules.iter().skip(1) {
         let r = (m.start, m.end);
         if m.end > 1 << 32 || !plan.is_ram(m.start, m.end.max(m.start + 1)) {
@@ -170,15 +180,41 @@ pub fn run_guest(
                 m.start, m.end
             )));
         }
-        if img.segments.iter().any(|s| overlaps(r, (s.dst, s.end()))) {
-            return Err(refuse(format!(
-                "module [{:#x}, {:#x}) overlaps the guest kernel; load it elsewhere",
-                m.start, m.end
-            )));
+        let (mut start, mut end) = r;
+        if segs.iter().any(|&s| overlaps(r, s)) {
+            let len = m.end - m.start;
+            let busy: Vec<(u64, u64)> = segs
+                .iter()
+                .chain(&originals)
+                .chain(&moved)
+                .copied()
+                .collect();
+            let min = busy.iter().map(|b| b.1).max().unwrap_or(0);
+            let dst = plan.find_free(min, len, &busy).ok_or_else(|| {
+                refuse(format!(
+                    "module [{:#x}, {:#x}) overlaps the guest kernel and no free guest RAM of {len} bytes is left to move it to",
+                    m.start, m.end
+                ))
+            })?;
+            // SAFETY: both ranges are guest RAM below 4 GiB (identity mapped, checked above and
+            // by `find_free`), disjoint (the destination avoids every module's original range),
+            // and no vCPU runs yet.
+            unsafe {
+                core::ptr::copy_nonoverlapping(m.start as *const u8, dst as *mut u8, len as usize)
+            };
+            log::info!(
+                "module [{:#x}, {:#x}) overlaps the guest kernel's load range: moved to [{:#x}, {:#x})",
+                m.start,
+                m.end,
+                dst,
+                dst + len
+            );
+            (start, end) = (dst, dst + len);
+            moved.push((start, end));
         }
         mods.push(InfoModule {
-            start: m.start as u32,
-            end: m.end as u32,
+            start: start as u32,
+            end: end as u32,
             cmdline: m.cmdline.clone(),
         });
     }

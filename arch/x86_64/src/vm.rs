@@ -229,6 +229,12 @@ impl GuestTranslate for Translator<'_> {
 
 const GUEST_PDPTE0: u32 = 0x280a;
 
+/// Whether hardware exception `vector` pushes an error code: only in protected mode (CR0.PE),
+/// and there only #DF, #TS, #NP, #SS, #GP, #PF, #AC and #CP (SDM Vol. 3A, 6.13).
+pub fn delivers_error_code(vector: u8, protected: bool) -> bool {
+    protected && matches!(vector, 8 | 10..=14 | 17 | 21)
+}
+
 fn size_mask(size: u8) -> u64 {
     match size {
         1 => 0xff,
@@ -448,11 +454,19 @@ impl<'a, const XO: bool> Vm<'a, XO> {
         Ok(None)
     }
 
+    /// Inject hardware exception `vector` as the architecture delivers it in the guest's
+    /// current mode (`delivers_error_code`): an error code only in protected mode and only for
+    /// the vectors that push one (`error` or 0). Real mode takes none: VM entry with an unrestricted
+    /// real-mode guest and an error code fails (VM-instruction error 7).
     fn inject(&mut self, vector: u8, error: Option<u32>) -> VmxResult<()> {
         let mut info = u64::from(vector) | (3 << 8) | (1 << 31);
-        if let Some(code) = error {
+        let protected = vmread(vmcs::GUEST_CR0)? & 1 != 0;
+        if delivers_error_code(vector, protected) {
             info |= 1 << 11;
-            vmwrite(vmcs::ENTRY_EXCEPTION_ERROR_CODE, u64::from(code))?;
+            vmwrite(
+                vmcs::ENTRY_EXCEPTION_ERROR_CODE,
+                u64::from(error.unwrap_or(0)),
+            )?;
         }
         vmwrite(vmcs::ENTRY_INTERRUPTION_INFO, info)
     }
@@ -1296,5 +1310,21 @@ impl<'a, const XO: bool> Vm<'a, XO> {
             show(vmcs::EXIT_INSTRUCTION_LENGTH),
             show(vmcs::VM_INSTRUCTION_ERROR)
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::delivers_error_code;
+
+    #[test]
+    fn error_codes_follow_the_mode() {
+        // Protected mode: exactly the architectural set.
+        for v in 0u8..32 {
+            let want = matches!(v, 8 | 10 | 11 | 12 | 13 | 14 | 17 | 21);
+            assert_eq!(delivers_error_code(v, true), want, "vector {v}");
+        }
+        // Real mode: never (VM entry fails with error 7 otherwise).
+        assert!((0u8..=255).all(|v| !delivers_error_code(v, false)));
     }
 }
