@@ -225,12 +225,15 @@ impl From<VmxError> for SetupError {
     }
 }
 
-/// Guest-visible initial state (Multiboot v1: 32-bit protected mode, paging off).
+/// Guest-visible initial state (Multiboot v1 and the Linux 32-bit entry: flat 32-bit protected
+/// mode, paging and interrupts off).
 #[derive(Clone, Copy, Debug)]
 pub struct InitialState {
     pub rip: u64,
     pub rax: u64,
     pub rbx: u64,
+    /// Linux: the zero page (boot_params).
+    pub rsi: u64,
 }
 
 /// The only ports that exit (all below 0x8000, in bitmap A): Bulwark's console UART (COM1,
@@ -542,6 +545,7 @@ impl Vcpu {
             regs: GuestRegs {
                 rax: init.rax,
                 rbx: init.rbx,
+                rsi: init.rsi,
                 ..GuestRegs::default()
             },
             launched: false,
