@@ -49,6 +49,8 @@ pub struct RunOpts {
     pub guest_cmdline: String,
     /// x86: a second module after the guest (a bzImage's initrd, a Multiboot module).
     pub initrd: Option<PathBuf>,
+    /// Bochs: emulated instructions per emulated second (`cpu: ips=`); None = the default.
+    pub bochs_ips: Option<u64>,
     pub release: bool,
     /// Do not echo the console to stdout (tests keep it and print it on failure).
     pub quiet: bool,

@@ -204,13 +204,25 @@ impl<const XO: bool> Vm<'_, XO> {
         let ram = GuestRam { plan: self.plan };
         let g = self.guest.lock();
         let mem = ram.checked(g.store());
+        // One walk per page the instruction touches (at most two), not one per byte: this runs
+        // on every APIC write (EOI after each interrupt), so its cost is interrupt latency.
+        let mut page: Option<(u64, u64)> = None; // (linear page, guest-physical page)
         for (i, b) in out.iter_mut().enumerate() {
             let l = lin.wrapping_add(i as u64);
             let l = if long { l } else { l & 0xffff_ffff };
-            let Ok(t) = walker.translate(&mem, GuestVirtAddr::new(l)) else {
-                return Ok(i);
+            let lp = l & !0xfff;
+            let gp = match page {
+                Some((p, g)) if p == lp => g,
+                _ => {
+                    let Ok(t) = walker.translate(&mem, GuestVirtAddr::new(lp)) else {
+                        return Ok(i);
+                    };
+                    let g = t.gpa.as_u64() & !0xfff;
+                    page = Some((lp, g));
+                    g
+                }
             };
-            match ram.read_byte(t.gpa.as_u64()) {
+            match ram.read_byte(gp | (l & 0xfff)) {
                 Ok(v) => *b = v,
                 Err(_) => return Ok(i),
             }

@@ -263,10 +263,35 @@ pub const PASSTHROUGH_MSRS: &[u32] = &[
     msr::IA32_GS_BASE,
     0xc000_0102, // KERNEL_GS_BASE
     0xc000_0103, // TSC_AUX
+    // IA32_XSS: the supervisor state components XSAVES/XRSTORS manage (XSAVES is enabled, the
+    // XSS-exiting bitmap is zero). Bulwark never executes XSAVES, so the guest's value is
+    // harmless in root operation; an unsupported bit raises #GP in the guest itself. Without
+    // it Linux's compacted-format size check fails and its first XRSTORS faults.
+    0xda0,
+    // Speculation controls (SPEC_CTRL, PRED_CMD, FLUSH_CMD) and the microcode signature
+    // (BIOS_SIGN_ID): a guest OS issues IBPB on its own context switches (Linux has no fixup
+    // for a faulting one). The guest's SPEC_CTRL stays in force while Bulwark runs, which can
+    // only restrict speculation; Bulwark relies on none of these.
+    0x48,
+    0x49,
+    0x10b,
+    0x8b,
 ];
 
 /// Read-only passthrough: the guest may read these without an exit; writes exit.
-pub const READ_ONLY_MSRS: &[u32] = &[0x10 /* TSC */];
+pub const READ_ONLY_MSRS: &[u32] = &[
+    0x10,  // TSC
+    0xce,  // PLATFORM_INFO
+    0x10a, // ARCH_CAPABILITIES
+];
+
+/// The platform's MSR ranges the guest owns (docs/x86_64.md, "Platform model"), read and write
+/// without exits: machine-check architecture (MCG_CAP/STATUS/CTL 0x179-0x17b, MCi_CTL2
+/// 0x280-0x29f, the banks 0x400-0x47f: Bulwark does not handle machine checks, the guest does, as
+/// on bare metal; an MSR the CPU lacks raises #GP in the guest itself) and the local APIC's
+/// TSC-deadline timer (0x6e0: the guest's own timer).
+pub const PLATFORM_MSRS: &[core::ops::RangeInclusive<u32>] =
+    &[0x179..=0x17b, 0x280..=0x29f, 0x400..=0x47f, 0x6e0..=0x6e0];
 
 /// One vCPU.
 pub struct Vcpu {
@@ -324,6 +349,10 @@ impl Vcpu {
         }
         for &m in READ_ONLY_MSRS {
             set_msr_bit(&mut msr_bitmap, m, false, false);
+        }
+        for m in PLATFORM_MSRS.iter().flat_map(|r| r.clone()) {
+            set_msr_bit(&mut msr_bitmap, m, false, false);
+            set_msr_bit(&mut msr_bitmap, m, true, false);
         }
         // I/O ports pass through (docs/x86_64.md, "Platform model") except Bulwark's own:
         // its console UART and the test-exit port.
