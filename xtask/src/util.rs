@@ -51,6 +51,8 @@ pub struct RunOpts {
     pub initrd: Option<PathBuf>,
     /// Bochs: emulated instructions per emulated second (`cpu: ips=`); None = the default.
     pub bochs_ips: Option<u64>,
+    /// Bochs: number of CPUs (`cpu: count=`); None = 1.
+    pub bochs_cpus: Option<u32>,
     pub release: bool,
     /// Do not echo the console to stdout (tests keep it and print it on failure).
     pub quiet: bool,

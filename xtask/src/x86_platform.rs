@@ -50,6 +50,38 @@ fn platform(model: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Issue 16 item 6: with the LAPIC reachable and a second CPU present (Bochs `count=2`), the
+/// guest locks a low page, places real-mode code that writes it and sends INIT-SIPI-SIPI. The
+/// second CPU would run outside VMX (no EPT): Bulwark must refuse all three IPIs, so the CPU's
+/// marker stays 0 and the page unchanged.
+fn smp() -> Result<(), String> {
+    let out = crate::x86_64::run(&RunOpts {
+        arch: Some(Arch::X86_64),
+        emulator: Some("bochs".into()),
+        cpu: Some("tigerlake".into()),
+        timeout: Some(TIMEOUT_S),
+        guest_cmdline: "scenario=platform-smp".into(),
+        bochs_cpus: Some(2),
+        quiet: true,
+        ..RunOpts::default()
+    })?;
+    out.expect(0, reason::GUEST_EXIT)?;
+    for needle in [
+        "acpi: 2 CPU(s) in the MADT",
+        "guest| PASS smp-lock",
+        "guest| PASS smp-ap-not-started",
+        "guest| PASS smp-locked-page-unchanged",
+        "lapic: refused IPI mode=init icr_low=0xc4500 ",
+        "lapic: refused IPI mode=startup icr_low=0xc4608 ",
+        " 3 INIT/SIPI IPI(s) refused",
+    ] {
+        if !out.has(needle) {
+            return fail(&out, format!("no line containing '{needle}'"));
+        }
+    }
+    Ok(())
+}
+
 /// A hand-assembled Multiboot guest (a.out kludge, loaded at 0x10000) that drops to real mode
 /// and uses the BIOS as a real-mode OS does (issue 16 item 5): `INT 1Ah` (BIOS code at
 /// F000:xxxx must be executable), a WRMSR that Bulwark refuses (the #GP it injects must carry
@@ -295,6 +327,11 @@ pub fn scenarios() -> Vec<Scenario> {
             )
         })
         .collect();
+    v.push(Scenario::new(
+        "x86 platform SMP: INIT/SIPI to a second CPU refused, the page it would write stays locked",
+        "bochs tigerlake 2 CPUs",
+        smp,
+    ));
     v.push(Scenario::new(
         "x86 real mode: BIOS INT 1Ah runs, #GP injected without error code, BIOS timer IRQ in HLT",
         "bochs tigerlake",

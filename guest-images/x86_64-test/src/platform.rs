@@ -14,7 +14,7 @@ const LAPIC: u64 = 0xfee0_0000;
 const IOAPIC: u64 = 0xfec0_0000;
 
 pub fn handles(s: &str) -> bool {
-    s == "platform"
+    s == "platform" || s == "platform-smp"
 }
 
 fn rd(a: u64) -> u32 {
@@ -112,7 +112,83 @@ fn install_irq0() {
     }
 }
 
-pub fn run(_s: &str) -> ! {
+/// Page the second CPU would write (below 1 MiB, reachable from real mode), locked with ROE.
+const SMP_LOCKED: u64 = 0x7000;
+/// Start-up vector 8: the second CPU would start at 0x8000 in real mode.
+const SMP_TRAMPOLINE: u64 = 0x8000;
+/// Byte the second CPU would set to 0xa5 first.
+const SMP_MARKER: u64 = 0x8ff0;
+/// Real-mode code for the second CPU: `xor ax, ax; mov ds, ax; mov byte [0x8ff0], 0xa5;
+/// mov byte [0x7000], 0x22; hlt; jmp $-1`. It runs outside VMX, where no EPT applies: were it
+/// ever started, the locked page would change.
+const SMP_CODE: [u8; 17] = [
+    0x31, 0xc0, 0x8e, 0xd8, 0xc6, 0x06, 0xf0, 0x8f, 0xa5, 0xc6, 0x06, 0x00, 0x70, 0x22, 0xf4, 0xeb,
+    0xfd,
+];
+
+fn spin(n: u64) {
+    for i in 0..n {
+        core::hint::black_box(i);
+    }
+}
+
+/// `scenario=platform-smp` (Bochs with two CPUs, issue 16 item 6): lock a low page with ROE,
+/// place real-mode code for the second CPU that writes it, and send INIT, then Start-up twice
+/// (the MP-specification sequence). Bulwark must swallow all three: the second CPU never runs
+/// (its marker stays 0) and the locked page is unchanged.
+fn smp() -> ! {
+    use bulwark_abi::roe::{KVM_HC_ROE, ROE_MPROTECT};
+    let mut c = Checks { failed: 0 };
+    // SAFETY: low guest RAM the guest owns (identity mapped), unused by anything else.
+    unsafe {
+        core::ptr::write_bytes(SMP_LOCKED as *mut u8, 0x11, 4096);
+        core::ptr::write_bytes(SMP_TRAMPOLINE as *mut u8, 0xf4, 4096);
+        core::ptr::copy_nonoverlapping(
+            SMP_CODE.as_ptr(),
+            SMP_TRAMPOLINE as *mut u8,
+            SMP_CODE.len(),
+        );
+        core::ptr::write_volatile(SMP_MARKER as *mut u8, 0);
+    }
+    let r = super::vmcall(KVM_HC_ROE, ROE_MPROTECT, SMP_LOCKED, 1);
+    c.check(
+        "smp-lock",
+        r == 1,
+        format_args!("ROE_MPROTECT {SMP_LOCKED:#x}: {r}"),
+    );
+    wr(LAPIC + 0x310, 0);
+    wr(LAPIC + 0x300, 0x000c_4500); // INIT, assert, all excluding self
+    spin(200_000);
+    for _ in 0..2 {
+        wr(LAPIC + 0x300, 0x000c_4600 | (SMP_TRAMPOLINE >> 12) as u32); // Start-up
+        spin(200_000);
+    }
+    spin(2_000_000);
+    // SAFETY: reading the guest's own low pages.
+    let (marker, byte) = unsafe {
+        (
+            core::ptr::read_volatile(SMP_MARKER as *const u8),
+            core::ptr::read_volatile(SMP_LOCKED as *const u8),
+        )
+    };
+    c.check(
+        "smp-ap-not-started",
+        marker == 0,
+        format_args!("second CPU's marker {marker:#x}"),
+    );
+    c.check(
+        "smp-locked-page-unchanged",
+        byte == 0x11,
+        format_args!("locked byte {byte:#x}"),
+    );
+    say!("{} check(s) failed", c.failed);
+    exit(c.failed)
+}
+
+pub fn run(s: &str) -> ! {
+    if s == "platform-smp" {
+        smp();
+    }
     let mut c = Checks { failed: 0 };
 
     // Local APIC reads go straight to the device (kvm-unit-tests' first access).
