@@ -14,6 +14,7 @@ pub mod fdt_guest;
 
 // x86_64: multiboot2 information -> boot description (host-tested); the entry assembly lives in
 // boot/src/x86_64/entry.s and is included by the x86_64 binary glue.
+pub mod linux_x86;
 pub mod multiboot1;
 pub mod multiboot2_info;
 pub mod multiboot_plan;

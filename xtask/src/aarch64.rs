@@ -237,7 +237,13 @@ pub(crate) fn debian_dir() -> Result<PathBuf, String> {
 /// package archive on first use (a private apt state under target/, the machine's apt
 /// configuration and dpkg architecture list untouched) and cached.
 pub fn debian_kernel_and_busybox() -> Result<(PathBuf, PathBuf), String> {
-    let dir = debian_dir()?;
+    debian_fetch("arm64", &debian_dir()?)
+}
+
+/// `linux-image-*-<arch>`'s kernel and busybox-static for Debian architecture `arch` (arm64,
+/// amd64), fetched into `dir` with a private apt state and cached there.
+pub(crate) fn debian_fetch(arch: &str, dir: &Path) -> Result<(PathBuf, PathBuf), String> {
+    let dir = dir.to_path_buf();
     let kernel = dir.join("vmlinuz");
     let busybox = dir.join("busybox");
     if kernel.is_file() && busybox.is_file() {
@@ -256,29 +262,31 @@ pub fn debian_kernel_and_busybox() -> Result<(PathBuf, PathBuf), String> {
         "-o".into(),
         format!("Dir::Cache={}", apt.join("cache").display()),
         "-o".into(),
-        "APT::Architecture=arm64".into(),
+        format!("APT::Architecture={arch}"),
         "-o".into(),
-        "APT::Architectures::=arm64".into(),
+        format!("APT::Architectures::={arch}"),
     ];
-    util::progress("fetching Debian's arm64 package lists (private apt state under target/)");
+    util::progress(&format!(
+        "fetching Debian's {arch} package lists (private apt state under target/)"
+    ));
     util::run_checked(
         Command::new("apt-get").args(&opts).arg("update"),
-        "apt-get update (arm64 lists)",
+        "apt-get update",
     )?;
     // The versioned image package the metapackage points at.
     let dep = Command::new("apt-cache")
         .args(&opts)
-        .args(["depends", "linux-image-arm64"])
+        .args(["depends", &format!("linux-image-{arch}")])
         .output()
         .map_err(|e| format!("apt-cache: {e}"))?;
     let text = String::from_utf8_lossy(&dep.stdout);
     let pkg = text
         .lines()
         .filter_map(|l| l.trim().strip_prefix("Depends: "))
-        .find(|p| p.starts_with("linux-image-") && p.ends_with("-arm64"))
-        .ok_or_else(|| format!("no linux-image-*-arm64 dependency in:\n{text}"))?
+        .find(|p| p.starts_with("linux-image-") && p.ends_with(&format!("-{arch}")))
+        .ok_or_else(|| format!("no linux-image-*-{arch} dependency in:\n{text}"))?
         .to_string();
-    util::progress(&format!("downloading {pkg} and busybox-static (arm64)"));
+    util::progress(&format!("downloading {pkg} and busybox-static ({arch})"));
     let debs = apt.join("debs");
     util::run_checked(
         Command::new("apt-get")

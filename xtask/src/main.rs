@@ -2,9 +2,9 @@
 //!
 //! Commands (see `cargo xtask help`):
 //!   build --arch A [--release]
-//!   iso [--guest FILE] [--guest-cmdline S] [--cmdline S] [--release]
+//!   iso [--guest FILE] [--guest-cmdline S] [--initrd FILE] [--cmdline S] [--release]
 //!   run --arch A [--emulator bochs|qemu] [--cpu MODEL] [--timeout S] [--cmdline S]
-//!       [--guest FILE] [--guest-cmdline S] [--release]
+//!       [--guest FILE] [--guest-cmdline S] [--initrd FILE] [--release]
 //!   qemu [--arch A] [same options as run]
 //!   test [FILTER...] [--list] [--no-host]
 //!   bench [--arch A]
@@ -28,6 +28,7 @@ mod x86_64;
 mod x86_64_roe;
 mod x86_64_spp;
 mod x86_64_walk;
+mod x86_platform;
 
 use std::process::ExitCode;
 use util::{Arch, RunOpts};
@@ -38,11 +39,11 @@ usage: cargo xtask <command> [options]
 commands:
   build --arch {x86_64,aarch64} [--release]
         build Bulwark (and the test guests) for one architecture
-  iso   [--cmdline S] [--guest FILE] [--guest-cmdline S] [--release]
+  iso   [--cmdline S] [--guest FILE] [--guest-cmdline S] [--initrd FILE] [--release]
         build a GRUB rescue ISO for x86_64 that boots on BIOS and UEFI machines
         (grub.cfg inside is a template for real hardware)
   run   --arch A [--emulator bochs|qemu] [--cpu MODEL] [--timeout S] [--cmdline S]
-        [--guest FILE] [--guest-cmdline S] [--release] [--firmware F]
+        [--guest FILE] [--guest-cmdline S] [--initrd FILE] [--release] [--firmware F]
         boot Bulwark in an emulator, stream the serial console, exit with the run's status
         (defaults: x86_64 -> Bochs tigerlake, aarch64 -> QEMU -kernel)
         --firmware bios|uefi|uboot: x86_64 uefi = QEMU with OVMF (boot path only, QEMU has no

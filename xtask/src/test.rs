@@ -98,6 +98,7 @@ pub fn main(args: &[String]) -> Result<u8, String> {
     all.extend(crate::x86_64_roe::scenarios());
     all.extend(crate::x86_64_spp::scenarios());
     all.extend(crate::x86_64_walk::scenarios());
+    all.extend(crate::x86_platform::scenarios());
     all.extend(crate::aarch64::scenarios());
     all.extend(crate::smccc_tests::scenarios());
     all.extend(crate::cpu_tests::scenarios());

@@ -47,6 +47,12 @@ pub struct RunOpts {
     /// Guest kernel image; None = the arch's built-in default guest (or none).
     pub guest: Option<PathBuf>,
     pub guest_cmdline: String,
+    /// x86: a second module after the guest (a bzImage's initrd, a Multiboot module).
+    pub initrd: Option<PathBuf>,
+    /// Bochs: emulated instructions per emulated second (`cpu: ips=`); None = the default.
+    pub bochs_ips: Option<u64>,
+    /// Bochs: number of CPUs (`cpu: count=`); None = 1.
+    pub bochs_cpus: Option<u32>,
     pub release: bool,
     /// Do not echo the console to stdout (tests keep it and print it on failure).
     pub quiet: bool,
@@ -103,6 +109,13 @@ impl RunOpts {
                     o.guest = Some(g);
                 }
                 "--guest-cmdline" => o.guest_cmdline = val("--guest-cmdline")?,
+                "--initrd" => {
+                    let f = PathBuf::from(val("--initrd")?);
+                    if !f.is_file() {
+                        return Err(format!("--initrd {}: no such file", f.display()));
+                    }
+                    o.initrd = Some(f);
+                }
                 "--release" => o.release = true,
                 "--quiet" => o.quiet = true,
                 other => return Err(format!("unknown option '{other}' (see cargo xtask help)")),

@@ -60,3 +60,47 @@ pub fn summary(root: &AcpiRoot) -> Result<AcpiSummary, &'static str> {
         .any(|h| h.signature == acpi::sdt::Signature::DMAR);
     Ok(AcpiSummary { cpus: n, dmar })
 }
+
+/// Device ranges the ACPI tables name (docs/x86_64.md, "Platform model"): the I/O APICs
+/// (MADT), the HPET (HPET table) and the PCI configuration windows (MCFG ECAM). Below 4 GiB the
+/// memory plan passes every non-RAM gap through anyway; these matter where they lie above it.
+/// Tables that are absent or malformed contribute nothing (their devices stay unmapped: a guest
+/// touching them is stopped, which fails closed).
+pub fn devices(root: &AcpiRoot) -> alloc::vec::Vec<(u64, u64)> {
+    let mut out = alloc::vec::Vec::new();
+    let (revision, addr) = match root.xsdt {
+        Some(x) if root.revision >= 2 => (root.revision, x),
+        _ => (0, u64::from(root.rsdt)),
+    };
+    if addr == 0 || addr >= 1 << 32 {
+        return out;
+    }
+    // SAFETY: as in `summary`: the root comes from the boot loader's RSDP copy, identity mapped.
+    let Ok(tables) = (unsafe { AcpiTables::from_rsdt(IdentityMap, revision, addr as usize) })
+    else {
+        return out;
+    };
+    if let Ok(madt) = tables.find_table::<Madt>() {
+        for e in madt.get().entries() {
+            if let MadtEntry::IoApic(io) = e {
+                let a = u64::from(io.io_apic_address);
+                out.push((a, a.saturating_add(0x1000)));
+            }
+        }
+    }
+    if let Ok(hpet) = acpi::HpetInfo::new(&tables) {
+        let a = hpet.base_address as u64;
+        out.push((a, a.saturating_add(0x1000)));
+    }
+    if let Ok(mcfg) = tables.find_table::<acpi::mcfg::Mcfg>() {
+        for e in mcfg.get().entries() {
+            let buses = u64::from(e.bus_number_end.saturating_sub(e.bus_number_start)) + 1;
+            // ECAM: 1 MiB per bus, starting at the window's bus 0.
+            let start = e
+                .base_address
+                .saturating_add(u64::from(e.bus_number_start) << 20);
+            out.push((start, start.saturating_add(buses << 20)));
+        }
+    }
+    out
+}

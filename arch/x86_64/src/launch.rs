@@ -59,6 +59,33 @@ fn policy(p: ViolationPolicy) -> AbiPolicy {
     }
 }
 
+/// IA32_APIC_BASE: the local APIC's physical base (bits 12 and up), xAPIC global enable (11).
+const IA32_APIC_BASE: u32 = 0x1b;
+
+/// What the machine has besides memory (docs/x86_64.md, "Platform model"): the local APIC page
+/// from IA32_APIC_BASE (the CPU's own answer; the guest cannot move it: WRMSR 0x1b is refused)
+/// and the device ranges the ACPI tables name.
+fn platform(boot: &BootDescription) -> bulwark_boot::multiboot_plan::Platform {
+    // SAFETY: IA32_APIC_BASE exists on every CPU with VMX.
+    let apic_base = unsafe { crate::cpu::rdmsr(IA32_APIC_BASE) };
+    let lapic = (apic_base & (1 << 11) != 0).then_some(apic_base & 0x000f_ffff_ffff_f000);
+    let devices = boot
+        .acpi
+        .as_ref()
+        .map(crate::acpi_info::devices)
+        .unwrap_or_default();
+    log::info!(
+        "platform: local APIC {} (writes trapped: INIT/SIPI filtered), {} ACPI device range(s) {:x?}; every non-RAM range below 4 GiB passed through as uncached device memory",
+        match lapic {
+            Some(a) => format!("at {a:#x}"),
+            None => "disabled".into(),
+        },
+        devices.len(),
+        devices
+    );
+    bulwark_boot::multiboot_plan::Platform { lapic, devices }
+}
+
 /// Bring up VMX, load the guest (first module) and run it to the end.
 pub fn run_guest(
     boot: &BootDescription,
@@ -68,9 +95,11 @@ pub fn run_guest(
     guest_line: &dyn Fn(&str),
 ) -> Result<StopReason, Refused> {
     let caps = vmx::requirements(cpu).map_err(|r| refuse(format!("{r}")))?;
-    let plan = bulwark_boot::multiboot_plan::plan(
+    let platform = platform(boot);
+    let plan = bulwark_boot::multiboot_plan::plan_platform(
         boot,
         (crate::layout::REGION_START, crate::layout::REGION_END),
+        &platform,
     );
     if plan.dropped > 0 {
         log::warn!(
@@ -109,96 +138,12 @@ pub fn run_guest(
     // runs in the guest yet.
     image.extend_from_slice(unsafe { core::slice::from_raw_parts(module.start as *const u8, len) });
 
-    let img = multiboot1::parse_image(&image)
-        .map_err(|e| refuse(format!("guest image rejected: {e}")))?;
-    for s in &img.segments {
-        if !plan.is_ram(s.dst, s.end()) {
-            return Err(refuse(format!(
-                "guest segment [{:#x}, {:#x}) is not in guest RAM (Bulwark's own region is [{:#x}, {:#x}); see the memory map above)",
-                s.dst,
-                s.end(),
-                crate::layout::REGION_START,
-                crate::layout::REGION_END
-            )));
-        }
-    }
-    let (lo, hi) = img.span();
-    log::info!(
-        "guest image: Multiboot v1, {} segment(s) in [{:#x}, {:#x}), entry {:#x}",
-        img.segments.len(),
-        lo,
-        hi,
-        img.entry
-    );
-
-    // Further modules are passed through where GRUB put them.
-    let mut mods = Vec::new();
-    for m in boot.modules.iter().skip(1) {
-        let r = (m.start, m.end);
-        if m.end > 1 << 32 || !plan.is_ram(m.start, m.end.max(m.start + 1)) {
-            return Err(refuse(format!(
-                "module [{:#x}, {:#x}) is not in guest RAM",
-                m.start, m.end
-            )));
-        }
-        if img.segments.iter().any(|s| overlaps(r, (s.dst, s.end()))) {
-            return Err(refuse(format!(
-                "module [{:#x}, {:#x}) overlaps the guest kernel; load it elsewhere",
-                m.start, m.end
-            )));
-        }
-        mods.push(InfoModule {
-            start: m.start as u32,
-            end: m.end as u32,
-            cmdline: m.cmdline.clone(),
-        });
-    }
-
-    // Multiboot information: at INFO_PREFERRED, else after the kernel and modules.
-    let busy: Vec<(u64, u64)> = img
-        .segments
-        .iter()
-        .map(|s| (s.dst, s.end()))
-        .chain(mods.iter().map(|m| (u64::from(m.start), u64::from(m.end))))
-        .collect();
-    let probe = multiboot1::build_info(0, "", &mods, &plan.guest_map, "")
-        .map(|b| b.len() as u64)
-        .unwrap_or(0);
-    let need = probe + module.cmdline.len() as u64 + 64 + 1;
-    let top = busy.iter().map(|b| b.1).max().unwrap_or(0).div_ceil(PAGE) * PAGE;
-    let base = plan
-        .place(&[INFO_PREFERRED, top], need, &busy)
-        .ok_or_else(|| refuse("no room in guest RAM for the Multiboot information".into()))?;
-    let info = multiboot1::build_info(
-        base as u32,
-        &module.cmdline,
-        &mods,
-        &plan.guest_map,
-        concat!("Bulwark ", env!("CARGO_PKG_VERSION")),
-    )
-    .ok_or_else(|| refuse("Multiboot information does not fit below 4 GiB".into()))?;
-
-    let ram = GuestRam { plan: &plan };
-    for s in &img.segments {
-        let start = s.file_offset;
-        let bytes = usize::try_from(s.filesz)
-            .ok()
-            .and_then(|n| image.get(start..start.checked_add(n)?))
-            .ok_or_else(|| refuse("guest segment outside the image".into()))?;
-        ram.write(s.dst, bytes)
-            .and_then(|()| ram.zero(s.dst + s.filesz, s.memsz - s.filesz))
-            .map_err(|_| refuse(format!("cannot write guest segment at {:#x}", s.dst)))?;
-    }
-    ram.write(base, &info)
-        .map_err(|_| refuse("cannot write the Multiboot information".into()))?;
+    let init = if bulwark_boot::linux_x86::is_bzimage(&image) {
+        load_linux(boot, &plan, &image, &module.cmdline)?
+    } else {
+        load_multiboot(boot, &plan, &image, &module.cmdline)?
+    };
     drop(image);
-    log::info!(
-        "guest command line {:?}, Multiboot information at {:#x} ({} bytes), {} extra module(s)",
-        module.cmdline,
-        base,
-        info.len(),
-        mods.len()
-    );
 
     // SPP only on request (`spp=on`) and where the CPU enumerates it (docs/x86_64-spp.md).
     let spp_on = config.spp && crate::spp::available(&caps);
@@ -250,14 +195,313 @@ pub fn run_guest(
     };
     let guest = spin::Mutex::new(guest);
     if caps.ept_exec_only() {
-        start::<true>(
-            &root, host, &guest, &plan, features, cpu, &img, base, guest_line,
-        )
+        start::<true>(&root, host, &guest, &plan, features, cpu, init, guest_line)
     } else {
-        start::<false>(
-            &root, host, &guest, &plan, features, cpu, &img, base, guest_line,
-        )
+        start::<false>(&root, host, &guest, &plan, features, cpu, init, guest_line)
     }
+}
+
+/// Load a Multiboot (v1) guest: its segments, further modules (moved out of the kernel's way),
+/// the Multiboot information. Returns the entry state (EAX = magic, EBX = information).
+fn load_multiboot(
+    boot: &BootDescription,
+    plan: &Plan,
+    image: &[u8],
+    cmdline: &str,
+) -> Result<InitialState, Refused> {
+    let img =
+        multiboot1::parse_image(image).map_err(|e| refuse(format!("guest image rejected: {e}")))?;
+    for s in &img.segments {
+        if !plan.is_ram(s.dst, s.end()) {
+            return Err(refuse(format!(
+                "guest segment [{:#x}, {:#x}) is not in guest RAM (Bulwark's own region is [{:#x}, {:#x}); see the memory map above)",
+                s.dst,
+                s.end(),
+                crate::layout::REGION_START,
+                crate::layout::REGION_END
+            )));
+        }
+    }
+    let (lo, hi) = img.span();
+    log::info!(
+        "guest image: Multiboot v1, {} segment(s) in [{:#x}, {:#x}), entry {:#x}",
+        img.segments.len(),
+        lo,
+        hi,
+        img.entry
+    );
+
+    // Further modules stay where GRUB put them, unless the kernel will load over them: those
+    // are moved now, before any segment is written, to free guest RAM above the kernel and
+    // every module's original place (so no move overwrites a module not yet moved).
+    let segs: Vec<(u64, u64)> = img.segments.iter().map(|s| (s.dst, s.end())).collect();
+    let originals: Vec<(u64, u64)> = boot
+        .modules
+        .iter()
+        .skip(1)
+        .map(|m| (m.start, m.end))
+        .collect();
+    let mut mods = Vec::new();
+    let mut moved: Vec<(u64, u64)> = Vec::new();
+    for m in boot.modules.iter().skip(1) {
+        let r = (m.start, m.end);
+        if m.end > 1 << 32 || !plan.is_ram(m.start, m.end.max(m.start + 1)) {
+            return Err(refuse(format!(
+                "module [{:#x}, {:#x}) is not in guest RAM",
+                m.start, m.end
+            )));
+        }
+        let (mut start, mut end) = r;
+        if segs.iter().any(|&s| overlaps(r, s)) {
+            let len = m.end - m.start;
+            let busy: Vec<(u64, u64)> = segs
+                .iter()
+                .chain(&originals)
+                .chain(&moved)
+                .copied()
+                .collect();
+            let min = busy.iter().map(|b| b.1).max().unwrap_or(0);
+            let dst = plan.find_free(min, len, &busy).ok_or_else(|| {
+                refuse(format!(
+                    "module [{:#x}, {:#x}) overlaps the guest kernel and no free guest RAM of {len} bytes is left to move it to",
+                    m.start, m.end
+                ))
+            })?;
+            // SAFETY: both ranges are guest RAM below 4 GiB (identity mapped, checked above and
+            // by `find_free`), disjoint (the destination avoids every module's original range),
+            // and no vCPU runs yet.
+            unsafe {
+                core::ptr::copy_nonoverlapping(m.start as *const u8, dst as *mut u8, len as usize)
+            };
+            log::info!(
+                "module [{:#x}, {:#x}) overlaps the guest kernel's load range: moved to [{:#x}, {:#x})",
+                m.start,
+                m.end,
+                dst,
+                dst + len
+            );
+            (start, end) = (dst, dst + len);
+            moved.push((start, end));
+        }
+        mods.push(InfoModule {
+            start: start as u32,
+            end: end as u32,
+            cmdline: m.cmdline.clone(),
+        });
+    }
+
+    // Multiboot information: at INFO_PREFERRED, else after the kernel and modules.
+    let busy: Vec<(u64, u64)> = img
+        .segments
+        .iter()
+        .map(|s| (s.dst, s.end()))
+        .chain(mods.iter().map(|m| (u64::from(m.start), u64::from(m.end))))
+        .collect();
+    let probe = multiboot1::build_info(0, "", &mods, &plan.guest_map, "")
+        .map(|b| b.len() as u64)
+        .unwrap_or(0);
+    let need = probe + cmdline.len() as u64 + 64 + 1;
+    let top = busy.iter().map(|b| b.1).max().unwrap_or(0).div_ceil(PAGE) * PAGE;
+    let base = plan
+        .place(&[INFO_PREFERRED, top], need, &busy)
+        .ok_or_else(|| refuse("no room in guest RAM for the Multiboot information".into()))?;
+    let info = multiboot1::build_info(
+        base as u32,
+        cmdline,
+        &mods,
+        &plan.guest_map,
+        concat!("Bulwark ", env!("CARGO_PKG_VERSION")),
+    )
+    .ok_or_else(|| refuse("Multiboot information does not fit below 4 GiB".into()))?;
+
+    let ram = GuestRam { plan };
+    for s in &img.segments {
+        let start = s.file_offset;
+        let bytes = usize::try_from(s.filesz)
+            .ok()
+            .and_then(|n| image.get(start..start.checked_add(n)?))
+            .ok_or_else(|| refuse("guest segment outside the image".into()))?;
+        ram.write(s.dst, bytes)
+            .and_then(|()| ram.zero(s.dst + s.filesz, s.memsz - s.filesz))
+            .map_err(|_| refuse(format!("cannot write guest segment at {:#x}", s.dst)))?;
+    }
+    ram.write(base, &info)
+        .map_err(|_| refuse("cannot write the Multiboot information".into()))?;
+    log::info!(
+        "guest command line {:?}, Multiboot information at {:#x} ({} bytes), {} extra module(s)",
+        cmdline,
+        base,
+        info.len(),
+        mods.len()
+    );
+    Ok(InitialState {
+        rip: img.entry,
+        rax: u64::from(BOOTLOADER_MAGIC),
+        rbx: base,
+        rsi: 0,
+    })
+}
+
+/// Load a Linux bzImage (boot protocol 2.10+, `bulwark_boot::linux_x86`, docs/x86_64.md "Linux
+/// guests"): the protected-mode kernel where the header allows, the second module as initrd
+/// (moved when the kernel's range covers it or it lies above initrd_addr_max), the command line,
+/// an RSDP copy and the zero page in low memory. Entry: the 32-bit entry point (code32_start, the
+/// load address) in flat 32-bit protected mode, paging and interrupts off, ESI = zero page.
+fn load_linux(
+    boot: &BootDescription,
+    plan: &Plan,
+    image: &[u8],
+    cmdline: &str,
+) -> Result<InitialState, Refused> {
+    use bulwark_boot::linux_x86 as lx;
+    let bz = lx::parse(image).map_err(|e| refuse(format!("guest image rejected: {e}")))?;
+    if boot.modules.len() > 2 {
+        log::warn!(
+            "{} module(s) after the initrd are ignored (a bzImage takes one initrd)",
+            boot.modules.len() - 2
+        );
+    }
+    let initrd = boot.modules.get(1);
+    if let Some(m) = initrd {
+        if m.end > 1 << 32 || !plan.is_ram(m.start, m.end.max(m.start + 1)) {
+            return Err(refuse(format!(
+                "initrd [{:#x}, {:#x}) is not in guest RAM (Bulwark's own region is [{:#x}, {:#x}))",
+                m.start,
+                m.end,
+                crate::layout::REGION_START,
+                crate::layout::REGION_END
+            )));
+        }
+    }
+    let cmd_len = cmdline.len() as u64 + 1;
+    if cmd_len > u64::from(bz.hdr.cmdline_size) + 1 {
+        return Err(refuse(format!(
+            "kernel command line of {} bytes exceeds the kernel's cmdline_size {}",
+            cmdline.len(),
+            bz.hdr.cmdline_size
+        )));
+    }
+    // Low memory for the zero page, the command line and the RSDP copy.
+    let low_need = PAGE + cmd_len.div_ceil(16) * 16 + 64;
+    let low = plan
+        .place(
+            &[0x1_0000, 0x2_0000, 0x3_0000, 0x9_0000 - low_need],
+            low_need,
+            &[],
+        )
+        .ok_or_else(|| refuse("no low guest RAM for the Linux zero page".into()))?;
+    let low_r = (low, low + low_need);
+    let initrd_r = initrd.map(|m| (m.start, m.end));
+    // The kernel where it fits without the initrd in the way; else anywhere (the initrd moves).
+    let load = bz
+        .load_address(|s, e| {
+            plan.is_ram(s, e)
+                && !overlaps((s, e), low_r)
+                && initrd_r.is_none_or(|r| !overlaps((s, e), r))
+        })
+        .or_else(|| bz.load_address(|s, e| plan.is_ram(s, e) && !overlaps((s, e), low_r)))
+        .ok_or_else(|| {
+            refuse(format!(
+                "no guest RAM where the kernel fits ({:#x} bytes, alignment {:#x}, relocatable {}; Bulwark's region is [{:#x}, {:#x}))",
+                bz.span(),
+                bz.hdr.kernel_alignment,
+                bz.hdr.relocatable,
+                crate::layout::REGION_START,
+                crate::layout::REGION_END
+            ))
+        })?;
+    let kernel_r = (load, load + bz.span());
+    let ramdisk = match initrd {
+        None => None,
+        Some(m) => {
+            let len = m.end - m.start;
+            let limit = bz.initrd_limit();
+            let stays = !overlaps((m.start, m.end), kernel_r)
+                && !overlaps((m.start, m.end), low_r)
+                && m.end <= limit;
+            let dst = if stays {
+                m.start
+            } else {
+                let d = plan
+                    .find_free(PAGE, len, &[kernel_r, low_r, (m.start, m.end)])
+                    .filter(|d| d + len <= limit)
+                    .ok_or_else(|| {
+                        refuse(format!(
+                            "no free guest RAM below the kernel's initrd limit {limit:#x} for the initrd ({len} bytes)"
+                        ))
+                    })?;
+                // SAFETY: both ranges are guest RAM below 4 GiB (identity mapped), disjoint
+                // (`find_free` avoided the original), and no vCPU runs yet.
+                unsafe {
+                    core::ptr::copy_nonoverlapping(m.start as *const u8, d as *mut u8, len as usize)
+                };
+                log::info!(
+                    "initrd [{:#x}, {:#x}) overlaps the kernel's range or its limit: moved to [{:#x}, {:#x})",
+                    m.start,
+                    m.end,
+                    d,
+                    d + len
+                );
+                d
+            };
+            Some((dst as u32, len as u32))
+        }
+    };
+    let ram = GuestRam { plan };
+    ram.write(load, bz.kernel)
+        .map_err(|_| refuse(format!("cannot write the kernel at {load:#x}")))?;
+    let cmd_at = low + PAGE;
+    let mut cmd = Vec::with_capacity(cmd_len as usize);
+    cmd.extend_from_slice(cmdline.as_bytes());
+    cmd.push(0);
+    ram.write(cmd_at, &cmd)
+        .map_err(|_| refuse("cannot write the kernel command line".into()))?;
+    let rsdp_at = cmd_at + cmd_len.div_ceil(16) * 16;
+    let rsdp_addr = match &boot.acpi {
+        Some(a) => {
+            let r = lx::rsdp(a.revision, a.rsdt, a.xsdt);
+            ram.write(rsdp_at, &r)
+                .map_err(|_| refuse("cannot write the RSDP copy".into()))?;
+            rsdp_at
+        }
+        None => 0,
+    };
+    let bp = lx::build_boot_params(
+        &bz,
+        &lx::BootParamsInput {
+            load,
+            e820: &plan.guest_map,
+            cmd_line_ptr: cmd_at as u32,
+            ramdisk,
+            acpi_rsdp: rsdp_addr,
+        },
+    )
+    .ok_or_else(|| {
+        refuse("the memory map does not fit the zero page (more than 128 entries)".into())
+    })?;
+    ram.write(low, &bp)
+        .map_err(|_| refuse("cannot write the zero page".into()))?;
+    log::info!(
+        "guest image: Linux bzImage, boot protocol {}.{:02}, kernel at {:#x} ({:#x} bytes, init_size {:#x}), zero page at {:#x}, initrd {}, RSDP copy at {:#x}, command line {:?}",
+        bz.hdr.version >> 8,
+        bz.hdr.version & 0xff,
+        load,
+        bz.kernel.len(),
+        bz.hdr.init_size,
+        low,
+        match ramdisk {
+            Some((a, l)) => format!("[{:#x}, {:#x})", a, u64::from(a) + u64::from(l)),
+            None => "none".into(),
+        },
+        rsdp_addr,
+        cmdline
+    );
+    Ok(InitialState {
+        rip: load,
+        rax: 0,
+        rbx: 0,
+        rsi: low,
+    })
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -268,8 +512,7 @@ fn start<const XO: bool>(
     plan: &Plan,
     features: Features,
     cpu: &CpuInfo,
-    img: &multiboot1::Image,
-    info_base: u64,
+    init: InitialState,
     guest_line: &dyn Fn(&str),
 ) -> Result<StopReason, Refused> {
     let caps = root.caps;
@@ -320,18 +563,7 @@ fn start<const XO: bool>(
             "not offered (IA32_VMX_EPT_VPID_CAP bit 21 clear): A/D updates are checked only as the CPU itself does"
         }
     );
-    let vcpu = Vcpu::new(
-        0,
-        caps,
-        host,
-        eptp,
-        InitialState {
-            rip: img.entry,
-            rax: u64::from(BOOTLOADER_MAGIC),
-            rbx: info_base,
-        },
-    )
-    .map_err(|e| refuse(format!("{e}")))?;
+    let vcpu = Vcpu::new(0, caps, host, eptp, init).map_err(|e| refuse(format!("{e}")))?;
     match &sppt {
         Some(s) => {
             crate::spp::enable_in_vmcs(&caps, s)
@@ -352,7 +584,7 @@ fn start<const XO: bool>(
         "vCPU 0: VMCS at {:#x}, VPID {}, entering the guest at {:#x}",
         vcpu.vmcs_phys(),
         vcpu.vpid,
-        img.entry
+        init.rip
     );
     let mut vm = Vm::new(
         vcpu,

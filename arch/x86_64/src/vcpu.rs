@@ -225,15 +225,27 @@ impl From<VmxError> for SetupError {
     }
 }
 
-/// Guest-visible initial state (Multiboot v1: 32-bit protected mode, paging off).
+/// Guest-visible initial state (Multiboot v1 and the Linux 32-bit entry: flat 32-bit protected
+/// mode, paging and interrupts off).
 #[derive(Clone, Copy, Debug)]
 pub struct InitialState {
     pub rip: u64,
     pub rax: u64,
     pub rbx: u64,
+    /// Linux: the zero page (boot_params).
+    pub rsi: u64,
 }
 
-/// Ports that bypass the I/O bitmaps never exist: every port is trapped (docs/x86_64.md).
+/// The only ports that exit (all below 0x8000, in bitmap A): Bulwark's console UART (COM1,
+/// emulated for the guest) and the test-exit device 0xf4-0xf7 (QEMU's isa-debug-exit window:
+/// a write to 0xf4 ends the run, 0xf5-0xf7 are a defined "no device": reads all ones, writes
+/// dropped, which the test guest's string-I/O checks use). Every other port belongs to the
+/// guest.
+pub const TRAPPED_PORTS: &[core::ops::Range<u16>] = &[
+    crate::serial::COM1..crate::serial::COM1 + 8,
+    crate::vm::DEBUG_EXIT_PORT..crate::vm::DEBUG_EXIT_PORT + 4,
+];
+
 /// MSRs the guest may read and write without an exit: their state is either switched by the
 /// VMCS (EFER, PAT, SYSENTER, FS/GS base) or unused by Bulwark (SYSCALL MSRs, KERNEL_GS_BASE,
 /// TSC_AUX).
@@ -251,10 +263,35 @@ pub const PASSTHROUGH_MSRS: &[u32] = &[
     msr::IA32_GS_BASE,
     0xc000_0102, // KERNEL_GS_BASE
     0xc000_0103, // TSC_AUX
+    // IA32_XSS: the supervisor state components XSAVES/XRSTORS manage (XSAVES is enabled, the
+    // XSS-exiting bitmap is zero). Bulwark never executes XSAVES, so the guest's value is
+    // harmless in root operation; an unsupported bit raises #GP in the guest itself. Without
+    // it Linux's compacted-format size check fails and its first XRSTORS faults.
+    0xda0,
+    // Speculation controls (SPEC_CTRL, PRED_CMD, FLUSH_CMD) and the microcode signature
+    // (BIOS_SIGN_ID): a guest OS issues IBPB on its own context switches (Linux has no fixup
+    // for a faulting one). The guest's SPEC_CTRL stays in force while Bulwark runs, which can
+    // only restrict speculation; Bulwark relies on none of these.
+    0x48,
+    0x49,
+    0x10b,
+    0x8b,
 ];
 
 /// Read-only passthrough: the guest may read these without an exit; writes exit.
-pub const READ_ONLY_MSRS: &[u32] = &[0x10 /* TSC */];
+pub const READ_ONLY_MSRS: &[u32] = &[
+    0x10,  // TSC
+    0xce,  // PLATFORM_INFO
+    0x10a, // ARCH_CAPABILITIES
+];
+
+/// The platform's MSR ranges the guest owns (docs/x86_64.md, "Platform model"), read and write
+/// without exits: machine-check architecture (MCG_CAP/STATUS/CTL 0x179-0x17b, MCi_CTL2
+/// 0x280-0x29f, the banks 0x400-0x47f: Bulwark does not handle machine checks, the guest does, as
+/// on bare metal; an MSR the CPU lacks raises #GP in the guest itself) and the local APIC's
+/// TSC-deadline timer (0x6e0: the guest's own timer).
+pub const PLATFORM_MSRS: &[core::ops::RangeInclusive<u32>] =
+    &[0x179..=0x17b, 0x280..=0x29f, 0x400..=0x47f, 0x6e0..=0x6e0];
 
 /// One vCPU.
 pub struct Vcpu {
@@ -304,7 +341,7 @@ impl Vcpu {
         vmx::load_vmcs(&vmcs_page)?;
         vmx::self_check(&caps).map_err(SetupError::SelfCheck)?;
 
-        // Bitmaps: every MSR and every port exits, except the passthrough MSRs.
+        // MSR bitmap: every MSR exits, except the passthrough MSRs.
         let mut msr_bitmap = Page::filled(0xff);
         for &m in PASSTHROUGH_MSRS {
             set_msr_bit(&mut msr_bitmap, m, false, false);
@@ -313,8 +350,19 @@ impl Vcpu {
         for &m in READ_ONLY_MSRS {
             set_msr_bit(&mut msr_bitmap, m, false, false);
         }
-        let io_a = Page::filled(0xff);
-        let io_b = Page::filled(0xff);
+        for m in PLATFORM_MSRS.iter().flat_map(|r| r.clone()) {
+            set_msr_bit(&mut msr_bitmap, m, false, false);
+            set_msr_bit(&mut msr_bitmap, m, true, false);
+        }
+        // I/O ports pass through (docs/x86_64.md, "Platform model") except Bulwark's own:
+        // its console UART and the test-exit port.
+        let mut io_a = Page::zeroed();
+        let io_b = Page::zeroed();
+        for port in TRAPPED_PORTS.iter().flat_map(|r| r.clone()) {
+            if let Some(b) = io_a.0.get_mut(usize::from(port / 8)) {
+                *b |= 1 << (port % 8);
+            }
+        }
 
         let vpid = u16::try_from(id + 1).unwrap_or(1);
         let sec_allowed = caps.secondary_allowed1();
@@ -526,6 +574,7 @@ impl Vcpu {
             regs: GuestRegs {
                 rax: init.rax,
                 rbx: init.rbx,
+                rsi: init.rsi,
                 ..GuestRegs::default()
             },
             launched: false,

@@ -24,6 +24,8 @@ use crate::vcpu::Vcpu;
 use crate::vmcs::{self, reason as er};
 use crate::vmx::{self, show, vmread, vmwrite, VmxError};
 
+#[path = "lapic.rs"]
+mod lapic;
 #[path = "swpath.rs"]
 mod swpath;
 
@@ -140,6 +142,11 @@ pub struct Vm<'a, const XO: bool> {
     pub sppt: Option<Sppt>,
     /// The software path for stores to pages with protected bytes (`swpath`).
     sw: swpath::SwPath,
+    /// The local APIC page (writes trapped and emulated, `lapic`), when the plan maps it.
+    lapic_base: Option<u64>,
+    /// Local APIC writes emulated, and INIT/SIPI IPIs refused among them.
+    lapic_writes: u64,
+    lapic_ipis_refused: u64,
 }
 
 /// A VMX instruction failed: the run stops (`Vm::vmx_failed`), nothing is retried.
@@ -149,6 +156,8 @@ type VmxResult<T> = Result<T, VmxError>;
 enum Step {
     /// The arch-neutral action (from the core, or the x86 emulation).
     Do(Action),
+    /// Skip an instruction Bulwark decoded itself (its length: EPT violations report none).
+    AdvanceBy(u64),
     /// Inject a hardware exception other than the core's #GP (e.g. #UD), without advancing.
     Exception { vector: u8, error: Option<u32> },
 }
@@ -220,6 +229,12 @@ impl GuestTranslate for Translator<'_> {
 
 const GUEST_PDPTE0: u32 = 0x280a;
 
+/// Whether hardware exception `vector` pushes an error code: only in protected mode (CR0.PE),
+/// and there only #DF, #TS, #NP, #SS, #GP, #PF, #AC and #CP (SDM Vol. 3A, 6.13).
+pub fn delivers_error_code(vector: u8, protected: bool) -> bool {
+    protected && matches!(vector, 8 | 10..=14 | 17 | 21)
+}
+
 fn size_mask(size: u8) -> u64 {
     match size {
         1 => 0xff,
@@ -271,6 +286,13 @@ impl<'a, const XO: bool> Vm<'a, XO> {
             ept_violations: 0,
             sppt: None,
             sw,
+            lapic_base: plan
+                .regions
+                .iter()
+                .find(|r| r.kind == bulwark_core::guest::RegionKind::DeviceWriteTrapped)
+                .map(|r| r.gpa.as_u64()),
+            lapic_writes: 0,
+            lapic_ipis_refused: 0,
         }
     }
 
@@ -325,6 +347,11 @@ impl<'a, const XO: bool> Vm<'a, XO> {
             if self.sppt.is_some() { "on" } else { "off" }
         );
         log::info!(
+            "local APIC: {} write(s) emulated, {} INIT/SIPI IPI(s) refused",
+            self.lapic_writes,
+            self.lapic_ipis_refused
+        );
+        log::info!(
             "guest stopped after {} VM exits: status={} reason={}",
             self.exits,
             r.status,
@@ -372,8 +399,29 @@ impl<'a, const XO: bool> Vm<'a, XO> {
                 self.inject(vector, error)?;
                 Ok(None)
             }
+            Step::AdvanceBy(len) => {
+                self.skip(len)?;
+                Ok(None)
+            }
             Step::Do(Action::Stop(r)) => Ok(Some(r)),
         }
+    }
+
+    /// Move RIP past an instruction of `len` bytes (wrapping as the guest's mode does) and end
+    /// any STI / MOV SS interrupt shadow it was in.
+    fn skip(&mut self, len: u64) -> VmxResult<()> {
+        let rip = vmread(vmcs::GUEST_RIP)?.wrapping_add(len);
+        let rip = if self.long_mode_code()? {
+            rip
+        } else {
+            rip & 0xffff_ffff
+        };
+        vmwrite(vmcs::GUEST_RIP, rip)?;
+        let intr = vmread(vmcs::GUEST_INTERRUPTIBILITY)?;
+        if intr & 3 != 0 {
+            vmwrite(vmcs::GUEST_INTERRUPTIBILITY, intr & !3)?;
+        }
+        Ok(())
     }
 
     fn advance(&mut self) -> VmxResult<Option<StopReason>> {
@@ -400,26 +448,30 @@ impl<'a, const XO: bool> Vm<'a, XO> {
                 reason: reason::UNHANDLED_EXIT,
             }));
         }
-        let rip = vmread(vmcs::GUEST_RIP)?.wrapping_add(len);
-        let rip = if self.long_mode_code()? {
-            rip
-        } else {
-            rip & 0xffff_ffff
-        };
-        vmwrite(vmcs::GUEST_RIP, rip)?;
         // The skipped instruction ends any STI / MOV SS interrupt shadow.
-        let intr = vmread(vmcs::GUEST_INTERRUPTIBILITY)?;
-        if intr & 3 != 0 {
-            vmwrite(vmcs::GUEST_INTERRUPTIBILITY, intr & !3)?;
+        self.skip(len)?;
+        if basic == er::HLT && self.caps.misc & (1 << 6) != 0 {
+            // HLT with interrupts enabled: the vCPU waits in the HLT activity state inside
+            // VMX non-root operation (IA32_VMX_MISC bit 6), woken by the guest's next
+            // interrupt directly; Bulwark does not spin (docs/x86_64.md, "Platform model").
+            vmwrite(vmcs::GUEST_ACTIVITY_STATE, 1)?;
         }
         Ok(None)
     }
 
+    /// Inject hardware exception `vector` as the architecture delivers it in the guest's
+    /// current mode (`delivers_error_code`): an error code only in protected mode and only for
+    /// the vectors that push one (`error` or 0). Real mode takes none: VM entry with an unrestricted
+    /// real-mode guest and an error code fails (VM-instruction error 7).
     fn inject(&mut self, vector: u8, error: Option<u32>) -> VmxResult<()> {
         let mut info = u64::from(vector) | (3 << 8) | (1 << 31);
-        if let Some(code) = error {
+        let protected = vmread(vmcs::GUEST_CR0)? & 1 != 0;
+        if delivers_error_code(vector, protected) {
             info |= 1 << 11;
-            vmwrite(vmcs::ENTRY_EXCEPTION_ERROR_CODE, u64::from(code))?;
+            vmwrite(
+                vmcs::ENTRY_EXCEPTION_ERROR_CODE,
+                u64::from(error.unwrap_or(0)),
+            )?;
         }
         vmwrite(vmcs::ENTRY_INTERRUPTION_INFO, info)
     }
@@ -527,6 +579,18 @@ impl<'a, const XO: bool> Vm<'a, XO> {
                 if access == Access::Write && vmread(vmcs::IDT_VECTORING_INFO)? & (1 << 31) != 0 {
                     if let Some(s) = self.delivery_fault(&f)? {
                         return Ok(s);
+                    }
+                }
+                // A store to the local APIC page (mapped read-only): emulated, INIT/SIPI
+                // refused (`lapic`). A paging-structure access there goes to the core.
+                if let Some(base) = self.lapic_base {
+                    let paging = q & (1 << 7) != 0 && q & (1 << 8) == 0;
+                    if access == Access::Write
+                        && !paging
+                        && (base..base + 0x1000).contains(&f.gpa.as_u64())
+                        && !self.sw.stepping()
+                    {
+                        return self.lapic_write(&f, base);
                     }
                 }
                 // Qualification bit 7 set, bit 8 clear: the access was to a guest paging
@@ -777,6 +841,7 @@ impl<'a, const XO: bool> Vm<'a, XO> {
                 if leaf == 1 {
                     c &= !(1 << 5); // VMX: hidden
                     c &= !(1 << 6); // SMX: GETSEC is not offered
+                    c &= !(1 << 21); // x2APIC: IA32_APIC_BASE is not writable (xAPIC only)
                     c |= 1 << 31; // running under a hypervisor
                                   // OSXSAVE mirrors the guest's own CR4, not Bulwark's.
                                   // The guest's view: masked bits from the read shadow, the rest from CR4.
@@ -1250,5 +1315,21 @@ impl<'a, const XO: bool> Vm<'a, XO> {
             show(vmcs::EXIT_INSTRUCTION_LENGTH),
             show(vmcs::VM_INSTRUCTION_ERROR)
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::delivers_error_code;
+
+    #[test]
+    fn error_codes_follow_the_mode() {
+        // Protected mode: exactly the architectural set.
+        for v in 0u8..32 {
+            let want = matches!(v, 8 | 10 | 11 | 12 | 13 | 14 | 17 | 21);
+            assert_eq!(delivers_error_code(v, true), want, "vector {v}");
+        }
+        // Real mode: never (VM entry fails with error 7 otherwise).
+        assert!((0u8..=255).all(|v| !delivers_error_code(v, false)));
     }
 }

@@ -29,6 +29,9 @@ const MULTIBOOT_MAGIC: u32 = 0x2bad_b002;
 const BULWARK_REGION: (u64, u64) = (0x0400_0000, 0x0600_0000);
 const COM1: u16 = 0x3f8;
 const DEBUG_EXIT: u16 = 0xf4;
+/// Bulwark's no-device port (trapped and emulated: reads all ones, writes dropped); every port
+/// outside COM1 and 0xf4-0xf7 goes to the hardware.
+const NO_DEVICE_PORT: u16 = 0xf5;
 /// An unassigned hypercall number.
 const UNKNOWN_HYPERCALL: u64 = 0x7fff_0001;
 
@@ -75,6 +78,7 @@ mod flood;
 mod forge;
 mod hcfuzz;
 mod matrix;
+mod platform;
 mod roe;
 mod spp;
 
@@ -334,6 +338,7 @@ extern "C" fn guest_main(magic: u32, info: u64) -> ! {
         "flood" => flood::run(),
         "hcfuzz" => hcfuzz::run(cmdline),
         "matrix" => matrix::run(cmdline),
+        s if platform::handles(s) => platform::run(s),
         "triple-fault" => triple_fault(),
         "read-bulwark" => read_bulwark(),
         "roe" => roe(),
@@ -607,11 +612,11 @@ fn checks(info: u64, flags: u32, cmdline: &str) -> ! {
     );
 
     // Absent I/O port reads as all ones.
-    let v = inb(0x2f8 + 7);
+    let v = inb(NO_DEVICE_PORT);
     c.check(
         "absent-port",
         v == 0xff,
-        format_args!("inb(0x2ff) = {v:#x}"),
+        format_args!("inb({NO_DEVICE_PORT:#x}) = {v:#x}"),
     );
 
     // String I/O: REP OUTSB to COM1 (xtask looks for the line), REP INSB from an absent port.
@@ -633,7 +638,7 @@ fn checks(info: u64, flags: u32, cmdline: &str) -> ! {
         core::arch::asm!(
             "cld",
             "rep insb",
-            in("dx") 0x2f8u16 + 7,
+            in("dx") NO_DEVICE_PORT,
             inout("rdi") buf.as_mut_ptr() => _,
             inout("rcx") buf.len() => _,
             options(nostack)

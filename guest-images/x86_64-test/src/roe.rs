@@ -1977,8 +1977,9 @@ fn escape(t: &mut T) {
     string_io(t, pg, before);
 }
 
-/// Port 0x2f8 has no device: reads return all ones, writes are dropped.
-const NO_DEVICE_PORT: u16 = 0x2f8;
+/// Bulwark's no-device port 0xf5 (trapped: reads return all ones, writes are dropped), so that
+/// INS/OUTS go through Bulwark's string-I/O emulation (other ports pass through).
+const NO_DEVICE_PORT: u16 = 0xf5;
 
 /// Run one string I/O instruction with #GP/#PF recovery (resume right after it).
 macro_rules! guarded_io {

@@ -30,8 +30,9 @@ use super::{
 #[allow(unused_imports)]
 use core::fmt::Write as _;
 
-/// An absent port (reads all ones, writes dropped).
-const NO_PORT: u16 = 0x2ff;
+/// Bulwark's no-device port (trapped and emulated: reads all ones, writes dropped), so that
+/// INS/OUTS go through Bulwark's string-I/O emulation (other ports pass through).
+const NO_PORT: u16 = 0xf5;
 /// Where the secret page, used as a page table, maps (page-directory slot 2 of the window).
 const VA_SECRET: u64 = WIN + (4 << 20);
 /// Where the locked page table maps (page-directory slot 3).

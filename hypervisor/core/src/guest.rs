@@ -43,6 +43,13 @@ pub enum RegionKind {
     /// Device memory passed through: uncached, read/write, never executable; subject to the
     /// MMIO guard once the guest enrols.
     Device,
+    /// Firmware passed through (x86: option ROMs and the BIOS below 1 MiB, which a real-mode
+    /// guest runs): uncached, read/write/execute; never subject to the MMIO guard.
+    Firmware,
+    /// A device page whose reads pass through and whose writes exit to the arch code, which
+    /// emulates them (x86: the local APIC page, so that INIT/SIPI IPIs can be filtered):
+    /// uncached, read-only in the stage-2 tables.
+    DeviceWriteTrapped,
 }
 
 /// One region of the guest-physical map: `[gpa, gpa+len)` -> `[hpa, hpa+len)`.
@@ -512,6 +519,20 @@ impl Guest {
                     len: frames.saturating_mul(PAGE_SIZE),
                 }
             }
+            RegionKind::Firmware => Run {
+                target: Some(Mapping {
+                    hpa,
+                    attrs: LeafAttrs::mmio(Perms::RWX),
+                }),
+                len: left,
+            },
+            RegionKind::DeviceWriteTrapped => Run {
+                target: Some(Mapping {
+                    hpa,
+                    attrs: LeafAttrs::mmio(Perms::R),
+                }),
+                len: left,
+            },
         }
     }
 
@@ -1121,6 +1142,17 @@ impl Guest {
                 return self.violation(vcpu, f, ViolationKind::Attr, None);
             }
             return self.spurious(vcpu, f, page);
+        }
+        if region.kind == RegionKind::Firmware {
+            return self.spurious(vcpu, f, page);
+        }
+        if region.kind == RegionKind::DeviceWriteTrapped {
+            // The arch code emulates writes before the core sees them; one that reaches the
+            // core (or an instruction fetch) is refused.
+            if f.access == Access::Read {
+                return self.spurious(vcpu, f, page);
+            }
+            return self.violation(vcpu, f, ViolationKind::Attr, None);
         }
         let st = self.store.state(f.gpa.frame());
         let perms = Self::ram_perms(&st);
