@@ -236,14 +236,19 @@ pub struct InitialState {
     pub rsi: u64,
 }
 
-/// The only ports that exit (all below 0x8000, in bitmap A): Bulwark's console UART (COM1,
-/// emulated for the guest) and the test-exit device 0xf4-0xf7 (QEMU's isa-debug-exit window:
-/// a write to 0xf4 ends the run, 0xf5-0xf7 are a defined "no device": reads all ones, writes
-/// dropped, which the test guest's string-I/O checks use). Every other port belongs to the
-/// guest.
+/// The only ports that exit: Bulwark's console UART (COM1, emulated for the guest), the
+/// test-exit device 0xf4-0xf7 (QEMU's isa-debug-exit window: a write to 0xf4 ends the run,
+/// 0xf5-0xf7 are a defined "no device": reads all ones, writes dropped, which the test guest's
+/// string-I/O checks use), and the emulator control ports Bochs offers to any code on the
+/// machine — 0x8900 (a "Shutdown" written there ends the emulator) and 0x8a00 (its I/O debugger
+/// interface) — which are emulator backdoors, not devices (issue 12): a guest's accesses read
+/// all ones and are dropped; Bulwark alone uses 0x8900 to end a run. No PC hardware decodes
+/// these two ports. Every other port belongs to the guest.
 pub const TRAPPED_PORTS: &[core::ops::Range<u16>] = &[
     crate::serial::COM1..crate::serial::COM1 + 8,
     crate::vm::DEBUG_EXIT_PORT..crate::vm::DEBUG_EXIT_PORT + 4,
+    0x8900..0x8901,
+    0x8a00..0x8a01,
 ];
 
 /// MSRs the guest may read and write without an exit: their state is either switched by the
@@ -357,10 +362,15 @@ impl Vcpu {
         // I/O ports pass through (docs/x86_64.md, "Platform model") except Bulwark's own:
         // its console UART and the test-exit port.
         let mut io_a = Page::zeroed();
-        let io_b = Page::zeroed();
+        let mut io_b = Page::zeroed();
         for port in TRAPPED_PORTS.iter().flat_map(|r| r.clone()) {
-            if let Some(b) = io_a.0.get_mut(usize::from(port / 8)) {
-                *b |= 1 << (port % 8);
+            // Bitmap A covers ports 0..0x8000, bitmap B the rest.
+            let (bitmap, p) = match port.checked_sub(0x8000) {
+                None => (&mut io_a, port),
+                Some(p) => (&mut io_b, p),
+            };
+            if let Some(b) = bitmap.0.get_mut(usize::from(p / 8)) {
+                *b |= 1 << (p % 8);
             }
         }
 

@@ -611,6 +611,20 @@ fn checks(info: u64, flags: u32, cmdline: &str) -> ! {
         format_args!("returned {}", r as i64),
     );
 
+    // Bochs's emulator control port: "Shutdown" written to 0x8900 would end the emulator (a
+    // backdoor out of the run, issue 12). Bulwark traps it: the write is dropped, a read gives
+    // all ones, and this guest keeps running (were it open, the run would end here without a
+    // result line).
+    for &b in b"Shutdown" {
+        outb(0x8900, b);
+    }
+    let v = inb(0x8900);
+    c.check(
+        "emulator-shutdown-port",
+        v == 0xff,
+        format_args!("\"Shutdown\" to port 0x8900 dropped, inb = {v:#x}"),
+    );
+
     // Absent I/O port reads as all ones.
     let v = inb(NO_DEVICE_PORT);
     c.check(
