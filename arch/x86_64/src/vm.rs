@@ -299,6 +299,9 @@ impl<'a, const XO: bool> Vm<'a, XO> {
     /// Run the guest until something ends the run.
     pub fn run(&mut self) -> StopReason {
         loop {
+            // Held console lines go out while COM1 takes them (never waits; docs/console.md):
+            // at every exit, so a line queued during one exit is not held until the next line.
+            crate::serial::poll();
             if let Err(e) = self.vcpu.enter() {
                 return self.vmx_failed(e);
             }
